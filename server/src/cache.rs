@@ -1,0 +1,446 @@
+//! The token cache: a slot per profile holding its current token.
+//!
+//! - A hit reads the slot's current token through an `ArcSwap`: no lock, no allocation,
+//!   nothing shared with other profiles.
+//! - A miss joins the slot's one in-flight fetch or starts it (single flight), so any
+//!   number of concurrent misses make one identity provider request. The fetch runs as its
+//!   own task: a caller that gives up does not cancel it for the others.
+//! - A refresher task per slot replaces the token in the background before it expires
+//!   (see [`refresh`]); while the provider fails, the still-valid token keeps being served
+//!   and requests are retried with backoff.
+
+mod refresh;
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwapOption;
+use futures::{
+    FutureExt as _,
+    future::{BoxFuture, Shared},
+};
+use tokenvend::{pb, wire::EncodedToken};
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{
+    config::{Profile, Retry},
+    error::ServeError,
+    idp::{IdpClient, IdpError, IssuedToken},
+    secret::Secret,
+};
+
+/// The tokens of all profiles. Dropping it stops every background task it started.
+pub struct TokenCache {
+    slots: HashMap<Arc<str>, Arc<Slot>>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+impl TokenCache {
+    /// A cache for these profiles, with a refresher task for each. Must be called within a
+    /// Tokio runtime.
+    pub fn new(profiles: &[Arc<Profile>], idp: IdpClient) -> Self {
+        let stop = CancellationToken::new();
+        let slots = profiles
+            .iter()
+            .map(|profile| {
+                let slot = Arc::new(Slot::new(profile.clone(), idp.clone(), stop.clone()));
+                tokio::spawn(refresh::run(slot.clone(), stop.clone()));
+                (profile.name.clone(), slot)
+            })
+            .collect();
+        Self {
+            slots,
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+        }
+    }
+
+    /// The slot of a profile.
+    pub fn slot(&self, profile: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(profile)
+    }
+
+    /// All slots, sorted by profile name.
+    pub fn slots(&self) -> Vec<&Arc<Slot>> {
+        let mut slots: Vec<_> = self.slots.values().collect();
+        slots.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
+        slots
+    }
+
+    /// Stops background refreshes and fetches, for shutdown.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A token as the cache holds it, with its reply encoded once.
+pub struct CachedToken {
+    access_token: Secret,
+    expires_at: SystemTime,
+    /// The monotonic twin of `expires_at`: wall-clock jumps cannot stretch a token's life.
+    expires: Instant,
+    refresh_at: Instant,
+    lifetime: Duration,
+    encoded: EncodedToken,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("expires_at", &self.expires_at)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedToken {
+    fn new(profile: &Profile, issued: IssuedToken, sent: Instant) -> Result<Self, IdpError> {
+        let mut headers = std::collections::HashMap::with_capacity(1 + profile.headers.len());
+        headers.insert(
+            "authorization".to_owned(),
+            format!("{} {}", issued.token_type, issued.access_token.expose()),
+        );
+        for (name, source) in &profile.headers {
+            let value = source.load().map_err(|source| IdpError::Secret {
+                key: format!("profiles.{}.headers.{name}", profile.name),
+                source,
+            })?;
+            headers.insert(name.as_str().to_owned(), value.expose().to_owned());
+        }
+        let encoded = EncodedToken::encode(&pb::Token {
+            access_token: issued.access_token.expose().to_owned(),
+            token_type: issued.token_type,
+            expires_at: Some(issued.expires_at.into()),
+            scopes: issued.scopes,
+            headers,
+            profile: profile.name.to_string(),
+        });
+
+        // Refresh ahead at the configured fraction of the lifetime, less up to 5% of it so
+        // that profiles started together do not refresh together. A provider that says
+        // when to come back (Entra ID's `refresh_in`) is taken at its word.
+        let ahead = issued.refresh_in.unwrap_or_else(|| {
+            let fraction = (profile.refresh_ahead - fastrand::f64() * 0.05).max(0.05);
+            issued.lifetime.mul_f64(fraction)
+        });
+        Ok(Self {
+            access_token: issued.access_token,
+            expires_at: issued.expires_at,
+            expires: sent + issued.lifetime,
+            refresh_at: sent + ahead,
+            lifetime: issued.lifetime,
+            encoded,
+        })
+    }
+
+    /// The reply to send.
+    pub fn encoded(&self) -> &EncodedToken {
+        &self.encoded
+    }
+
+    /// When the token expires.
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    fn remaining(&self, now: Instant) -> Duration {
+        self.expires.saturating_duration_since(now)
+    }
+
+    /// Whether this token may be served to a caller with these needs.
+    fn serves(&self, now: Instant, min_ttl: Duration, rejected: Option<&str>) -> bool {
+        let left = self.remaining(now);
+        !left.is_zero()
+            && left >= min_ttl
+            && rejected.is_none_or(|r| r != self.access_token.expose())
+    }
+}
+
+/// What a caller needs of a token.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Need<'a> {
+    /// The token must stay valid at least this long.
+    pub min_ttl: Duration,
+    /// The token the resource API rejected: never serve it again.
+    pub rejected: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+enum FetchError {
+    Idp(Arc<IdpError>),
+    Stopped,
+    Panicked,
+}
+
+type FetchResult = Result<Arc<CachedToken>, FetchError>;
+type Flight = Shared<BoxFuture<'static, FetchResult>>;
+
+enum Step {
+    Ready(Arc<CachedToken>),
+    Wait(Flight),
+}
+
+/// One profile's cache entry.
+pub struct Slot {
+    profile: Arc<Profile>,
+    idp: IdpClient,
+    current: ArcSwapOption<CachedToken>,
+    // Guards the decision to start or join a fetch and the publication of its result, so
+    // that a caller never misses both. Held for a few instructions, never across an await.
+    state: Mutex<SlotState>,
+    updates: watch::Sender<Option<Arc<CachedToken>>>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct SlotState {
+    flight: Option<Flight>,
+    failures: u32,
+    last_error: Option<Arc<IdpError>>,
+    /// No request to the provider before this, after a failure.
+    retry_at: Option<Instant>,
+    last_refresh: Option<SystemTime>,
+    /// The lifetime of the last token, to refuse a min_ttl no token can meet without
+    /// asking the provider.
+    lifetime: Option<Duration>,
+}
+
+/// A profile's cache state, for `ListProfiles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    /// No token has been requested.
+    Empty,
+    /// A valid token, and the last request succeeded.
+    Valid,
+    /// A valid token, but the last refresh failed.
+    Stale,
+    /// No valid token, and the last request failed.
+    Failed,
+}
+
+/// A snapshot of a slot, for `ListProfiles`.
+#[derive(Debug, Clone)]
+pub struct SlotStatus {
+    /// The state.
+    pub state: CacheState,
+    /// When the cached token expires, if there is a valid one.
+    pub expires_at: Option<SystemTime>,
+    /// When the last token was obtained.
+    pub last_refresh: Option<SystemTime>,
+    /// Why the last request failed, if it did.
+    pub last_error: Option<String>,
+}
+
+impl Slot {
+    fn new(profile: Arc<Profile>, idp: IdpClient, stop: CancellationToken) -> Self {
+        Self {
+            profile,
+            idp,
+            current: ArcSwapOption::empty(),
+            state: Mutex::default(),
+            updates: watch::Sender::new(None),
+            stop,
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.profile
+    }
+
+    /// The hot path: the cached token if it meets the need.
+    pub fn cached(&self, need: &Need<'_>) -> Option<EncodedToken> {
+        let min_ttl = need.min_ttl.max(self.profile.min_ttl);
+        let current = self.current.load();
+        current
+            .as_ref()
+            .filter(|t| t.serves(Instant::now(), min_ttl, need.rejected))
+            .map(|t| t.encoded.clone())
+    }
+
+    /// A token that meets the need: the cached one, or a fresh one from the provider.
+    pub async fn token(self: &Arc<Self>, need: Need<'_>) -> Result<Arc<CachedToken>, ServeError> {
+        let min_ttl = need.min_ttl.max(self.profile.min_ttl);
+        let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);
+        let flight = match self.join_or_start(accept, min_ttl)? {
+            Step::Ready(token) => return Ok(token),
+            Step::Wait(flight) => flight,
+        };
+        let token = flight.await.map_err(|e| self.serve_error(e))?;
+        if token.remaining(Instant::now()) < min_ttl.max(Duration::from_nanos(1)) {
+            return Err(self.too_short(token.lifetime, min_ttl));
+        }
+        Ok(token)
+    }
+
+    /// Updates of the current token, for `WatchToken` and the refresher.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<CachedToken>>> {
+        self.updates.subscribe()
+    }
+
+    /// How the slot stands.
+    pub fn status(&self) -> SlotStatus {
+        let state = lock(&self.state);
+        let valid = self
+            .current
+            .load_full()
+            .filter(|t| !t.remaining(Instant::now()).is_zero());
+        let failing = state.last_error.is_some();
+        SlotStatus {
+            state: match (&valid, failing) {
+                (Some(_), false) => CacheState::Valid,
+                (Some(_), true) => CacheState::Stale,
+                (None, true) => CacheState::Failed,
+                (None, false) => CacheState::Empty,
+            },
+            expires_at: valid.map(|t| t.expires_at),
+            last_refresh: state.last_refresh,
+            last_error: state.last_error.as_ref().map(|e| e.to_string()),
+        }
+    }
+
+    fn join_or_start(
+        self: &Arc<Self>,
+        accept: impl Fn(&CachedToken, Instant) -> bool,
+        min_ttl: Duration,
+    ) -> Result<Step, ServeError> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        if let Some(token) = self.current.load_full() {
+            if accept(&token, now) {
+                return Ok(Step::Ready(token));
+            }
+        }
+        if let Some(flight) = &state.flight {
+            return Ok(Step::Wait(flight.clone()));
+        }
+        if let Some(lifetime) = state.lifetime {
+            if !min_ttl.is_zero() && min_ttl >= lifetime {
+                return Err(self.too_short(lifetime, min_ttl));
+            }
+        }
+        if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error) {
+            if now < retry_at {
+                return Err(ServeError::Backoff {
+                    profile: self.profile.name.clone(),
+                    error: error.clone(),
+                    retry_in: retry_at - now,
+                });
+            }
+        }
+        let slot = Arc::clone(self);
+        let task = tokio::spawn(slot.fetch());
+        let flight = async move { task.await.unwrap_or(Err(FetchError::Stopped)) }
+            .boxed()
+            .shared();
+        state.flight = Some(flight.clone());
+        Ok(Step::Wait(flight))
+    }
+
+    async fn fetch(self: Arc<Self>) -> FetchResult {
+        let sent = Instant::now();
+        let request = AssertUnwindSafe(self.idp.request_token(&self.profile)).catch_unwind();
+        let outcome = tokio::select! {
+            () = self.stop.cancelled() => Err(FetchError::Stopped),
+            result = request => match result {
+                Ok(Ok(issued)) => CachedToken::new(&self.profile, issued, sent)
+                    .map(Arc::new)
+                    .map_err(|e| FetchError::Idp(Arc::new(e))),
+                Ok(Err(e)) => Err(FetchError::Idp(Arc::new(e))),
+                Err(_) => Err(FetchError::Panicked),
+            },
+        };
+        self.finish(outcome)
+    }
+
+    /// Publishes a fetch's outcome and ends the flight, in one step under the lock.
+    fn finish(&self, outcome: FetchResult) -> FetchResult {
+        let mut state = lock(&self.state);
+        state.flight = None;
+        match &outcome {
+            Ok(token) => {
+                self.current.store(Some(token.clone()));
+                state.failures = 0;
+                state.last_error = None;
+                state.retry_at = None;
+                state.last_refresh = Some(SystemTime::now());
+                state.lifetime = Some(token.lifetime);
+                drop(state);
+                self.updates.send_replace(Some(token.clone()));
+                tracing::info!(
+                    profile = %self.profile.name,
+                    lifetime_s = token.lifetime.as_secs(),
+                    "token obtained"
+                );
+            }
+            Err(FetchError::Idp(error)) => {
+                state.failures += 1;
+                let delay = backoff(self.profile.retry, state.failures)
+                    .max(error.retry_after().unwrap_or_default());
+                state.retry_at = Some(Instant::now() + delay);
+                state.last_error = Some(error.clone());
+                let failures = state.failures;
+                drop(state);
+                tracing::warn!(
+                    profile = %self.profile.name,
+                    %error,
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "token request failed"
+                );
+            }
+            Err(FetchError::Panicked) => {
+                // Backing off keeps a bug from turning into a request storm.
+                state.failures += 1;
+                state.retry_at = Some(Instant::now() + backoff(self.profile.retry, state.failures));
+                drop(state);
+                tracing::error!(profile = %self.profile.name, "token request panicked");
+            }
+            Err(FetchError::Stopped) => {}
+        }
+        outcome
+    }
+
+    fn serve_error(&self, error: FetchError) -> ServeError {
+        match error {
+            FetchError::Idp(error) => ServeError::Fetch {
+                profile: self.profile.name.clone(),
+                error,
+            },
+            FetchError::Stopped => ServeError::ShuttingDown,
+            FetchError::Panicked => ServeError::Internal,
+        }
+    }
+
+    fn too_short(&self, lifetime: Duration, min_ttl: Duration) -> ServeError {
+        ServeError::TooShort {
+            profile: self.profile.name.clone(),
+            lifetime,
+            min_ttl,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `initial · 2^(failures-1)` capped at `max`, then a
+/// random 50–100% of that, so that many slots failing together spread their retries.
+fn backoff(retry: Retry, failures: u32) -> Duration {
+    let doubled = retry
+        .initial
+        .saturating_mul(1 << failures.saturating_sub(1).min(20));
+    doubled.min(retry.max).mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn lock(state: &Mutex<SlotState>) -> MutexGuard<'_, SlotState> {
+    // The state is consistent after every statement that changes it, so a panic elsewhere
+    // while it was held leaves nothing half-done.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,48 @@
+//! The refresher: one task per slot that replaces the token before it expires, and retries
+//! with backoff while the provider fails, so that after warm-up no caller waits.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::{Slot, Step, lock};
+
+/// Runs until `stop` is cancelled.
+pub(super) async fn run(slot: Arc<Slot>, stop: CancellationToken) {
+    let mut updates = slot.subscribe();
+    loop {
+        let wake = next_refresh(&slot);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                refresh_due(&slot).await;
+            }
+            changed = updates.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// When the slot next needs a request: at the token's refresh time, or after the backoff
+/// of a failure. `None` while nobody has asked for the profile (unless it warms up).
+fn next_refresh(slot: &Slot) -> Option<Instant> {
+    let state = lock(&slot.state);
+    let due = match slot.current.load().as_ref() {
+        Some(token) => token.refresh_at,
+        None if slot.profile.warm_up || state.last_error.is_some() => Instant::now(),
+        None => return None,
+    };
+    Some(state.retry_at.map_or(due, |retry_at| retry_at.max(due)))
+}
+
+async fn refresh_due(slot: &Arc<Slot>) {
+    let fresh = |token: &super::CachedToken, now: Instant| now < token.refresh_at;
+    match slot.join_or_start(fresh, Duration::ZERO) {
+        Ok(Step::Wait(flight)) => {
+            // The outcome is published and logged by the fetch itself.
+            let _ = flight.await;
+        }
+        // A new token arrived meanwhile, or a backoff is running: the loop recomputes.
+        Ok(Step::Ready(_)) | Err(_) => {}
+    }
+}

@@ -1,0 +1,91 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::config::Config;
+
+fn profile(extra: &str) -> Arc<Profile> {
+    Config::from_yaml(&format!(
+        "profiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: {{ value: s }}\n    headers: {{ X-Api-Key: {{ value: the-api-key }} }}\n{extra}"
+    ))
+    .unwrap()
+    .profiles
+    .remove(0)
+}
+
+fn issued(token: &str, lifetime: Duration, refresh_in: Option<Duration>) -> IssuedToken {
+    IssuedToken {
+        access_token: Secret::new(token),
+        token_type: "Bearer".into(),
+        lifetime,
+        expires_at: SystemTime::now() + lifetime,
+        refresh_in,
+        scopes: vec!["s".into()],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_serves_until_expiry_less_min_ttl_and_never_once_rejected() {
+    let token = CachedToken::new(
+        &profile(""),
+        issued("tok", Duration::from_secs(100), None),
+        Instant::now(),
+    )
+    .unwrap();
+    let now = Instant::now();
+    assert!(token.serves(now, Duration::ZERO, None));
+    assert!(token.serves(now, Duration::from_secs(100), None));
+    assert!(!token.serves(now, Duration::from_secs(101), None));
+    assert!(!token.serves(now, Duration::ZERO, Some("tok")));
+    assert!(token.serves(now, Duration::ZERO, Some("older")));
+    assert!(!token.serves(now + Duration::from_secs(100), Duration::ZERO, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_is_near_the_configured_fraction_or_entra_refresh_in() {
+    let sent = Instant::now();
+    let lifetime = Duration::from_secs(1000);
+    for _ in 0..50 {
+        let token = CachedToken::new(&profile(""), issued("t", lifetime, None), sent).unwrap();
+        let ahead = token.refresh_at - sent;
+        assert!(
+            (Duration::from_secs(750)..=Duration::from_secs(800)).contains(&ahead),
+            "{ahead:?}"
+        );
+    }
+    let token = CachedToken::new(
+        &profile(""),
+        issued("t", lifetime, Some(Duration::from_secs(500))),
+        sent,
+    )
+    .unwrap();
+    assert_eq!(token.refresh_at - sent, Duration::from_secs(500));
+}
+
+#[tokio::test]
+async fn the_encoded_reply_carries_authorization_and_companion_headers() {
+    use prost::Message as _;
+    let token = CachedToken::new(
+        &profile(""),
+        issued("tok", Duration::from_secs(60), None),
+        Instant::now(),
+    )
+    .unwrap();
+    let reply = pb::Token::decode(token.encoded().as_bytes()).unwrap();
+    assert_eq!(reply.headers["authorization"], "Bearer tok");
+    assert_eq!(reply.headers["x-api-key"], "the-api-key");
+    assert_eq!(reply.profile, "p");
+    assert!(!format!("{token:?}").contains("tok\""));
+}
+
+#[test]
+fn backoff_doubles_with_jitter_up_to_the_cap() {
+    let retry = Retry {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+    };
+    for (failures, full) in [(1, 1), (2, 2), (3, 4), (5, 16), (6, 30), (60, 30)] {
+        let delay = backoff(retry, failures);
+        let full = Duration::from_secs(full);
+        assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
+    }
+}

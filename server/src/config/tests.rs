@@ -1,0 +1,115 @@
+use super::*;
+
+fn profile_yaml(extra: &str) -> String {
+    format!(
+        "profiles:\n  jama:\n    token_url: https://example.jamacloud.com/rest/oauth/token\n    client_id: abc\n    client_secret: {{ value: s3cret }}\n{extra}"
+    )
+}
+
+fn error(yaml: &str) -> ConfigError {
+    Config::from_yaml(yaml).unwrap_err()
+}
+
+#[test]
+fn contract_example_profile_parses_with_defaults() {
+    let config = Config::from_yaml(&profile_yaml(
+        "    auth_method: client_secret_basic\n    scopes: [a, b]\n    headers: { X-Api-Key: { value: k } }\n",
+    ))
+    .unwrap();
+    let profile = &config.profiles[0];
+    assert_eq!(&*profile.name, "jama");
+    assert_eq!(profile.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(profile.grant, Grant::ClientCredentials);
+    assert_eq!(profile.scopes, ["a", "b"]);
+    assert_eq!(profile.headers[0].0.as_str(), "x-api-key");
+    assert_eq!(profile.refresh_ahead, 0.8);
+    assert_eq!(config.server.listen, "0.0.0.0:50051".parse().unwrap());
+    assert_eq!(config.server.admin_listen, "0.0.0.0:9090".parse().unwrap());
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_profile() {
+    let e = error(&profile_yaml("    scope: [a]\n"));
+    assert_eq!(e.key, "profiles.jama.scope");
+    assert!(e.message.contains("unknown field `scope`"), "{e}");
+
+    let e = error("server:\n  listen: 0.0.0.0:1\n  colour: blue\nprofiles: {}\n");
+    assert_eq!(e.key, "server.colour");
+    assert!(e.message.contains("unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn missing_secrets_name_profile_key_and_source() {
+    let yaml = "profiles:\n  jakamo:\n    token_url: https://login.example.com/t\n    client_id: a\n    client_secret: { env: TOKENVEND_TEST_NOT_SET_ANYWHERE }\n";
+    assert_eq!(
+        error(yaml).to_string(),
+        "profiles.jakamo.client_secret: environment variable TOKENVEND_TEST_NOT_SET_ANYWHERE is not set"
+    );
+    let yaml = profile_yaml("    headers: { X-Api-Key: { file: /nonexistent/key } }\n");
+    let e = error(&yaml);
+    assert_eq!(e.key, "profiles.jama.headers.X-Api-Key");
+    assert!(e.message.contains("/nonexistent/key"), "{e}");
+}
+
+#[test]
+fn secret_source_needs_exactly_one_kind() {
+    let yaml = "profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n    client_secret: { env: A, value: b }\n";
+    assert_eq!(error(yaml).key, "profiles.p.client_secret");
+}
+
+#[test]
+fn plain_http_only_to_loopback() {
+    for ok in ["http://127.0.0.1:8080/token", "http://localhost/t", "http://[::1]:1/t"] {
+        let yaml = profile_yaml("").replace("https://example.jamacloud.com/rest/oauth/token", ok);
+        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let yaml = profile_yaml("")
+        .replace("https://example.jamacloud.com/rest/oauth/token", "http://idp.example.com/t");
+    let e = error(&yaml);
+    assert_eq!(e.key, "profiles.jama.token_url");
+    assert!(e.message.contains("use https"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    assert_eq!(error(&profile_yaml("    min_ttl: soon\n")).key, "profiles.jama.min_ttl");
+    assert_eq!(error(&profile_yaml("    refresh_ahead: 1.5\n")).key, "profiles.jama.refresh_ahead");
+    assert_eq!(
+        error(&profile_yaml("    auth_method: magic\n")).key,
+        "profiles.jama.auth_method"
+    );
+    assert_eq!(
+        error(&profile_yaml("    params: { grant_type: password }\n")).key,
+        "profiles.jama.params.grant_type"
+    );
+    assert_eq!(
+        error(&profile_yaml("    headers: { Authorization: { value: x } }\n")).key,
+        "profiles.jama.headers.Authorization"
+    );
+    assert_eq!(
+        error(&profile_yaml("    scopes: [\"a b\"]\n")).key,
+        "profiles.jama.scopes"
+    );
+    assert_eq!(
+        error("server:\n  listen: localhost\nprofiles: {}\n").key,
+        "server.listen"
+    );
+}
+
+#[test]
+fn not_yet_supported_features_say_so() {
+    let e = error(&profile_yaml("    grant: refresh_token\n"));
+    assert_eq!(e.key, "profiles.jama.grant");
+    assert!(e.message.contains("not supported"), "{e}");
+}
+
+#[test]
+fn errors_never_echo_a_secret() {
+    let yaml = "profiles:\n  p:\n    token_url: http://idp.example.com/t\n    client_id: a\n    client_secret: { value: TOPSECRET }\n    colour: 1\n";
+    assert!(!error(yaml).to_string().contains("TOPSECRET"));
+}
+
+#[test]
+fn no_profiles_is_an_error() {
+    assert_eq!(error("server: {}\n").key, "profiles");
+}

@@ -1,0 +1,289 @@
+//! The identity provider client: one OAuth 2.0 token request (RFC 6749 §4.4), sent the way
+//! the profile says, and its answer read the way real providers write it.
+
+mod response;
+
+use std::time::{Duration, SystemTime};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use http::{HeaderValue, header};
+use url::form_urlencoded;
+
+use crate::{
+    config::{AuthMethod, Grant, Profile},
+    secret::{Secret, SecretError},
+};
+
+pub use response::IssuedToken;
+
+/// The most of a token response that is read; real ones are a few KiB.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// A client for token endpoints; cheap to clone (it shares one connection pool).
+#[derive(Clone, Debug)]
+pub struct IdpClient {
+    http: reqwest::Client,
+}
+
+/// Why a token request failed. The text never holds a secret or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    /// The provider answered with an OAuth error (RFC 6749 §5.2) that retrying won't fix.
+    #[error("identity provider refused the request (HTTP {status}): {error}{}", describe(.description))]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The OAuth `error` code, such as `invalid_client`.
+        error: String,
+        /// The provider's `error_description`, cleaned and shortened.
+        description: Option<String>,
+    },
+    /// The provider answered with a transient OAuth error or an HTTP status and no OAuth
+    /// error body (an HTML error page, a gateway error).
+    #[error("identity provider answered HTTP {status}{}{}", describe_body(.content_type), describe(.error))]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body's content type, if it had one.
+        content_type: Option<String>,
+        /// The OAuth `error` code, if the body had one.
+        error: Option<String>,
+        /// The provider's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused, reset, TLS failure, DNS.
+    #[error("cannot reach the identity provider at {host}: {reason}")]
+    Unreachable {
+        /// The token endpoint's host.
+        host: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No answer within the profile's timeout.
+    #[error("identity provider at {host} did not answer within {timeout:?}")]
+    Timeout {
+        /// The token endpoint's host.
+        host: String,
+        /// The profile's timeout.
+        timeout: Duration,
+    },
+    /// An answer that is not a usable token response.
+    #[error("identity provider sent an unusable token response: {0}")]
+    Malformed(String),
+    /// A secret of the profile could not be read.
+    #[error("{key}: {source}")]
+    Secret {
+        /// The configuration key of the secret.
+        key: String,
+        /// Why it could not be read.
+        source: SecretError,
+    },
+}
+
+fn describe(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+fn describe_body(content_type: &Option<String>) -> String {
+    content_type
+        .as_deref()
+        .map(|t| format!(" with a {t} body"))
+        .unwrap_or_default()
+}
+
+impl IdpError {
+    /// Whether trying again later may succeed without a change of configuration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Rejected { .. } | Self::Secret { .. } => false,
+            // An OAuth error code in a `Status` is one of the transient ones.
+            Self::Status { status, error, .. } => is_transient_status(*status) || error.is_some(),
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Malformed(_) => true,
+        }
+    }
+
+    /// How long the provider asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn is_transient_status(status: u16) -> bool {
+    status >= 500 || status == 429 || status == 408
+}
+
+impl IdpClient {
+    /// A client with the given connect timeout. Redirects are not followed: a token
+    /// endpoint that redirects is misconfigured, and following would resend credentials.
+    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// Requests a token for a profile.
+    pub async fn request_token(&self, profile: &Profile) -> Result<IssuedToken, IdpError> {
+        let secret = profile
+            .client_secret
+            .load()
+            .map_err(|source| IdpError::Secret {
+                key: format!("profiles.{}.client_secret", profile.name),
+                source,
+            })?;
+        let (body, authorization) = token_request(profile, &secret);
+        let host = profile.token_url.host_str().unwrap_or_default().to_owned();
+
+        let mut request = self
+            .http
+            .post(profile.token_url.clone())
+            .timeout(profile.timeout)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(body);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let sent_at = SystemTime::now();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(e, &host, profile.timeout))?;
+
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(e, &host, profile.timeout))?
+            .ok_or_else(|| {
+                IdpError::Malformed(format!("the body is larger than {MAX_RESPONSE_BYTES} bytes"))
+            })?;
+
+        response::parse(
+            response::Answer {
+                status,
+                content_type,
+                retry_after,
+                body: &body,
+                sent_at,
+            },
+            profile,
+            &[secret.expose()],
+        )
+    }
+}
+
+/// The form body and, for `client_secret_basic`, the Authorization header.
+fn token_request(profile: &Profile, secret: &Secret) -> (String, Option<HeaderValue>) {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    match profile.grant {
+        Grant::ClientCredentials => form.append_pair("grant_type", "client_credentials"),
+        Grant::RefreshToken => form.append_pair("grant_type", "refresh_token"),
+    };
+    let authorization = match profile.auth_method {
+        AuthMethod::ClientSecretBasic => Some(basic_authorization(&profile.client_id, secret)),
+        AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => {
+            form.append_pair("client_id", &profile.client_id);
+            form.append_pair("client_secret", secret.expose());
+            None
+        }
+    };
+    if !profile.scopes.is_empty() {
+        form.append_pair("scope", &profile.scopes.join(" "));
+    }
+    if let Some(audience) = &profile.audience {
+        form.append_pair("audience", audience);
+    }
+    if let Some(resource) = &profile.resource {
+        form.append_pair("resource", resource);
+    }
+    for (name, value) in &profile.params {
+        form.append_pair(name, value);
+    }
+    (form.finish(), authorization)
+}
+
+/// RFC 6749 §2.3.1: the id and the secret are each form-urlencoded before they are joined
+/// with `:` and Base64-encoded, so a secret holding `:` or `%` survives the trip.
+fn basic_authorization(client_id: &str, secret: &Secret) -> HeaderValue {
+    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+    let credentials = STANDARD.encode(format!("{id}:{secret}"));
+    let mut value = HeaderValue::try_from(format!("Basic {credentials}"))
+        .unwrap_or_else(|_| unreachable!("Base64 is a valid header value"));
+    // Keeps the value out of HPACK tables and out of `Debug` prints of the request.
+    value.set_sensitive(true);
+    value
+}
+
+fn transport_error(error: reqwest::Error, host: &str, timeout: Duration) -> IdpError {
+    if error.is_timeout() {
+        return IdpError::Timeout {
+            host: host.to_owned(),
+            timeout,
+        };
+    }
+    // The URL is left out: the host says enough, and a query string might be sensitive.
+    let error = error.without_url();
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    IdpError::Unreachable {
+        host: host.to_owned(),
+        reason,
+    }
+}
+
+/// Reads the body up to [`MAX_RESPONSE_BYTES`]; `None` when it is larger.
+async fn read_capped(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3), capped at an hour.
+fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let delay = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(text)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(delay.min(Duration::from_secs(3600)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use super::{response::*, *};
+use crate::config::Config;
+
+fn profile() -> std::sync::Arc<Profile> {
+    Config::from_yaml(
+        "profiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: my id\n    client_secret: { value: 's+/=:%&?' }\n    scopes: [read, write]\n    default_expires_in: 120s\n",
+    )
+    .unwrap()
+    .profiles
+    .remove(0)
+}
+
+fn answer(status: u16, content_type: Option<&str>, body: &str) -> Result<IssuedToken, IdpError> {
+    let now = SystemTime::now();
+    response::parse(
+        response::Answer {
+            status,
+            content_type: content_type.map(str::to_owned),
+            retry_after: Some(Duration::from_secs(60)),
+            body: body.as_bytes(),
+            sent_at: now,
+        },
+        &profile(),
+        &["s+/=:%&?"],
+    )
+}
+
+#[test]
+fn expires_in_as_number_or_string() {
+    let t = answer(200, None, r#"{"access_token":"a","token_type":"bearer","expires_in":3599}"#).unwrap();
+    assert_eq!(t.lifetime, Duration::from_secs(3599));
+    assert_eq!(t.token_type, "Bearer");
+    let t = answer(200, None, r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
+    assert_eq!(t.lifetime, Duration::from_secs(3599));
+    assert_eq!(t.token_type, "Bearer");
+}
+
+#[test]
+fn no_expires_in_falls_back_to_jwt_exp_then_default() {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp},"sub":"x"}}"#));
+    let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
+    let t = answer(200, None, &format!(r#"{{"access_token":"{jwt}"}}"#)).unwrap();
+    assert!((595..=600).contains(&t.lifetime.as_secs()), "{:?}", t.lifetime);
+    assert_eq!(t.expires_at.duration_since(UNIX_EPOCH).unwrap().as_secs(), exp);
+
+    let t = answer(200, None, r#"{"access_token":"opaque","expires_in":null}"#).unwrap();
+    assert_eq!(t.lifetime, Duration::from_secs(120));
+}
+
+#[test]
+fn scope_null_means_the_requested_scopes() {
+    let t = answer(200, None, r#"{"access_token":"a","expires_in":60,"scope":null}"#).unwrap();
+    assert_eq!(t.scopes, ["read", "write"]);
+    let t = answer(200, None, r#"{"access_token":"a","expires_in":60,"scope":"read  admin"}"#).unwrap();
+    assert_eq!(t.scopes, ["read", "admin"]);
+}
+
+#[test]
+fn extra_fields_and_entra_refresh_in() {
+    let t = answer(
+        200,
+        Some("application/json"),
+        r#"{"access_token":"a","expires_in":3599,"ext_expires_in":3599,"refresh_in":1800,"id_token":{"nested":[1,2]}}"#,
+    )
+    .unwrap();
+    assert_eq!(t.refresh_in, Some(Duration::from_secs(1800)));
+}
+
+#[test]
+fn oauth_errors_are_rejections_with_cleaned_detail() {
+    let e = answer(
+        401,
+        Some("application/json"),
+        r#"{"error":"invalid_client","error_description":"bad secret s+/=:%&? for\nclient"}"#,
+    )
+    .unwrap_err();
+    assert!(!e.is_transient());
+    let text = e.to_string();
+    assert!(text.contains("invalid_client"), "{text}");
+    assert!(text.contains("bad secret <redacted> for client"), "{text}");
+    assert!(!text.contains("s+/=:%&?"));
+}
+
+#[test]
+fn html_and_5xx_are_transient_with_retry_after() {
+    let e = answer(503, Some("text/html"), "<html><body>down</body></html>").unwrap_err();
+    assert!(e.is_transient());
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
+    assert_eq!(e.to_string(), "identity provider answered HTTP 503 with a text/html body");
+
+    let e = answer(400, None, r#"{"error":"temporarily_unavailable"}"#).unwrap_err();
+    assert!(e.is_transient());
+    let e = answer(404, Some("text/html"), "<html>not found</html>").unwrap_err();
+    assert!(!e.is_transient());
+}
+
+#[test]
+fn ok_status_with_error_body_is_an_error() {
+    let e = answer(200, None, r#"{"error":"invalid_scope"}"#).unwrap_err();
+    assert!(matches!(e, IdpError::Rejected { ref error, .. } if error == "invalid_scope"));
+}
+
+#[test]
+fn unusable_success_bodies_never_echo_the_token() {
+    let e = answer(200, Some("text/html"), "<html>login page</html>").unwrap_err();
+    assert!(matches!(e, IdpError::Malformed(_)));
+    let e = answer(200, None, r#"{"access_token":12345678}"#).unwrap_err();
+    assert!(!e.to_string().contains("12345678"));
+    let e = answer(200, None, r#"{"access_token":"tok","expires_in":-5}"#).unwrap();
+    assert_eq!(e.lifetime, Duration::from_secs(120));
+}
+
+#[test]
+fn basic_credentials_are_form_encoded_before_base64() {
+    let value = basic_authorization("my id", &Secret::new("s+/=:%&?"));
+    assert!(value.is_sensitive());
+    let encoded = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap();
+    assert_eq!(decoded, "my+id:s%2B%2F%3D%3A%25%26%3F");
+}
+
+#[test]
+fn form_body_carries_scopes_space_separated_and_params() {
+    let (body, auth) = token_request(&profile(), &Secret::new("x"));
+    assert!(auth.is_none());
+    assert_eq!(
+        body,
+        "grant_type=client_credentials&client_id=my+id&client_secret=x&scope=read+write"
+    );
+}
+
+#[test]
+fn retry_after_seconds_or_date() {
+    let now = SystemTime::now();
+    assert_eq!(
+        parse_retry_after(&HeaderValue::from_static("60"), now),
+        Some(Duration::from_secs(60))
+    );
+    let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+    let parsed = parse_retry_after(&HeaderValue::try_from(later).unwrap(), now).unwrap();
+    assert!((119..=120).contains(&parsed.as_secs()));
+    assert_eq!(parse_retry_after(&HeaderValue::from_static("soon"), now), None);
+}

@@ -1,0 +1,19 @@
+//! tokenvend: a gRPC service that vends OAuth 2.0 access tokens by profile name from a
+//! single-flight, refresh-ahead cache, so that no caller holds a client secret.
+//!
+//! The request path: [`service`] → [`cache`] → (on a miss) [`idp`]. [`server::serve`] runs
+//! it all on listeners the caller bound; `main.rs` only parses the command line.
+
+mod admin;
+pub mod cache;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod idp;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Listeners, serve};

@@ -1,0 +1,192 @@
+//! The `tokenvend` command: `serve`, `get`, `check`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tokenvend_server::{
+    Config, Listeners,
+    config::ServerConfig,
+    dev::DevIssuer,
+    telemetry::{self, LogFormat},
+};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "tokenvend", version, about = "Vends OAuth 2.0 access tokens over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// The configuration file.
+        #[arg(long, env = "TOKENVEND_CONFIG", required_unless_present = "dev")]
+        config: Option<PathBuf>,
+        /// Run a self-contained demo: a local OAuth 2.0 issuer and a `demo` profile.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+        /// The gRPC listen address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The admin HTTP listen address, overriding `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// How log lines are written.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Print a token for a profile, from a running server.
+    Get {
+        /// The profile.
+        profile: String,
+        /// The server.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        /// The configuration file.
+        #[arg(long, env = "TOKENVEND_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            dev,
+            listen,
+            admin_listen,
+            log_format,
+        } => {
+            telemetry::init(log_format);
+            let result = serve(config, dev, listen, admin_listen).await;
+            report(result.map_err(|e| tracing::error!("{e}")))
+        }
+        Command::Get { profile, server } => {
+            let result = async {
+                let mut client = tokenvend_client::TokenClient::connect(server).await?;
+                let token = client.get_token(&profile).await?;
+                println!("{}", token.access_token);
+                Ok::<_, tokenvend_client::Error>(())
+            }
+            .await;
+            report(result.map_err(|e| eprintln!("tokenvend get: {e}")))
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(config) => {
+                println!(
+                    "{}: valid, {} profile(s)",
+                    config_name(&config),
+                    config.profiles.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tokenvend check: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn config_name(config: &Config) -> String {
+    config
+        .profiles
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn report(result: Result<(), ()>) -> ExitCode {
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    dev: bool,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> Result<(), String> {
+    // Kept alive for as long as the server runs.
+    let mut issuer = None;
+    let mut config = if dev {
+        let dev_issuer = DevIssuer::start(Duration::from_secs(300))
+            .await
+            .map_err(|e| format!("cannot start the dev issuer: {e}"))?;
+        // The demo listens on loopback only: it has an open profile and no caller checks.
+        let server = ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ..ServerConfig::default()
+        };
+        let config = dev_issuer.config(server);
+        issuer = Some(dev_issuer);
+        config
+    } else {
+        let path = config.ok_or("--config or TOKENVEND_CONFIG is required")?;
+        Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    config.server.listen = listen.unwrap_or(config.server.listen);
+    config.server.admin_listen = admin_listen.unwrap_or(config.server.admin_listen);
+
+    let grpc = bind(config.server.listen, "gRPC").await?;
+    let admin = bind(config.server.admin_listen, "admin").await?;
+    let grpc_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        grpc = %grpc_addr,
+        admin = %config.server.admin_listen,
+        profiles = %config_name(&config),
+        "tokenvend listening"
+    );
+    if let Some(issuer) = &issuer {
+        tracing::info!(issuer = %issuer.url(), "dev mode: demo issuer running");
+        eprintln!(
+            "\n  try: grpcurl -plaintext -d '{{\"profile\":\"demo\"}}' {grpc_addr} tokenvend.v1.TokenService/GetToken\n"
+        );
+    }
+    let listeners = Listeners {
+        grpc,
+        admin: Some(admin),
+    };
+    tokenvend_server::serve(listeners, config, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,213 @@
+//! The `tokenvend.v1.TokenService` implementation: request → profile → cache → reply.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use tokenvend::{pb, wire::EncodedToken};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::{
+    cache::{CacheState, CachedToken, Need, Slot, TokenCache},
+    error::ServeError,
+};
+
+/// The gRPC service.
+pub struct TokenService {
+    cache: Arc<TokenCache>,
+    stop: CancellationToken,
+}
+
+impl TokenService {
+    /// A service over this cache. Cancelling `stop` ends every `WatchToken` stream, so
+    /// that a shutdown is not held up by clients that would watch forever.
+    pub fn new(cache: Arc<TokenCache>, stop: CancellationToken) -> Self {
+        Self { cache, stop }
+    }
+
+    fn slot(&self, profile: &str) -> Result<&Arc<Slot>, ServeError> {
+        if profile.is_empty() {
+            return Err(ServeError::InvalidArgument("`profile` is required".into()));
+        }
+        self.cache
+            .slot(profile)
+            .ok_or_else(|| ServeError::NotFound(profile.to_owned()))
+    }
+}
+
+type TokenStream = Pin<Box<dyn Stream<Item = Result<EncodedToken, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::token_service_server::TokenService for TokenService {
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<EncodedToken>, Status> {
+        let deadline = deadline(request.metadata());
+        let request = request.get_ref();
+        let slot = self.slot(&request.profile)?;
+        let need = Need {
+            min_ttl: min_ttl(request.min_ttl)?,
+            rejected: Some(request.rejected_token.as_str()).filter(|t| !t.is_empty()),
+        };
+        if let Some(token) = slot.cached(&need) {
+            return Ok(Response::new(token));
+        }
+        let token = within(deadline, slot.token(need)).await?;
+        Ok(Response::new(token.encoded().clone()))
+    }
+
+    async fn list_profiles(
+        &self,
+        _request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let profiles = self
+            .cache
+            .slots()
+            .into_iter()
+            .map(|slot| {
+                let profile = slot.profile();
+                let status = slot.status();
+                pb::ProfileInfo {
+                    name: profile.name.to_string(),
+                    grant: profile.grant.as_str().to_owned(),
+                    token_endpoint_host: profile.token_url.host_str().unwrap_or("").to_owned(),
+                    scopes: profile.scopes.clone(),
+                    cache_state: match status.state {
+                        CacheState::Empty => pb::CacheState::Empty,
+                        CacheState::Valid => pb::CacheState::Valid,
+                        CacheState::Stale => pb::CacheState::Stale,
+                        CacheState::Failed => pb::CacheState::Failed,
+                    } as i32,
+                    expires_at: status.expires_at.map(Into::into),
+                    last_refresh: status.last_refresh.map(Into::into),
+                    last_error: status.last_error.unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListProfilesResponse { profiles }))
+    }
+
+    type WatchTokenStream = TokenStream;
+
+    async fn watch_token(
+        &self,
+        request: Request<pb::WatchTokenRequest>,
+    ) -> Result<Response<TokenStream>, Status> {
+        let deadline = deadline(request.metadata());
+        let slot = self.slot(&request.get_ref().profile)?.clone();
+        // Subscribed before the first token is taken, so no refresh falls in between.
+        let updates = slot.subscribe();
+        let first = within(deadline, slot.token(Need::default())).await?;
+        let watch = Watch {
+            updates,
+            last: first,
+            sent_first: false,
+            stop: self.stop.clone(),
+        };
+        // The stream is dropped when the client leaves, which ends the watch quietly.
+        let stream = futures::stream::unfold(watch, |mut watch| async move {
+            let token = watch.next().await?;
+            Some((Ok(token), watch))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One `WatchToken` stream: the current token, then each one that replaces it.
+struct Watch {
+    updates: watch::Receiver<Option<Arc<CachedToken>>>,
+    last: Arc<CachedToken>,
+    sent_first: bool,
+    stop: CancellationToken,
+}
+
+impl Watch {
+    async fn next(&mut self) -> Option<EncodedToken> {
+        if !self.sent_first {
+            self.sent_first = true;
+            return Some(self.last.encoded().clone());
+        }
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                changed = self.updates.changed() => changed.ok()?,
+            }
+            let Some(token) = self.updates.borrow_and_update().clone() else {
+                continue;
+            };
+            if !Arc::ptr_eq(&token, &self.last) {
+                self.last = token;
+                return Some(self.last.encoded().clone());
+            }
+        }
+    }
+}
+
+fn min_ttl(value: Option<prost_types::Duration>) -> Result<Duration, ServeError> {
+    match value {
+        None => Ok(Duration::ZERO),
+        Some(d) => Duration::try_from(d).map_err(|_| {
+            ServeError::InvalidArgument("`min_ttl` must be a non-negative duration".into())
+        }),
+    }
+}
+
+/// The caller's deadline from `grpc-timeout`, shortened by a little so that our
+/// DEADLINE_EXCEEDED answers before tonic's own timer, which would say CANCELLED.
+fn deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(timeout.saturating_sub((timeout / 10).min(Duration::from_millis(5))))
+}
+
+async fn within<T>(
+    deadline: Option<Duration>,
+    work: impl Future<Output = Result<T, ServeError>>,
+) -> Result<T, ServeError> {
+    match deadline {
+        None => work.await,
+        Some(deadline) => tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| ServeError::DeadlineExceeded)?,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut metadata = MetadataMap::new();
+        for (value, expected) in [
+            ("2S", Duration::from_millis(1995)),
+            ("100m", Duration::from_millis(95)),
+            ("1M", Duration::from_millis(59_995)),
+            ("10u", Duration::from_micros(9)),
+        ] {
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(deadline(&metadata), Some(expected), "{value}");
+        }
+        metadata.insert("grpc-timeout", "5x".parse().unwrap());
+        assert_eq!(deadline(&metadata), None);
+    }
+
+    #[test]
+    fn negative_min_ttl_is_invalid() {
+        let negative = prost_types::Duration { seconds: -1, nanos: 0 };
+        assert!(matches!(min_ttl(Some(negative)), Err(ServeError::InvalidArgument(_))));
+        assert_eq!(min_ttl(None).unwrap(), Duration::ZERO);
+    }
+}

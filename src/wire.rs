@@ -75,7 +75,10 @@ mod tests {
             scopes: vec!["a".into(), "b".into()],
             headers: [("authorization".to_string(), "Bearer abc".to_string())].into(),
             profile: "p".into(),
-            expires_at: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
         };
         let encoded = EncodedToken::encode(&token);
         let framed = encoded.encode_to_vec();

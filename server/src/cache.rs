@@ -312,27 +312,28 @@ impl Slot {
     ) -> Result<Step, ServeError> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        if let Some(token) = self.current.load_full() {
-            if accept(&token, now) {
-                return Ok(Step::Ready(token));
-            }
+        if let Some(token) = self.current.load_full()
+            && accept(&token, now)
+        {
+            return Ok(Step::Ready(token));
         }
         if let Some(flight) = &state.flight {
             return Ok(Step::Wait(flight.clone()));
         }
-        if let Some(lifetime) = state.lifetime {
-            if !min_ttl.is_zero() && min_ttl >= lifetime {
-                return Err(self.too_short(lifetime, min_ttl));
-            }
+        if let Some(lifetime) = state.lifetime
+            && !min_ttl.is_zero()
+            && min_ttl >= lifetime
+        {
+            return Err(self.too_short(lifetime, min_ttl));
         }
-        if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error) {
-            if now < retry_at {
-                return Err(ServeError::Backoff {
-                    profile: self.profile.name.clone(),
-                    error: error.clone(),
-                    retry_in: retry_at - now,
-                });
-            }
+        if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error)
+            && now < retry_at
+        {
+            return Err(ServeError::Backoff {
+                profile: self.profile.name.clone(),
+                error: error.clone(),
+                retry_in: retry_at - now,
+            });
         }
         let slot = Arc::clone(self);
         let task = tokio::spawn(slot.fetch());

@@ -320,8 +320,7 @@ impl RawProfile {
         if grant == Grant::RefreshToken {
             return Err(err(
                 "grant",
-                "`refresh_token` is not supported by this version; use `client_credentials`"
-                    .into(),
+                "`refresh_token` is not supported by this version; use `client_credentials`".into(),
             ));
         }
         let auth_method = self.auth_method.unwrap_or(AuthMethod::ClientSecretPost);
@@ -334,8 +333,7 @@ impl RawProfile {
         if self.issuer.is_some() {
             return Err(err(
                 "issuer",
-                "discovery from an issuer is not supported by this version; set `token_url`"
-                    .into(),
+                "discovery from an issuer is not supported by this version; set `token_url`".into(),
             ));
         }
 
@@ -403,10 +401,7 @@ impl RawProfile {
             },
         };
         if retry.initial > retry.max {
-            return Err(err(
-                "retry.initial",
-                "is longer than `retry.max`".into(),
-            ));
+            return Err(err("retry.initial", "is longer than `retry.max`".into()));
         }
 
         Ok(Profile {
@@ -436,9 +431,7 @@ impl RawProfile {
 }
 
 fn load_checked(raw: RawSecretSource, key: &str) -> Result<SecretSource, ConfigError> {
-    let source = raw
-        .into_source()
-        .map_err(|m| ConfigError::new(key, m))?;
+    let source = raw.into_source().map_err(|m| ConfigError::new(key, m))?;
     source
         .load()
         .map_err(|e| ConfigError::new(key, e.to_string()))?;
@@ -494,9 +487,9 @@ struct Dur(Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 5m: {e}")))
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 5m: {e}"))
+        })
     }
 }
 

@@ -23,9 +23,7 @@ use base64::{
     Engine as _,
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
-use p256::{
-    ecdsa::{Signature, SigningKey, signature::Signer as _},
-};
+use p256::ecdsa::{Signature, SigningKey, signature::Signer as _};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
 use url::{Url, form_urlencoded};
@@ -196,7 +194,10 @@ fn client_credentials(
         };
         return Some((unescape(id)?, unescape(secret)?));
     }
-    Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone()))
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
 }
 
 fn oauth_error(status: StatusCode, error: &str) -> Response {
@@ -226,7 +227,10 @@ impl Issuer {
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let signature: Signature = self.key.sign(input.as_bytes());
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes())))
+        Ok(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        ))
     }
 }
 

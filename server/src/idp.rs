@@ -172,9 +172,21 @@ impl IdpClient {
             .await
             .map_err(|e| transport_error(e, &host, profile.timeout))?
             .ok_or_else(|| {
-                IdpError::Malformed(format!("the body is larger than {MAX_RESPONSE_BYTES} bytes"))
+                IdpError::Malformed(format!(
+                    "the body is larger than {MAX_RESPONSE_BYTES} bytes"
+                ))
             })?;
 
+        // Providers sometimes echo what they were sent; none of the profile's secrets may
+        // pass into an error through them.
+        let companions: Vec<Secret> = profile
+            .headers
+            .iter()
+            .filter_map(|(_, source)| source.load().ok())
+            .collect();
+        let secrets: Vec<&str> = std::iter::once(secret.expose())
+            .chain(companions.iter().map(Secret::expose))
+            .collect();
         response::parse(
             response::Answer {
                 status,
@@ -184,7 +196,7 @@ impl IdpClient {
                 sent_at,
             },
             profile,
-            &[secret.expose()],
+            &secrets,
         )
     }
 }

@@ -12,7 +12,11 @@ use tokenvend_server::{
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "tokenvend", version, about = "Vends OAuth 2.0 access tokens over gRPC")]
+#[command(
+    name = "tokenvend",
+    version,
+    about = "Vends OAuth 2.0 access tokens over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,12 +82,14 @@ async fn main() -> ExitCode {
             .await;
             report(result.map_err(|e| eprintln!("tokenvend get: {e}")))
         }
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check {
+            config: config_path,
+        } => match Config::load(&config_path) {
             Ok(config) => {
                 println!(
-                    "{}: valid, {} profile(s)",
-                    config_name(&config),
-                    config.profiles.len()
+                    "{}: valid; profiles: {}",
+                    config_path.display(),
+                    config_name(&config)
                 );
                 ExitCode::SUCCESS
             }
@@ -174,14 +180,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -91,11 +91,10 @@ impl SecretSource {
             // Secret files are a few bytes and read once per token request, so a blocking
             // read costs less than handing it to a thread pool.
             Self::File(path) => {
-                let mut value =
-                    std::fs::read_to_string(path).map_err(|e| SecretError::File {
-                        path: path.clone(),
-                        reason: e.kind().to_string(),
-                    })?;
+                let mut value = std::fs::read_to_string(path).map_err(|e| SecretError::File {
+                    path: path.clone(),
+                    reason: e.kind().to_string(),
+                })?;
                 // `echo secret > file` and `kubectl create secret --from-file` keep a newline.
                 if value.ends_with('\n') {
                     value.pop();
@@ -171,6 +170,9 @@ mod tests {
         let err = SecretSource::File("/nonexistent/secret".into())
             .load()
             .unwrap_err();
-        assert!(err.to_string().starts_with("cannot read /nonexistent/secret"));
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/secret")
+        );
     }
 }

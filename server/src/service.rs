@@ -206,8 +206,14 @@ mod tests {
 
     #[test]
     fn negative_min_ttl_is_invalid() {
-        let negative = prost_types::Duration { seconds: -1, nanos: 0 };
-        assert!(matches!(min_ttl(Some(negative)), Err(ServeError::InvalidArgument(_))));
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert!(matches!(
+            min_ttl(Some(negative)),
+            Err(ServeError::InvalidArgument(_))
+        ));
         assert_eq!(min_ttl(None).unwrap(), Duration::ZERO);
     }
 }

@@ -40,8 +40,8 @@ impl TokenClient {
     /// Connects to a server such as `http://127.0.0.1:50051`.
     pub async fn connect(target: impl Into<String>) -> Result<Self, Error> {
         let target = target.into();
-        let endpoint = Channel::from_shared(target.clone())
-            .map_err(|_| Error::InvalidAddress(target))?;
+        let endpoint =
+            Channel::from_shared(target.clone()).map_err(|_| Error::InvalidAddress(target))?;
         let channel = endpoint.connect().await?;
         Ok(Self {
             inner: TokenServiceClient::new(channel),

@@ -59,12 +59,18 @@ fn secret_source_needs_exactly_one_kind() {
 
 #[test]
 fn plain_http_only_to_loopback() {
-    for ok in ["http://127.0.0.1:8080/token", "http://localhost/t", "http://[::1]:1/t"] {
+    for ok in [
+        "http://127.0.0.1:8080/token",
+        "http://localhost/t",
+        "http://[::1]:1/t",
+    ] {
         let yaml = profile_yaml("").replace("https://example.jamacloud.com/rest/oauth/token", ok);
         Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    let yaml = profile_yaml("")
-        .replace("https://example.jamacloud.com/rest/oauth/token", "http://idp.example.com/t");
+    let yaml = profile_yaml("").replace(
+        "https://example.jamacloud.com/rest/oauth/token",
+        "http://idp.example.com/t",
+    );
     let e = error(&yaml);
     assert_eq!(e.key, "profiles.jama.token_url");
     assert!(e.message.contains("use https"), "{e}");
@@ -72,8 +78,14 @@ fn plain_http_only_to_loopback() {
 
 #[test]
 fn bad_values_are_named() {
-    assert_eq!(error(&profile_yaml("    min_ttl: soon\n")).key, "profiles.jama.min_ttl");
-    assert_eq!(error(&profile_yaml("    refresh_ahead: 1.5\n")).key, "profiles.jama.refresh_ahead");
+    assert_eq!(
+        error(&profile_yaml("    min_ttl: soon\n")).key,
+        "profiles.jama.min_ttl"
+    );
+    assert_eq!(
+        error(&profile_yaml("    refresh_ahead: 1.5\n")).key,
+        "profiles.jama.refresh_ahead"
+    );
     assert_eq!(
         error(&profile_yaml("    auth_method: magic\n")).key,
         "profiles.jama.auth_method"
@@ -83,7 +95,10 @@ fn bad_values_are_named() {
         "profiles.jama.params.grant_type"
     );
     assert_eq!(
-        error(&profile_yaml("    headers: { Authorization: { value: x } }\n")).key,
+        error(&profile_yaml(
+            "    headers: { Authorization: { value: x } }\n"
+        ))
+        .key,
         "profiles.jama.headers.Authorization"
     );
     assert_eq!(

@@ -55,7 +55,9 @@ pub(super) fn parse(
         Ok(Value::Object(map)) => Some(map),
         _ => None,
     };
-    let has_token = json.as_ref().is_some_and(|m| m.contains_key("access_token"));
+    let has_token = json
+        .as_ref()
+        .is_some_and(|m| m.contains_key("access_token"));
     let oauth_error = json
         .as_ref()
         .and_then(|m| m.get("error"))
@@ -163,13 +165,10 @@ fn seconds(map: &Map<String, Value>, key: &str) -> Option<Duration> {
 /// The `exp` claim of a JWT access token, if the token is a JWT with one.
 fn jwt_expiry(token: &str) -> Option<SystemTime> {
     let mut parts = token.split('.');
-    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next())
-    else {
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
         return None;
     };
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let payload = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&payload).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
     (exp > 0.0 && exp < 1e11).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))

@@ -31,7 +31,12 @@ fn answer(status: u16, content_type: Option<&str>, body: &str) -> Result<IssuedT
 
 #[test]
 fn expires_in_as_number_or_string() {
-    let t = answer(200, None, r#"{"access_token":"a","token_type":"bearer","expires_in":3599}"#).unwrap();
+    let t = answer(
+        200,
+        None,
+        r#"{"access_token":"a","token_type":"bearer","expires_in":3599}"#,
+    )
+    .unwrap();
     assert_eq!(t.lifetime, Duration::from_secs(3599));
     assert_eq!(t.token_type, "Bearer");
     let t = answer(200, None, r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
@@ -49,8 +54,15 @@ fn no_expires_in_falls_back_to_jwt_exp_then_default() {
     let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp},"sub":"x"}}"#));
     let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
     let t = answer(200, None, &format!(r#"{{"access_token":"{jwt}"}}"#)).unwrap();
-    assert!((595..=600).contains(&t.lifetime.as_secs()), "{:?}", t.lifetime);
-    assert_eq!(t.expires_at.duration_since(UNIX_EPOCH).unwrap().as_secs(), exp);
+    assert!(
+        (595..=600).contains(&t.lifetime.as_secs()),
+        "{:?}",
+        t.lifetime
+    );
+    assert_eq!(
+        t.expires_at.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        exp
+    );
 
     let t = answer(200, None, r#"{"access_token":"opaque","expires_in":null}"#).unwrap();
     assert_eq!(t.lifetime, Duration::from_secs(120));
@@ -58,9 +70,19 @@ fn no_expires_in_falls_back_to_jwt_exp_then_default() {
 
 #[test]
 fn scope_null_means_the_requested_scopes() {
-    let t = answer(200, None, r#"{"access_token":"a","expires_in":60,"scope":null}"#).unwrap();
+    let t = answer(
+        200,
+        None,
+        r#"{"access_token":"a","expires_in":60,"scope":null}"#,
+    )
+    .unwrap();
     assert_eq!(t.scopes, ["read", "write"]);
-    let t = answer(200, None, r#"{"access_token":"a","expires_in":60,"scope":"read  admin"}"#).unwrap();
+    let t = answer(
+        200,
+        None,
+        r#"{"access_token":"a","expires_in":60,"scope":"read  admin"}"#,
+    )
+    .unwrap();
     assert_eq!(t.scopes, ["read", "admin"]);
 }
 
@@ -95,7 +117,10 @@ fn html_and_5xx_are_transient_with_retry_after() {
     let e = answer(503, Some("text/html"), "<html><body>down</body></html>").unwrap_err();
     assert!(e.is_transient());
     assert_eq!(e.retry_after(), Some(Duration::from_secs(60)));
-    assert_eq!(e.to_string(), "identity provider answered HTTP 503 with a text/html body");
+    assert_eq!(
+        e.to_string(),
+        "identity provider answered HTTP 503 with a text/html body"
+    );
 
     let e = answer(400, None, r#"{"error":"temporarily_unavailable"}"#).unwrap_err();
     assert!(e.is_transient());
@@ -124,7 +149,12 @@ fn basic_credentials_are_form_encoded_before_base64() {
     let value = basic_authorization("my id", &Secret::new("s+/=:%&?"));
     assert!(value.is_sensitive());
     let encoded = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
-    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap();
+    let decoded = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(decoded, "my+id:s%2B%2F%3D%3A%25%26%3F");
 }
 
@@ -148,5 +178,8 @@ fn retry_after_seconds_or_date() {
     let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
     let parsed = parse_retry_after(&HeaderValue::try_from(later).unwrap(), now).unwrap();
     assert!((119..=120).contains(&parsed.as_secs()));
-    assert_eq!(parse_retry_after(&HeaderValue::from_static("soon"), now), None);
+    assert_eq!(
+        parse_retry_after(&HeaderValue::from_static("soon"), now),
+        None
+    );
 }

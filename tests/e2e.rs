@@ -1,0 +1,13 @@
+//! End-to-end tests: the real server on `127.0.0.1:0`, a real HTTP identity provider on
+//! loopback, and the generated gRPC client. One module per behaviour.
+
+mod support;
+
+mod e2e {
+    mod cache;
+    mod client_auth;
+    mod dev_mode;
+    mod interop;
+    mod lifecycle;
+    mod status_codes;
+}

@@ -1,0 +1,111 @@
+//! Secrets, API keys and tokens never reach a log line, even at `trace` for every crate
+//! (hyper, h2, reqwest included), nor a `Debug` print of the configuration.
+//!
+//! Its own test binary: it installs the process-wide log subscriber.
+
+mod support;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use tokenvend::pb::{ListProfilesRequest, WatchTokenRequest};
+use tokenvend_server::Config;
+
+use support::{
+    Behaviour, Server, TestIdp,
+    idp::{CLIENT_ID, CLIENT_SECRET},
+    profile,
+};
+
+const API_KEY: &str = "api-key-7f3a9c";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn nothing_secret_is_logged_at_trace() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(move || writer.clone())
+        .init();
+
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let failing = TestIdp::start(Behaviour::oauth_error(
+        401,
+        "invalid_client",
+        &format!("secret {CLIENT_SECRET} and key {API_KEY} refused"),
+    ))
+    .await;
+    let headers = format!("    headers: {{ X-Api-Key: {{ value: {API_KEY} }} }}\n");
+    let yaml = format!(
+        "profiles:\n{}{}{}",
+        profile("post", &idp, &headers),
+        profile(
+            "basic",
+            &idp,
+            &format!("    auth_method: client_secret_basic\n{headers}")
+        ),
+        profile("failing", &failing, &headers),
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    tracing::debug!(?config, "loaded");
+    let server = Server::start_with(config).await;
+
+    let mut tokens = Vec::new();
+    for name in ["post", "basic"] {
+        tokens.push(server.get(name).await.unwrap().access_token);
+    }
+    let status = server.get("failing").await.unwrap_err();
+    tracing::info!(?status, "a failure as a caller would log it");
+    let mut stream = server
+        .client
+        .clone()
+        .watch_token(WatchTokenRequest {
+            profile: "post".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    server
+        .client
+        .clone()
+        .list_profiles(ListProfilesRequest {})
+        .await
+        .unwrap();
+    drop(stream);
+    server.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("token obtained"), "the capture works");
+    assert!(logs.contains("h2"), "dependencies log at trace too");
+    let encoded_secret: String =
+        url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect();
+    let basic = STANDARD.encode(format!("{CLIENT_ID}:{encoded_secret}"));
+    let mut forbidden = vec![
+        CLIENT_SECRET.to_owned(),
+        encoded_secret,
+        basic,
+        API_KEY.to_owned(),
+    ];
+    forbidden.extend(tokens);
+    for needle in &forbidden {
+        let line = logs.lines().find(|l| l.contains(needle.as_str()));
+        assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");
+    }
+}

@@ -1,0 +1,231 @@
+//! A real HTTP identity provider on loopback for the tests. It authenticates the client
+//! the way RFC 6749 §2.3.1 says (HTTP Basic with form-urlencoded parts, or the form body),
+//! issues numbered opaque tokens, records every request, and can be told to fail.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Form, Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+pub const CLIENT_ID: &str = "client-1";
+/// Holds the characters that break naive HTTP Basic encoding.
+pub const CLIENT_SECRET: &str = "pa+ss/w=rd:%&?x";
+
+/// How the IdP answers token requests.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Issue `tok-N` valid for `lifetime` seconds, after `delay`.
+    Issue { lifetime: u64, delay: Duration },
+    /// Answer with this status, content type and body (and Retry-After, if given).
+    Fail {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    /// Answer 200 with this JSON body, as is.
+    Raw(String),
+}
+
+impl Behaviour {
+    pub fn issue(lifetime: u64) -> Self {
+        Self::Issue {
+            lifetime,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn slow(lifetime: u64, delay: Duration) -> Self {
+        Self::Issue { lifetime, delay }
+    }
+
+    pub fn html(status: u16) -> Self {
+        Self::Fail {
+            status,
+            content_type: "text/html",
+            body: "<html><body><h1>Service Unavailable</h1></body></html>".into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn oauth_error(status: u16, error: &str, description: &str) -> Self {
+        Self::Fail {
+            status,
+            content_type: "application/json",
+            body: json!({"error": error, "error_description": description}).to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+/// One token request as the IdP received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub form: HashMap<String, String>,
+    pub traceparent: Option<String>,
+}
+
+struct IdpState {
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<Recorded>>,
+    issued: AtomicUsize,
+}
+
+pub struct TestIdp {
+    addr: SocketAddr,
+    state: Arc<IdpState>,
+    task: JoinHandle<()>,
+}
+
+impl TestIdp {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(IdpState {
+            behaviour: Mutex::new(behaviour),
+            requests: Mutex::default(),
+            issued: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/token", post(token))
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Token requests received so far.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn token(
+    State(state): State<Arc<IdpState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    state.requests.lock().unwrap().push(Recorded {
+        authorization: text(header::AUTHORIZATION),
+        content_type: text(header::CONTENT_TYPE),
+        form: form.clone(),
+        traceparent: text(header::HeaderName::from_static("traceparent")),
+    });
+    let behaviour = state.behaviour.lock().unwrap().clone();
+    match behaviour {
+        Behaviour::Issue { lifetime, delay } => {
+            tokio::time::sleep(delay).await;
+            if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+                return error(400, "unsupported_grant_type");
+            }
+            if client(&headers, &form) != Some((CLIENT_ID.into(), CLIENT_SECRET.into())) {
+                return error(401, "invalid_client");
+            }
+            let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            Json(json!({
+                "access_token": format!("tok-{n}"),
+                "token_type": "bearer",
+                "expires_in": lifetime,
+                "scope": form.get("scope"),
+            }))
+            .into_response()
+        }
+        Behaviour::Fail {
+            status,
+            content_type,
+            body,
+            retry_after,
+        } => {
+            let mut response = (
+                StatusCode::from_u16(status).unwrap(),
+                [(header::CONTENT_TYPE, content_type)],
+                body,
+            )
+                .into_response();
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, seconds.into());
+            }
+            response
+        }
+        Behaviour::Raw(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+    }
+}
+
+fn error(status: u16, code: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({ "error": code, "error_description": format!("test IdP: {code}") })),
+    )
+        .into_response()
+}
+
+/// The client's credentials: HTTP Basic with form-urldecoded parts, or the form body.
+fn client(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(String, String)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let encoded = value.to_str().ok()?.strip_prefix("Basic ")?;
+        let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        let (id, secret) = decoded.split_once(':')?;
+        return Some((form_decode(id), form_decode(secret)));
+    }
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
+}
+
+fn form_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("v={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}

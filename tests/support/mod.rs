@@ -1,0 +1,136 @@
+//! Helpers shared by the end-to-end tests: a real HTTP identity provider on loopback, and
+//! the real server on `127.0.0.1:0` with the generated client.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod idp;
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokenvend::pb::{GetTokenRequest, Token, token_service_client::TokenServiceClient};
+use tokenvend_server::{Config, Listeners};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub use idp::{Behaviour, TestIdp};
+
+/// A running tokenvend server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub client: TokenServiceClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tokenvend_server::server::ServerError>>,
+}
+
+impl Server {
+    /// Starts the server with a configuration given as YAML.
+    pub async fn start(yaml: &str) -> Self {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::start_with(config).await
+    }
+
+    /// Starts the server with a configuration.
+    pub async fn start_with(config: Config) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(tokenvend_server::serve(
+            Listeners {
+                grpc,
+                admin: Some(admin),
+            },
+            config,
+            async move {
+                let _ = signal.await;
+            },
+        ));
+        let client = TokenServiceClient::new(Self::channel_to(addr).await);
+        Self {
+            addr,
+            admin_addr,
+            client,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> Channel {
+        Self::channel_to(self.addr).await
+    }
+
+    async fn channel_to(addr: SocketAddr) -> Channel {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A client on its own connection.
+    pub async fn new_client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel().await)
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Shuts down and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        self.signal_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// GetToken with only a profile.
+    pub async fn get(&self, profile: &str) -> Result<Token, tonic::Status> {
+        get(&mut self.client.clone(), profile).await
+    }
+}
+
+pub async fn get(
+    client: &mut TokenServiceClient<Channel>,
+    profile: &str,
+) -> Result<Token, tonic::Status> {
+    client
+        .get_token(GetTokenRequest {
+            profile: profile.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A profile pointed at a test IdP, with client secret post and the IdP's credentials.
+pub fn profile(name: &str, idp: &TestIdp, extra: &str) -> String {
+    format!(
+        "  {name}:\n    token_url: {url}\n    client_id: \"{id}\"\n    client_secret: {{ value: \"{secret}\" }}\n{extra}",
+        url = idp.token_url(),
+        id = idp::CLIENT_ID,
+        secret = idp::CLIENT_SECRET,
+    )
+}
+
+/// A whole configuration with one profile.
+pub fn config(name: &str, idp: &TestIdp, extra: &str) -> String {
+    format!("profiles:\n{}", profile(name, idp, extra))
+}
+
+/// Seconds until a token's `expires_at`.
+pub fn seconds_left(token: &Token) -> f64 {
+    let expires = token.expires_at.expect("expires_at is set");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    expires.seconds as f64 + f64::from(expires.nanos) / 1e9 - now.as_secs_f64()
+}

@@ -9,5 +9,6 @@ mod e2e {
     mod dev_mode;
     mod interop;
     mod lifecycle;
+    mod rust_client;
     mod status_codes;
 }

@@ -74,7 +74,7 @@ async fn main() -> ExitCode {
         }
         Command::Get { profile, server } => {
             let result = async {
-                let mut client = tokenvend_client::TokenClient::connect(server).await?;
+                let client = tokenvend_client::TokenClient::connect(server).await?;
                 let token = client.get_token(&profile).await?;
                 println!("{}", token.access_token);
                 Ok::<_, tokenvend_client::Error>(())

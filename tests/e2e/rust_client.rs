@@ -1,0 +1,131 @@
+//! The Rust client against the real server: local cache, rejected tokens, the 401 retry,
+//! and the WatchToken background mode.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::HeaderMap, http::StatusCode, routing::get};
+use tokenvend_client::TokenClient;
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::support::{Behaviour, Server, TestIdp, config};
+
+async fn client(server: &Server) -> TokenClient {
+    TokenClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_local_copy_serves_without_a_round_trip_until_the_margin() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server = Server::start(&config("p", &idp, "")).await;
+    let tokens = client(&server).await;
+    let first = tokens.get_token("p").await.unwrap();
+    assert_eq!(first.headers["authorization"], "Bearer tok-1");
+    assert!(
+        !format!("{first:?}").contains("tok-1"),
+        "Debug hides the token"
+    );
+
+    server.stop().await;
+    // The server is gone: only the local copy can answer.
+    let again = tokens.get_token("p").await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    let needs_more = tokens
+        .get_token_with("p", Duration::from_secs(3599))
+        .await
+        .unwrap_err();
+    assert!(
+        needs_more.code().is_some_and(|c| c == Code::Unavailable),
+        "{needs_more}"
+    );
+}
+
+#[tokio::test]
+async fn errors_carry_the_grpc_code() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server = Server::start(&config("p", &idp, "")).await;
+    let error = client(&server).await.get_token("nope").await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::NotFound));
+    server.stop().await;
+}
+
+#[derive(Default)]
+struct Upstream {
+    seen: Mutex<Vec<String>>,
+    always_401: bool,
+}
+
+async fn upstream(State(state): State<Arc<Upstream>>, headers: HeaderMap) -> StatusCode {
+    let authorization = headers["authorization"].to_str().unwrap().to_owned();
+    let mut seen = state.seen.lock().unwrap();
+    seen.push(authorization);
+    if state.always_401 || seen.len() == 1 {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn start_upstream(always_401: bool) -> (String, Arc<Upstream>) {
+    let state = Arc::new(Upstream {
+        always_401,
+        ..Default::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/api", get(upstream))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, state)
+}
+
+#[tokio::test]
+async fn a_401_reports_the_token_and_retries_once_with_a_new_one() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server = Server::start(&config("p", &idp, "")).await;
+    let tokens = client(&server).await;
+    let http = reqwest::Client::new();
+
+    let (url, state) = start_upstream(false).await;
+    let response = tokens.send("p", http.get(&url)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        *state.seen.lock().unwrap(),
+        ["Bearer tok-1", "Bearer tok-2"]
+    );
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-2");
+
+    let (url, state) = start_upstream(true).await;
+    let response = tokens.send("p", http.get(&url)).await.unwrap();
+    assert_eq!(response.status(), 401, "a second 401 is the caller's");
+    assert_eq!(state.seen.lock().unwrap().len(), 2);
+    assert_eq!(idp.count(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_keeps_the_local_copy_current() {
+    let idp = TestIdp::start(Behaviour::issue(2)).await;
+    let server = Server::start(&config("p", &idp, "")).await;
+    let tokens = TokenClient::builder(format!("http://{}", server.addr))
+        .refresh_margin(Duration::ZERO)
+        .connect()
+        .await
+        .unwrap();
+    let _watch = tokens.watch("p");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tokens.cached("p").unwrap().access_token, "tok-1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tokens.cached("p").unwrap().access_token,
+        "tok-2",
+        "the refreshed token arrived without a GetToken"
+    );
+    server.stop().await;
+}

@@ -32,6 +32,8 @@ use crate::{
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
     secret::Secret,
+    source::TokenSource,
+    state::StateDir,
 };
 
 /// The tokens of all profiles. Dropping it stops every background task it started.
@@ -42,14 +44,16 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache for these profiles, with a refresher task for each. Must be called within a
-    /// Tokio runtime.
-    pub fn new(profiles: &[Arc<Profile>], idp: IdpClient) -> Self {
+    /// A cache for these profiles, with a refresher task for each. Refresh-token profiles
+    /// keep their chains in `state`. Must be called within a Tokio runtime.
+    pub fn new(profiles: &[Arc<Profile>], idp: IdpClient, state: Option<&StateDir>) -> Self {
         let stop = CancellationToken::new();
         let slots = profiles
             .iter()
             .map(|profile| {
-                let slot = Arc::new(Slot::new(profile.clone(), idp.clone(), stop.clone()));
+                let chain = state.map(|s| s.chain(&profile.name, profile.refresh_token.clone()));
+                let source = TokenSource::new(profile.clone(), idp.clone(), chain);
+                let slot = Arc::new(Slot::new(profile.clone(), source, stop.clone()));
                 tokio::spawn(refresh::run(slot.clone(), stop.clone()));
                 (profile.name.clone(), slot)
             })
@@ -86,6 +90,7 @@ pub struct CachedToken {
     /// The monotonic twin of `expires_at`: wall-clock jumps cannot stretch a token's life.
     expires: Instant,
     refresh_at: Instant,
+    issued: Instant,
     lifetime: Duration,
     encoded: EncodedToken,
 }
@@ -107,9 +112,9 @@ impl CachedToken {
             format!("{} {}", issued.token_type, issued.access_token.expose()),
         );
         for (name, source) in &profile.headers {
-            let value = source.load().map_err(|source| IdpError::Secret {
+            let value = source.load().map_err(|e| IdpError::Credential {
                 key: format!("profiles.{}.headers.{name}", profile.name),
-                source,
+                reason: e.to_string(),
             })?;
             headers.insert(name.as_str().to_owned(), value.expose().to_owned());
         }
@@ -126,14 +131,18 @@ impl CachedToken {
         // that profiles started together do not refresh together. A provider that says
         // when to come back (Entra ID's `refresh_in`) is taken at its word.
         let ahead = issued.refresh_in.unwrap_or_else(|| {
-            let fraction = (profile.refresh_ahead - fastrand::f64() * 0.05).max(0.05);
-            issued.lifetime.mul_f64(fraction)
+            let jitter = issued.lifetime.mul_f64(fastrand::f64() * 0.05);
+            profile
+                .refresh_ahead
+                .after(issued.lifetime)
+                .saturating_sub(jitter)
         });
         Ok(Self {
             access_token: issued.access_token,
             expires_at: issued.expires_at,
             expires: sent + issued.lifetime,
             refresh_at: sent + ahead,
+            issued: sent,
             lifetime: issued.lifetime,
             encoded,
         })
@@ -189,7 +198,7 @@ enum Step {
 /// One profile's cache entry.
 pub struct Slot {
     profile: Arc<Profile>,
-    idp: IdpClient,
+    source: TokenSource,
     current: ArcSwapOption<CachedToken>,
     // Guards the decision to start or join a fetch and the publication of its result, so
     // that a caller never misses both. Held for a few instructions, never across an await.
@@ -238,10 +247,10 @@ pub struct SlotStatus {
 }
 
 impl Slot {
-    fn new(profile: Arc<Profile>, idp: IdpClient, stop: CancellationToken) -> Self {
+    fn new(profile: Arc<Profile>, source: TokenSource, stop: CancellationToken) -> Self {
         Self {
             profile,
-            idp,
+            source,
             current: ArcSwapOption::empty(),
             state: Mutex::default(),
             updates: watch::Sender::new(None),
@@ -346,7 +355,7 @@ impl Slot {
 
     async fn fetch(self: Arc<Self>) -> FetchResult {
         let sent = Instant::now();
-        let request = AssertUnwindSafe(self.idp.request_token(&self.profile)).catch_unwind();
+        let request = AssertUnwindSafe(self.source.fetch()).catch_unwind();
         let outcome = tokio::select! {
             () = self.stop.cancelled() => Err(FetchError::Stopped),
             result = request => match result {

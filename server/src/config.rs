@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How long to wait for a TCP (and TLS) connection to an identity provider.
     pub idp_connect_timeout: Duration,
+    /// Where durable state (rotated refresh tokens) is kept; one server per directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             shutdown_grace: Duration::from_secs(20),
             idp_connect_timeout: Duration::from_secs(5),
+            state_dir: None,
         }
     }
 }
@@ -56,14 +59,16 @@ pub struct Profile {
     pub name: Arc<str>,
     /// The OAuth 2.0 grant.
     pub grant: Grant,
-    /// The token endpoint.
-    pub token_url: Url,
+    /// Where the token endpoint is.
+    pub endpoint: Endpoint,
     /// The client identifier.
     pub client_id: String,
-    /// The client secret.
-    pub client_secret: SecretSource,
     /// How the client authenticates to the token endpoint.
-    pub auth_method: AuthMethod,
+    pub client_auth: ClientAuth,
+    /// For `grant: refresh_token`: the first refresh token, until a rotated one is stored.
+    pub refresh_token: Option<SecretSource>,
+    /// For `tokenvend authorize`: where the user approves, and where the code comes back.
+    pub authorize: Option<Authorize>,
     /// The scopes to request.
     pub scopes: Vec<String>,
     /// `audience` form field (Auth0, some Okta setups).
@@ -74,18 +79,102 @@ pub struct Profile {
     pub params: BTreeMap<String, String>,
     /// Companion headers for the resource API, such as an API key, lower-cased.
     pub headers: Vec<(HeaderName, SecretSource)>,
-    /// The fraction of a token's lifetime after which it is replaced in the background.
-    pub refresh_ahead: f64,
+    /// When a token is replaced in the background.
+    pub refresh_ahead: RefreshAhead,
     /// No token with less than this left is ever served.
     pub min_ttl: Duration,
     /// The lifetime assumed when the provider gives neither `expires_in` nor a JWT `exp`.
-    pub default_expires_in: Duration,
+    pub default_lifetime: Duration,
     /// How long one token request to the provider may take.
     pub timeout: Duration,
     /// Fetch a token at start-up instead of at the first request.
     pub warm_up: bool,
+    /// For `grant: refresh_token`: the longest time between two refreshes, so that a
+    /// provider does not revoke a refresh token left idle.
+    pub idle_refresh: Duration,
     /// How failed token requests are retried.
     pub retry: Retry,
+}
+
+impl Profile {
+    /// The host named in `ListProfiles`: the token endpoint's, or the issuer's.
+    pub fn endpoint_host(&self) -> &str {
+        match &self.endpoint {
+            Endpoint::TokenUrl(url) | Endpoint::Issuer(url) => url.host_str().unwrap_or(""),
+        }
+    }
+}
+
+/// Where a profile's token endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Given directly.
+    TokenUrl(Url),
+    /// Found from the issuer's metadata (RFC 8414, OpenID Connect Discovery).
+    Issuer(Url),
+}
+
+/// How a client authenticates to the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost(SecretSource),
+    /// HTTP Basic with the form-urlencoded id and secret.
+    SecretBasic(SecretSource),
+    /// A JWT client assertion signed with the client's private key.
+    PrivateKeyJwt(PrivateKeyJwt),
+}
+
+/// The signing key of a `private_key_jwt` client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateKeyJwt {
+    /// The PEM private key (PKCS#8, or PKCS#1 RSA, or SEC1 EC).
+    pub private_key: SecretSource,
+    /// The signing algorithm.
+    pub algorithm: SigningAlgorithm,
+    /// The `kid` header, if the provider identifies keys by id.
+    pub key_id: Option<String>,
+    /// The PEM certificate of the key, for the `x5t` and `x5t#S256` headers (Entra ID).
+    pub certificate: Option<SecretSource>,
+}
+
+/// Signing algorithms for client assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+/// The authorization-code bootstrap of a refresh-token profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorize {
+    /// The provider's authorization endpoint.
+    pub authorize_url: Url,
+    /// The redirect URI registered with the provider.
+    pub redirect_uri: Url,
+}
+
+/// When a token is replaced in the background.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RefreshAhead {
+    /// After this fraction of its lifetime.
+    Fraction(f64),
+    /// This long before it expires (or at half its lifetime, if that is sooner).
+    Before(Duration),
+}
+
+impl RefreshAhead {
+    /// How long after issue a token of this lifetime is replaced, before jitter.
+    pub fn after(self, lifetime: Duration) -> Duration {
+        match self {
+            Self::Fraction(fraction) => lifetime.mul_f64(fraction),
+            Self::Before(before) => lifetime.saturating_sub(before).max(lifetime / 2),
+        }
+    }
 }
 
 /// The OAuth 2.0 grant a profile uses.
@@ -118,6 +207,16 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// A signed JWT client assertion.
     PrivateKeyJwt,
+}
+
+impl AuthMethod {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
 }
 
 /// Backoff for failed token requests: exponential from `initial` up to `max`, with jitter,
@@ -188,11 +287,22 @@ impl Config {
                 "at least one profile is required",
             ));
         }
-        let profiles = raw
+        let profiles: Vec<Arc<Profile>> = raw
             .profiles
             .into_iter()
             .map(|(name, profile)| profile.validate(&name).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        if server.state_dir.is_none()
+            && let Some(chained) = profiles.iter().find(|p| p.grant == Grant::RefreshToken)
+        {
+            return Err(ConfigError::new(
+                "server.state_dir",
+                format!(
+                    "is required: profile `{}` rotates refresh tokens, which must survive a restart",
+                    chained.name
+                ),
+            ));
+        }
         Ok(Self { server, profiles })
     }
 }
@@ -226,6 +336,7 @@ struct RawServer {
     admin_listen: Option<String>,
     shutdown_grace: Option<Dur>,
     idp_connect_timeout: Option<Dur>,
+    state_dir: Option<PathBuf>,
 }
 
 impl RawServer {
@@ -249,6 +360,7 @@ impl RawServer {
                 self.idp_connect_timeout,
                 defaults.idp_connect_timeout,
             )?,
+            state_dir: self.state_dir,
         })
     }
 }
@@ -262,6 +374,14 @@ struct RawProfile {
     client_id: Option<String>,
     client_secret: Option<RawSecretSource>,
     auth_method: Option<AuthMethod>,
+    private_key: Option<RawSecretSource>,
+    signing_alg: Option<SigningAlgorithm>,
+    key_id: Option<String>,
+    certificate: Option<RawSecretSource>,
+    refresh_token: Option<RawSecretSource>,
+    authorize_url: Option<String>,
+    redirect_uri: Option<String>,
+    idle_refresh: Option<Dur>,
     #[serde(default)]
     scopes: Vec<String>,
     audience: Option<String>,
@@ -270,13 +390,22 @@ struct RawProfile {
     params: BTreeMap<String, String>,
     #[serde(default)]
     headers: BTreeMap<String, RawSecretSource>,
-    refresh_ahead: Option<f64>,
+    refresh_ahead: Option<RawRefreshAhead>,
     min_ttl: Option<Dur>,
-    default_expires_in: Option<Dur>,
+    #[serde(alias = "default_expires_in")]
+    default_lifetime: Option<Dur>,
     timeout: Option<Dur>,
     #[serde(default)]
     warm_up: bool,
     retry: Option<RawRetry>,
+}
+
+/// `refresh_ahead: 0.8` (a fraction of the lifetime) or `refresh_ahead: 5m` (before expiry).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRefreshAhead {
+    Fraction(f64),
+    Before(String),
 }
 
 #[derive(Deserialize)]
@@ -295,6 +424,9 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_assertion_type",
     "scope",
     "refresh_token",
+    "code",
+    "code_verifier",
+    "redirect_uri",
     "audience",
     "resource",
 ];
@@ -316,39 +448,132 @@ impl RawProfile {
             ));
         }
 
-        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
-        if grant == Grant::RefreshToken {
-            return Err(err(
-                "grant",
-                "`refresh_token` is not supported by this version; use `client_credentials`".into(),
-            ));
-        }
-        let auth_method = self.auth_method.unwrap_or(AuthMethod::ClientSecretPost);
-        if auth_method == AuthMethod::PrivateKeyJwt {
-            return Err(err(
-                "auth_method",
-                "`private_key_jwt` is not supported by this version; use `client_secret_post` or `client_secret_basic`".into(),
-            ));
-        }
-        if self.issuer.is_some() {
-            return Err(err(
-                "issuer",
-                "discovery from an issuer is not supported by this version; set `token_url`".into(),
-            ));
-        }
-
-        let token_url = match self.token_url {
-            Some(url) => parse_token_url(&url).map_err(|m| err("token_url", m))?,
-            None => return Err(err("token_url", "is required".into())),
+        let endpoint = match (self.token_url, self.issuer) {
+            (Some(url), None) => {
+                Endpoint::TokenUrl(parse_endpoint_url(&url).map_err(|m| err("token_url", m))?)
+            }
+            (None, Some(issuer)) => {
+                Endpoint::Issuer(parse_endpoint_url(&issuer).map_err(|m| err("issuer", m))?)
+            }
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "issuer",
+                    "give `token_url` or `issuer`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    "token_url",
+                    "is required (or `issuer`, to find it by discovery)".into(),
+                ));
+            }
         };
         let client_id = match self.client_id {
             Some(id) if !id.is_empty() => id,
             _ => return Err(err("client_id", "is required".into())),
         };
-        let client_secret = match self.client_secret {
-            Some(raw) => load_checked(raw, &key("client_secret"))?,
-            None => return Err(err("client_secret", "is required".into())),
+
+        let uses_key_options =
+            self.signing_alg.is_some() || self.key_id.is_some() || self.certificate.is_some();
+        let auth_method = self.auth_method.unwrap_or(if self.private_key.is_some() {
+            AuthMethod::PrivateKeyJwt
+        } else {
+            AuthMethod::ClientSecretPost
+        });
+        let client_auth = match auth_method {
+            AuthMethod::ClientSecretPost | AuthMethod::ClientSecretBasic => {
+                if self.private_key.is_some() {
+                    return Err(err(
+                        "private_key",
+                        format!(
+                            "is only used with `auth_method: private_key_jwt`, not `{}`",
+                            auth_method.as_str()
+                        ),
+                    ));
+                }
+                let secret = match self.client_secret {
+                    Some(raw) => load_checked(raw, &key("client_secret"))?,
+                    None => return Err(err("client_secret", "is required".into())),
+                };
+                if auth_method == AuthMethod::ClientSecretBasic {
+                    ClientAuth::SecretBasic(secret)
+                } else {
+                    ClientAuth::SecretPost(secret)
+                }
+            }
+            AuthMethod::PrivateKeyJwt => {
+                if self.client_secret.is_some() {
+                    return Err(err(
+                        "client_secret",
+                        "is not used with `auth_method: private_key_jwt`; remove it".into(),
+                    ));
+                }
+                let private_key = match self.private_key {
+                    Some(raw) => load_checked(raw, &key("private_key"))?,
+                    None => {
+                        return Err(err(
+                            "private_key",
+                            "is required with `auth_method: private_key_jwt`".into(),
+                        ));
+                    }
+                };
+                let certificate = self
+                    .certificate
+                    .map(|raw| load_checked(raw, &key("certificate")))
+                    .transpose()?;
+                let jwt = PrivateKeyJwt {
+                    private_key,
+                    algorithm: self.signing_alg.unwrap_or(SigningAlgorithm::RS256),
+                    key_id: self.key_id.filter(|k| !k.is_empty()),
+                    certificate,
+                };
+                // Proves the key and certificate parse and fit the algorithm.
+                crate::assertion::Signer::load(&jwt).map_err(|e| err(e.key(), e.to_string()))?;
+                ClientAuth::PrivateKeyJwt(jwt)
+            }
         };
+        if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
+            return Err(err(
+                "auth_method",
+                "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`"
+                    .into(),
+            ));
+        }
+
+        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
+        let refresh_token = self
+            .refresh_token
+            .map(|raw| load_checked(raw, &key("refresh_token")))
+            .transpose()?;
+        let authorize = match (self.authorize_url, self.redirect_uri) {
+            (None, None) => None,
+            (Some(url), Some(redirect)) => Some(Authorize {
+                authorize_url: Url::parse(&url)
+                    .map_err(|e| err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
+                redirect_uri: Url::parse(&redirect)
+                    .map_err(|e| err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
+            }),
+            (Some(_), None) => {
+                return Err(err(
+                    "redirect_uri",
+                    "is required with `authorize_url`".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "authorize_url",
+                    "is required with `redirect_uri`".into(),
+                ));
+            }
+        };
+        if grant == Grant::ClientCredentials && (refresh_token.is_some() || authorize.is_some()) {
+            let k = if refresh_token.is_some() {
+                "refresh_token"
+            } else {
+                "authorize_url"
+            };
+            return Err(err(k, "is only used with `grant: refresh_token`".into()));
+        }
 
         if let Some(scope) = self.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
             return Err(err(
@@ -378,19 +603,43 @@ impl RawProfile {
                     "is set by tokenvend from the token",
                 ));
             }
-            headers.push((name, load_checked(raw, &header_key)?));
+            let source = load_checked(raw, &header_key)?;
+            let value = source
+                .load()
+                .map_err(|e| ConfigError::new(&header_key, e.to_string()))?;
+            if http::HeaderValue::try_from(value.expose()).is_err() {
+                return Err(ConfigError::new(
+                    header_key,
+                    "holds characters a header value cannot carry (a newline?)",
+                ));
+            }
+            headers.push((name, source));
         }
 
-        let refresh_ahead = self.refresh_ahead.unwrap_or(0.8);
-        if !(0.1..=0.95).contains(&refresh_ahead) {
-            return Err(err(
-                "refresh_ahead",
-                format!(
-                    "{refresh_ahead} is out of range: give the fraction of a token's lifetime \
-                     after which it is replaced, between 0.1 and 0.95 (default 0.8)"
-                ),
-            ));
-        }
+        let refresh_ahead = match self.refresh_ahead {
+            None => RefreshAhead::Fraction(0.8),
+            Some(RawRefreshAhead::Fraction(f)) if (0.1..=0.95).contains(&f) => {
+                RefreshAhead::Fraction(f)
+            }
+            Some(RawRefreshAhead::Fraction(f)) => {
+                return Err(err(
+                    "refresh_ahead",
+                    format!(
+                        "{f} is out of range: give a fraction of the lifetime between 0.1 and \
+                         0.95 (default 0.8), or a duration before expiry such as 5m"
+                    ),
+                ));
+            }
+            Some(RawRefreshAhead::Before(text)) => match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => RefreshAhead::Before(d),
+                _ => {
+                    return Err(err(
+                        "refresh_ahead",
+                        format!("`{text}` is neither a fraction like 0.8 nor a duration like 5m"),
+                    ));
+                }
+            },
+        };
 
         let retry_defaults = Retry::default();
         let retry = match self.retry {
@@ -407,10 +656,11 @@ impl RawProfile {
         Ok(Profile {
             name: name.into(),
             grant,
-            token_url,
+            endpoint,
             client_id,
-            client_secret,
-            auth_method,
+            client_auth,
+            refresh_token,
+            authorize,
             scopes: self.scopes,
             audience: self.audience.filter(|a| !a.is_empty()),
             resource: self.resource.filter(|r| !r.is_empty()),
@@ -418,13 +668,18 @@ impl RawProfile {
             headers,
             refresh_ahead,
             min_ttl: self.min_ttl.map_or(Duration::ZERO, |d| d.0),
-            default_expires_in: nonzero(
-                &key("default_expires_in"),
-                self.default_expires_in,
+            default_lifetime: nonzero(
+                &key("default_lifetime"),
+                self.default_lifetime,
                 Duration::from_secs(3600),
             )?,
             timeout: nonzero(&key("timeout"), self.timeout, Duration::from_secs(10))?,
             warm_up: self.warm_up,
+            idle_refresh: nonzero(
+                &key("idle_refresh"),
+                self.idle_refresh,
+                Duration::from_secs(24 * 3600),
+            )?,
             retry,
         })
     }
@@ -444,9 +699,9 @@ fn load_checked(raw: RawSecretSource, key: &str) -> Result<SecretSource, ConfigE
     Ok(source)
 }
 
-/// Token endpoints are https. Plain http is allowed only to a loopback host, where the
-/// secret never crosses a network (tests, `serve --dev`, a local sidecar).
-fn parse_token_url(text: &str) -> Result<Url, String> {
+/// Token endpoints and issuers are https. Plain http is allowed only to a loopback host,
+/// where the secret never crosses a network (tests, `serve --dev`, a local sidecar).
+pub(crate) fn parse_endpoint_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials; use client_id and client_secret".into());
@@ -464,7 +719,7 @@ fn parse_token_url(text: &str) -> Result<Url, String> {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),

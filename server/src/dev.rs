@@ -29,7 +29,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use url::{Url, form_urlencoded};
 
 use crate::{
-    config::{AuthMethod, Config, Grant, Profile, Retry, ServerConfig},
+    config::{ClientAuth, Config, Endpoint, Grant, Profile, RefreshAhead, Retry, ServerConfig},
     secret::{Secret, SecretSource},
 };
 
@@ -95,20 +95,22 @@ impl DevIssuer {
         let demo = Profile {
             name: "demo".into(),
             grant: Grant::ClientCredentials,
-            token_url,
+            endpoint: Endpoint::TokenUrl(token_url),
             client_id: DEMO_CLIENT_ID.to_owned(),
-            client_secret: SecretSource::Value(self.client_secret.clone()),
-            auth_method: AuthMethod::ClientSecretBasic,
+            client_auth: ClientAuth::SecretBasic(SecretSource::Value(self.client_secret.clone())),
+            refresh_token: None,
+            authorize: None,
             scopes: vec!["demo.read".to_owned()],
             audience: None,
             resource: None,
             params: Default::default(),
             headers: Vec::new(),
-            refresh_ahead: 0.8,
+            refresh_ahead: RefreshAhead::Fraction(0.8),
             min_ttl: Duration::ZERO,
-            default_expires_in: Duration::from_secs(3600),
+            default_lifetime: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
             warm_up: true,
+            idle_refresh: Duration::from_secs(24 * 3600),
             retry: Retry::default(),
         };
         Config {

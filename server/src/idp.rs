@@ -1,6 +1,7 @@
 //! The identity provider client: one OAuth 2.0 token request (RFC 6749 §4.4), sent the way
 //! the profile says, and its answer read the way real providers write it.
 
+pub mod discovery;
 mod response;
 
 use std::time::{Duration, SystemTime};
@@ -9,9 +10,12 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use http::{HeaderValue, header};
 use url::form_urlencoded;
 
+use url::Url;
+
 use crate::{
-    config::{AuthMethod, Grant, Profile},
-    secret::{Secret, SecretError},
+    assertion::Signer,
+    config::{ClientAuth, Profile},
+    secret::Secret,
 };
 
 pub use response::IssuedToken;
@@ -70,13 +74,21 @@ pub enum IdpError {
     /// An answer that is not a usable token response.
     #[error("identity provider sent an unusable token response: {0}")]
     Malformed(String),
-    /// A secret of the profile could not be read.
-    #[error("{key}: {source}")]
-    Secret {
-        /// The configuration key of the secret.
+    /// A credential of the profile (secret, key, refresh token) cannot be used.
+    #[error("{key}: {reason}")]
+    Credential {
+        /// The configuration key of the credential.
         key: String,
-        /// Why it could not be read.
-        source: SecretError,
+        /// Why, never including its value.
+        reason: String,
+    },
+    /// No usable refresh token: a person must authorize again.
+    #[error("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")]
+    Reauthorize {
+        /// The profile.
+        profile: String,
+        /// Why, with the provider's error if it gave one.
+        reason: String,
     },
 }
 
@@ -98,7 +110,7 @@ impl IdpError {
     /// Whether trying again later may succeed without a change of configuration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Rejected { .. } | Self::Secret { .. } => false,
+            Self::Rejected { .. } | Self::Credential { .. } | Self::Reauthorize { .. } => false,
             // An OAuth error code in a `Status` is one of the transient ones.
             Self::Status { status, error, .. } => is_transient_status(*status) || error.is_some(),
             Self::Unreachable { .. } | Self::Timeout { .. } | Self::Malformed(_) => true,
@@ -130,22 +142,47 @@ impl IdpClient {
         Ok(Self { http })
     }
 
-    /// Requests a token for a profile.
-    pub async fn request_token(&self, profile: &Profile) -> Result<IssuedToken, IdpError> {
-        let secret = profile
-            .client_secret
-            .load()
-            .map_err(|source| IdpError::Secret {
-                key: format!("profiles.{}.client_secret", profile.name),
-                source,
-            })?;
-        let (body, authorization) = token_request(profile, &secret);
-        let host = profile.token_url.host_str().unwrap_or_default().to_owned();
+    /// Requests a token from `token_url` with the profile's client authentication.
+    pub async fn request_token(
+        &self,
+        profile: &Profile,
+        token_url: &Url,
+        grant: Grant<'_>,
+    ) -> Result<IssuedToken, IdpError> {
+        let credential = client_credential(profile, token_url)?;
+        let (body, authorization) = token_request(profile, &credential, &grant);
+        let answer = self
+            .post_form(token_url, profile.timeout, body, authorization)
+            .await?;
 
+        // Providers sometimes echo what they were sent; none of the profile's secrets may
+        // pass into an error through them.
+        let companions: Vec<Secret> = profile
+            .headers
+            .iter()
+            .filter_map(|(_, source)| source.load().ok())
+            .collect();
+        let mut secrets: Vec<&str> = companions.iter().map(Secret::expose).collect();
+        secrets.push(credential.secret().expose());
+        if let Grant::RefreshToken(token) = &grant {
+            secrets.push(token.expose());
+        }
+        response::parse(answer.as_answer(), profile, &secrets)
+    }
+
+    /// Sends a form POST and reads the answer, capped in size.
+    async fn post_form(
+        &self,
+        url: &Url,
+        timeout: Duration,
+        body: String,
+        authorization: Option<HeaderValue>,
+    ) -> Result<RawAnswer, IdpError> {
+        let host = url.host_str().unwrap_or_default().to_owned();
         let mut request = self
             .http
-            .post(profile.token_url.clone())
-            .timeout(profile.timeout)
+            .post(url.clone())
+            .timeout(timeout)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(body);
@@ -156,8 +193,102 @@ impl IdpClient {
         let response = request
             .send()
             .await
-            .map_err(|e| transport_error(e, &host, profile.timeout))?;
+            .map_err(|e| transport_error(e, &host, timeout))?;
+        RawAnswer::read(response, sent_at, &host, timeout).await
+    }
 
+    /// GETs a JSON document (discovery metadata), capped in size.
+    async fn get_json(&self, url: &Url, timeout: Duration) -> Result<RawAnswer, IdpError> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let response = self
+            .http
+            .get(url.clone())
+            .timeout(timeout)
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| transport_error(e, &host, timeout))?;
+        RawAnswer::read(response, SystemTime::now(), &host, timeout).await
+    }
+}
+
+/// What the token request asks for.
+pub enum Grant<'a> {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 6749 §6, with the current refresh token.
+    RefreshToken(&'a Secret),
+    /// RFC 6749 §4.1.3 with PKCE (RFC 7636).
+    AuthorizationCode {
+        /// The code from the redirect.
+        code: &'a str,
+        /// The redirect URI used in the authorization request.
+        redirect_uri: &'a str,
+        /// The PKCE verifier.
+        code_verifier: &'a str,
+    },
+}
+
+/// The client's proof of identity for one request.
+enum Credential {
+    Post(Secret),
+    Basic(Secret),
+    Assertion(Secret),
+}
+
+impl Credential {
+    fn secret(&self) -> &Secret {
+        match self {
+            Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => s,
+        }
+    }
+}
+
+fn client_credential(profile: &Profile, token_url: &Url) -> Result<Credential, IdpError> {
+    let credential_error = |key: &str, reason: String| IdpError::Credential {
+        key: format!("profiles.{}.{key}", profile.name),
+        reason,
+    };
+    Ok(match &profile.client_auth {
+        ClientAuth::SecretPost(source) => Credential::Post(
+            source
+                .load()
+                .map_err(|e| credential_error("client_secret", e.to_string()))?,
+        ),
+        ClientAuth::SecretBasic(source) => Credential::Basic(
+            source
+                .load()
+                .map_err(|e| credential_error("client_secret", e.to_string()))?,
+        ),
+        ClientAuth::PrivateKeyJwt(config) => {
+            // Loaded per request (a few an hour) so that a rotated key file is used.
+            let signer =
+                Signer::load(config).map_err(|e| credential_error(e.key(), e.to_string()))?;
+            Credential::Assertion(
+                signer
+                    .assertion(&profile.client_id, token_url.as_str())
+                    .map_err(|e| credential_error("private_key", e))?,
+            )
+        }
+    })
+}
+
+/// A response read off the wire.
+struct RawAnswer {
+    status: u16,
+    content_type: Option<String>,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+    sent_at: SystemTime,
+}
+
+impl RawAnswer {
+    async fn read(
+        response: reqwest::Response,
+        sent_at: SystemTime,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<Self, IdpError> {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -170,63 +301,90 @@ impl IdpClient {
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
         let body = read_capped(response)
             .await
-            .map_err(|e| transport_error(e, &host, profile.timeout))?
+            .map_err(|e| transport_error(e, host, timeout))?
             .ok_or_else(|| {
                 IdpError::Malformed(format!(
                     "the body is larger than {MAX_RESPONSE_BYTES} bytes"
                 ))
             })?;
+        Ok(Self {
+            status,
+            content_type,
+            retry_after,
+            body,
+            sent_at,
+        })
+    }
 
-        // Providers sometimes echo what they were sent; none of the profile's secrets may
-        // pass into an error through them.
-        let companions: Vec<Secret> = profile
-            .headers
-            .iter()
-            .filter_map(|(_, source)| source.load().ok())
-            .collect();
-        let secrets: Vec<&str> = std::iter::once(secret.expose())
-            .chain(companions.iter().map(Secret::expose))
-            .collect();
-        response::parse(
-            response::Answer {
-                status,
-                content_type,
-                retry_after,
-                body: &body,
-                sent_at,
-            },
-            profile,
-            &secrets,
-        )
+    fn as_answer(&self) -> response::Answer<'_> {
+        response::Answer {
+            status: self.status,
+            content_type: self.content_type.clone(),
+            retry_after: self.retry_after,
+            body: &self.body,
+            sent_at: self.sent_at,
+        }
     }
 }
 
 /// The form body and, for `client_secret_basic`, the Authorization header.
-fn token_request(profile: &Profile, secret: &Secret) -> (String, Option<HeaderValue>) {
+fn token_request(
+    profile: &Profile,
+    credential: &Credential,
+    grant: &Grant<'_>,
+) -> (String, Option<HeaderValue>) {
     let mut form = form_urlencoded::Serializer::new(String::new());
-    match profile.grant {
-        Grant::ClientCredentials => form.append_pair("grant_type", "client_credentials"),
-        Grant::RefreshToken => form.append_pair("grant_type", "refresh_token"),
-    };
-    let authorization = match profile.auth_method {
-        AuthMethod::ClientSecretBasic => Some(basic_authorization(&profile.client_id, secret)),
-        AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => {
+    match grant {
+        Grant::ClientCredentials => {
+            form.append_pair("grant_type", "client_credentials");
+        }
+        Grant::RefreshToken(token) => {
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("refresh_token", token.expose());
+        }
+        Grant::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            form.append_pair("grant_type", "authorization_code");
+            form.append_pair("code", code);
+            form.append_pair("redirect_uri", redirect_uri);
+            form.append_pair("code_verifier", code_verifier);
+        }
+    }
+    let authorization = match credential {
+        Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
+        Credential::Post(secret) => {
             form.append_pair("client_id", &profile.client_id);
             form.append_pair("client_secret", secret.expose());
             None
         }
+        Credential::Assertion(assertion) => {
+            form.append_pair("client_id", &profile.client_id);
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            form.append_pair("client_assertion", assertion.expose());
+            None
+        }
     };
-    if !profile.scopes.is_empty() {
-        form.append_pair("scope", &profile.scopes.join(" "));
-    }
-    if let Some(audience) = &profile.audience {
-        form.append_pair("audience", audience);
-    }
-    if let Some(resource) = &profile.resource {
-        form.append_pair("resource", resource);
-    }
-    for (name, value) in &profile.params {
-        form.append_pair(name, value);
+    // The code exchange repeats nothing of the authorization request but the redirect
+    // URI; the other grants carry the profile's request shape.
+    if !matches!(grant, Grant::AuthorizationCode { .. }) {
+        if !profile.scopes.is_empty() {
+            form.append_pair("scope", &profile.scopes.join(" "));
+        }
+        if let Some(audience) = &profile.audience {
+            form.append_pair("audience", audience);
+        }
+        if let Some(resource) = &profile.resource {
+            form.append_pair("resource", resource);
+        }
+        for (name, value) in &profile.params {
+            form.append_pair(name, value);
+        }
     }
     (form.finish(), authorization)
 }

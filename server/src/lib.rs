@@ -5,6 +5,7 @@
 //! it all on listeners the caller bound; `main.rs` only parses the command line.
 
 mod admin;
+pub mod assertion;
 pub mod cache;
 pub mod config;
 pub mod dev;
@@ -13,6 +14,8 @@ pub mod idp;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod source;
+pub mod state;
 pub mod telemetry;
 
 pub use config::Config;

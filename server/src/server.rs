@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use crate::{admin, cache::TokenCache, config::Config, idp::IdpClient, service::TokenService};
+use crate::{
+    admin, cache::TokenCache, config::Config, idp::IdpClient, service::TokenService,
+    state::StateDir,
+};
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
 pub struct Listeners {
@@ -34,6 +37,9 @@ pub enum ServerError {
     /// Reflection could not load the descriptors (a build problem).
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -48,7 +54,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let idp = IdpClient::new(config.server.idp_connect_timeout)?;
-    let cache = Arc::new(TokenCache::new(&config.profiles, idp));
+    let state = config
+        .server
+        .state_dir
+        .as_deref()
+        .map(StateDir::open)
+        .transpose()?;
+    let cache = Arc::new(TokenCache::new(&config.profiles, idp, state.as_ref()));
     let streams = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
 

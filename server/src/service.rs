@@ -72,7 +72,7 @@ impl pb::token_service_server::TokenService for TokenService {
                 pb::ProfileInfo {
                     name: profile.name.to_string(),
                     grant: profile.grant.as_str().to_owned(),
-                    token_endpoint_host: profile.token_url.host_str().unwrap_or("").to_owned(),
+                    token_endpoint_host: profile.endpoint_host().to_owned(),
                     scopes: profile.scopes.clone(),
                     cache_state: match status.state {
                         CacheState::Empty => pb::CacheState::Empty,

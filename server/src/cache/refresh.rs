@@ -7,6 +7,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::{Slot, Step, lock};
+use crate::config::Grant;
 
 /// Runs until `stop` is cancelled.
 pub(super) async fn run(slot: Arc<Slot>, stop: CancellationToken) {
@@ -27,16 +28,26 @@ pub(super) async fn run(slot: Arc<Slot>, stop: CancellationToken) {
 /// of a failure. `None` while nobody has asked for the profile (unless it warms up).
 fn next_refresh(slot: &Slot) -> Option<Instant> {
     let state = lock(&slot.state);
+    // A refresh-token profile is always kept warm: its chain must be exercised, or the
+    // provider may revoke the idle refresh token.
+    let chained = slot.profile.grant == Grant::RefreshToken;
     let due = match slot.current.load().as_ref() {
+        Some(token) if chained => token
+            .refresh_at
+            .min(token.issued + slot.profile.idle_refresh),
         Some(token) => token.refresh_at,
-        None if slot.profile.warm_up || state.last_error.is_some() => Instant::now(),
+        None if chained || slot.profile.warm_up || state.last_error.is_some() => Instant::now(),
         None => return None,
     };
     Some(state.retry_at.map_or(due, |retry_at| retry_at.max(due)))
 }
 
 async fn refresh_due(slot: &Arc<Slot>) {
-    let fresh = |token: &super::CachedToken, now: Instant| now < token.refresh_at;
+    let idle_limit =
+        (slot.profile.grant == Grant::RefreshToken).then_some(slot.profile.idle_refresh);
+    let fresh = |token: &super::CachedToken, now: Instant| {
+        now < token.refresh_at && idle_limit.is_none_or(|limit| now < token.issued + limit)
+    };
     match slot.join_or_start(fresh, Duration::ZERO) {
         Ok(Step::Wait(flight)) => {
             // The outcome is published and logged by the fetch itself.

@@ -20,6 +20,7 @@ fn issued(token: &str, lifetime: Duration, refresh_in: Option<Duration>) -> Issu
         expires_at: SystemTime::now() + lifetime,
         refresh_in,
         scopes: vec!["s".into()],
+        refresh_token: None,
     }
 }
 

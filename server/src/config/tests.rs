@@ -18,11 +18,11 @@ fn contract_example_profile_parses_with_defaults() {
     .unwrap();
     let profile = &config.profiles[0];
     assert_eq!(&*profile.name, "jama");
-    assert_eq!(profile.auth_method, AuthMethod::ClientSecretBasic);
+    assert!(matches!(profile.client_auth, ClientAuth::SecretBasic(_)));
     assert_eq!(profile.grant, Grant::ClientCredentials);
     assert_eq!(profile.scopes, ["a", "b"]);
     assert_eq!(profile.headers[0].0.as_str(), "x-api-key");
-    assert_eq!(profile.refresh_ahead, 0.8);
+    assert_eq!(profile.refresh_ahead, RefreshAhead::Fraction(0.8));
     assert_eq!(config.server.listen, "0.0.0.0:50051".parse().unwrap());
     assert_eq!(config.server.admin_listen, "0.0.0.0:9090".parse().unwrap());
 }
@@ -112,10 +112,67 @@ fn bad_values_are_named() {
 }
 
 #[test]
-fn not_yet_supported_features_say_so() {
-    let e = error(&profile_yaml("    grant: refresh_token\n"));
-    assert_eq!(e.key, "profiles.jama.grant");
-    assert!(e.message.contains("not supported"), "{e}");
+fn refresh_token_profiles_need_a_state_dir() {
+    let e = error(&profile_yaml(
+        "    grant: refresh_token\n    refresh_token: { value: rt }\n",
+    ));
+    assert_eq!(e.key, "server.state_dir");
+    assert!(e.message.contains("`jama`"), "{e}");
+    let yaml = format!(
+        "server: {{ state_dir: /tmp/x }}\n{}",
+        profile_yaml("    grant: refresh_token\n    refresh_token: { value: rt }\n")
+    );
+    assert_eq!(
+        Config::from_yaml(&yaml).unwrap().profiles[0].grant,
+        Grant::RefreshToken
+    );
+}
+
+#[test]
+fn refresh_ahead_is_a_fraction_or_a_duration_before_expiry() {
+    let config = Config::from_yaml(&profile_yaml("    refresh_ahead: 5m\n")).unwrap();
+    let ahead = config.profiles[0].refresh_ahead;
+    assert_eq!(ahead, RefreshAhead::Before(Duration::from_secs(300)));
+    assert_eq!(
+        ahead.after(Duration::from_secs(3600)),
+        Duration::from_secs(3300)
+    );
+    // Never later than half the lifetime, for tokens shorter than the margin.
+    assert_eq!(
+        ahead.after(Duration::from_secs(400)),
+        Duration::from_secs(200)
+    );
+    assert_eq!(
+        error(&profile_yaml("    refresh_ahead: soon\n")).key,
+        "profiles.jama.refresh_ahead"
+    );
+}
+
+#[test]
+fn issuer_or_token_url_but_not_both() {
+    let yaml = profile_yaml("    issuer: https://idm.example.com/oauth2/aus1\n");
+    assert_eq!(error(&yaml).key, "profiles.jama.issuer");
+    let yaml = "profiles:\n  okta:\n    issuer: https://idm.example.com/oauth2/aus1\n    client_id: a\n    client_secret: { value: s }\n";
+    let config = Config::from_yaml(yaml).unwrap();
+    assert!(matches!(config.profiles[0].endpoint, Endpoint::Issuer(_)));
+    assert_eq!(config.profiles[0].endpoint_host(), "idm.example.com");
+}
+
+#[test]
+fn private_key_jwt_needs_a_usable_key() {
+    let yaml = "profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n    auth_method: private_key_jwt\n    private_key: { value: not-a-pem }\n";
+    let e = error(yaml);
+    assert_eq!(e.key, "profiles.p.private_key");
+    assert!(e.message.contains("RSA private key"), "{e}");
+    assert!(!e.message.contains("not-a-pem"));
+    let yaml = "profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n    client_secret: { value: s }\n    key_id: k1\n";
+    assert_eq!(error(yaml).key, "profiles.p.auth_method");
+}
+
+#[test]
+fn header_values_must_be_sendable() {
+    let yaml = profile_yaml("    headers: { X-Api-Key: { value: \"a\\nb\" } }\n");
+    assert_eq!(error(&yaml).key, "profiles.jama.headers.X-Api-Key");
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub struct IssuedToken {
     pub refresh_in: Option<Duration>,
     /// The granted scopes, or the requested ones when the provider does not say.
     pub scopes: Vec<String>,
+    /// A new refresh token, when the provider issued (rotated) one.
+    pub refresh_token: Option<Secret>,
 }
 
 /// What came back from the token endpoint.
@@ -120,8 +122,8 @@ pub(super) fn parse(
                 (lifetime, expires_at)
             }
             None => (
-                profile.default_expires_in,
-                answer.sent_at + profile.default_expires_in,
+                profile.default_lifetime,
+                answer.sent_at + profile.default_lifetime,
             ),
         },
     };
@@ -141,6 +143,11 @@ pub(super) fn parse(
         _ => profile.scopes.clone(),
     };
 
+    let refresh_token = match map.get("refresh_token") {
+        Some(Value::String(token)) if !token.is_empty() => Some(Secret::new(token.as_str())),
+        _ => None,
+    };
+
     Ok(IssuedToken {
         access_token,
         token_type,
@@ -148,6 +155,7 @@ pub(super) fn parse(
         expires_at,
         refresh_in,
         scopes,
+        refresh_token,
     })
 }
 

@@ -7,7 +7,7 @@ use crate::config::Config;
 
 fn profile() -> std::sync::Arc<Profile> {
     Config::from_yaml(
-        "profiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: my id\n    client_secret: { value: 's+/=:%&?' }\n    scopes: [read, write]\n    default_expires_in: 120s\n",
+        "profiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: my id\n    client_secret: { value: 's+/=:%&?' }\n    scopes: [read, write]\n    default_lifetime: 120s\n",
     )
     .unwrap()
     .profiles
@@ -160,7 +160,11 @@ fn basic_credentials_are_form_encoded_before_base64() {
 
 #[test]
 fn form_body_carries_scopes_space_separated_and_params() {
-    let (body, auth) = token_request(&profile(), &Secret::new("x"));
+    let (body, auth) = token_request(
+        &profile(),
+        &Credential::Post(Secret::new("x")),
+        &Grant::ClientCredentials,
+    );
     assert!(auth.is_none());
     assert_eq!(
         body,

@@ -1,0 +1,135 @@
+//! Client assertions for `auth_method: private_key_jwt` (RFC 7523 §2.2): a short-lived JWT
+//! signed with the client's private key, sent instead of a client secret.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use sha1::{Digest as _, Sha1};
+use sha2::Sha256;
+
+use crate::{
+    config::{PrivateKeyJwt, SigningAlgorithm},
+    secret::{Secret, SecretError},
+};
+
+/// How long an assertion is valid: long enough to cross a slow network, short enough that
+/// a captured one is soon useless.
+const LIFETIME_SECS: u64 = 60;
+
+/// Why a key or certificate cannot be used. Never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The private key could not be read.
+    #[error("{0}")]
+    KeySource(SecretError),
+    /// The private key is not a PEM key of the algorithm's kind.
+    #[error("is not a PEM {kind} private key for {algorithm:?} ({reason})")]
+    Key {
+        /// RSA or EC.
+        kind: &'static str,
+        /// The configured algorithm.
+        algorithm: SigningAlgorithm,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The certificate could not be read.
+    #[error("{0}")]
+    CertificateSource(SecretError),
+    /// The certificate is not a PEM certificate.
+    #[error("is not a PEM certificate")]
+    Certificate,
+}
+
+impl KeyError {
+    /// The profile key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::KeySource(_) | Self::Key { .. } => "private_key",
+            Self::CertificateSource(_) | Self::Certificate => "certificate",
+        }
+    }
+}
+
+/// Signs assertions for one client.
+pub struct Signer {
+    key: EncodingKey,
+    header: Header,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+}
+
+impl Signer {
+    /// Reads the key (and certificate) now, so that a rotated file is picked up.
+    pub fn load(config: &PrivateKeyJwt) -> Result<Self, KeyError> {
+        let pem = config.private_key.load().map_err(KeyError::KeySource)?;
+        let (algorithm, kind) = match config.algorithm {
+            SigningAlgorithm::RS256 => (Algorithm::RS256, "RSA"),
+            SigningAlgorithm::PS256 => (Algorithm::PS256, "RSA"),
+            SigningAlgorithm::ES256 => (Algorithm::ES256, "EC"),
+        };
+        let key_error = |reason: String| KeyError::Key {
+            kind,
+            algorithm: config.algorithm,
+            reason,
+        };
+        let key = match kind {
+            "EC" => EncodingKey::from_ec_pem(pem.expose().as_bytes()),
+            _ => EncodingKey::from_rsa_pem(pem.expose().as_bytes()),
+        }
+        .map_err(|e| key_error(e.to_string()))?;
+
+        let mut header = Header::new(algorithm);
+        header.kid = config.key_id.clone();
+        if let Some(source) = &config.certificate {
+            let certificate = source.load().map_err(KeyError::CertificateSource)?;
+            let der = pem::parse(certificate.expose())
+                .ok()
+                .filter(|p| p.tag() == "CERTIFICATE")
+                .ok_or(KeyError::Certificate)?;
+            // Entra ID identifies the key by certificate thumbprint: SHA-1 (`x5t`) in
+            // older setups, SHA-256 (`x5t#S256`) in newer ones. Both are public.
+            header.x5t = Some(URL_SAFE_NO_PAD.encode(Sha1::digest(der.contents())));
+            header.x5t_s256 = Some(URL_SAFE_NO_PAD.encode(Sha256::digest(der.contents())));
+        }
+        let signer = Self { key, header };
+        // A key that parses can still fail to sign (wrong curve, broken structure): find
+        // out at load rather than at the first token request.
+        signer
+            .assertion("check", "https://check.invalid/token")
+            .map_err(key_error)?;
+        Ok(signer)
+    }
+
+    /// An assertion for `client_id` at the token endpoint `audience`.
+    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).map_err(|e| e.to_string())?;
+        let claims = Claims {
+            iss: client_id,
+            sub: client_id,
+            aud: audience,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            iat: now,
+            nbf: now,
+            exp: now + LIFETIME_SECS,
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .map(Secret::new)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,147 @@
+//! How a profile's token is obtained: the endpoint (given, or discovered from the issuer
+//! and cached) and the grant (client credentials, or the next link of a refresh-token
+//! chain, stored durably before it is needed again).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use url::Url;
+
+use crate::{
+    config::{Endpoint, Grant, Profile},
+    idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
+    state::{ChainError, RefreshChain},
+};
+
+/// Gets tokens for one profile.
+#[derive(Debug)]
+pub struct TokenSource {
+    profile: Arc<Profile>,
+    idp: IdpClient,
+    /// Discovery metadata, kept until a request to its token endpoint fails.
+    metadata: ArcSwapOption<Metadata>,
+    chain: Option<RefreshChain>,
+}
+
+impl TokenSource {
+    /// A source for a profile; `chain` is required for `grant: refresh_token`.
+    pub fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<RefreshChain>) -> Self {
+        Self {
+            profile,
+            idp,
+            metadata: ArcSwapOption::empty(),
+            chain,
+        }
+    }
+
+    /// Requests a token.
+    pub async fn fetch(&self) -> Result<IssuedToken, IdpError> {
+        let token_url = self.token_url().await?;
+        let result = match (&self.profile.grant, &self.chain) {
+            (Grant::RefreshToken, Some(chain)) => self.refresh(chain, &token_url).await,
+            (Grant::RefreshToken, None) => Err(IdpError::Credential {
+                key: "server.state_dir".into(),
+                reason: "is required for refresh-token profiles".into(),
+            }),
+            (Grant::ClientCredentials, _) => {
+                self.idp
+                    .request_token(&self.profile, &token_url, GrantRequest::ClientCredentials)
+                    .await
+            }
+        };
+        if let Err(error) = &result {
+            if error.is_transient() && self.metadata.load().is_some() {
+                // The endpoint may have moved: ask the issuer again next time.
+                self.metadata.store(None);
+            }
+        }
+        result
+    }
+
+    async fn refresh(
+        &self,
+        chain: &RefreshChain,
+        token_url: &Url,
+    ) -> Result<IssuedToken, IdpError> {
+        let profile = &self.profile;
+        let current = chain.current().map_err(|e| self.chain_error(e))?;
+        let result = self
+            .idp
+            .request_token(profile, token_url, GrantRequest::RefreshToken(&current))
+            .await;
+        match result {
+            Ok(issued) => {
+                if let Some(rotated) = &issued.refresh_token {
+                    // Stored before the token is handed out: the old refresh token is
+                    // spent, and this one is the only way to the next access token.
+                    if let Err(error) = chain.rotate(rotated) {
+                        tracing::error!(
+                            profile = %profile.name,
+                            %error,
+                            "cannot store the rotated refresh token; the chain is lost if the server stops"
+                        );
+                        return Err(IdpError::Credential {
+                            key: format!("profiles.{}.refresh_token", profile.name),
+                            reason: format!("cannot store the rotated refresh token: {error}"),
+                        });
+                    }
+                }
+                Ok(issued)
+            }
+            Err(IdpError::Rejected {
+                error, description, ..
+            }) if error == "invalid_grant" => {
+                if let Err(store_error) = chain.refuse(&current) {
+                    tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
+                }
+                Err(IdpError::Reauthorize {
+                    profile: profile.name.to_string(),
+                    reason: match description {
+                        Some(d) => {
+                            format!("the provider refused the refresh token (invalid_grant: {d})")
+                        }
+                        None => "the provider refused the refresh token (invalid_grant)".into(),
+                    },
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn chain_error(&self, error: ChainError) -> IdpError {
+        let profile = self.profile.name.to_string();
+        match error {
+            ChainError::Refused => IdpError::Reauthorize {
+                profile,
+                reason: "the provider refused the stored refresh token".into(),
+            },
+            ChainError::Missing => IdpError::Reauthorize {
+                profile,
+                reason: "there is no refresh token yet".into(),
+            },
+            other => IdpError::Credential {
+                key: format!("profiles.{profile}.refresh_token"),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// The token endpoint: configured, or from the issuer's metadata.
+    pub async fn token_url(&self) -> Result<Url, IdpError> {
+        match &self.profile.endpoint {
+            Endpoint::TokenUrl(url) => Ok(url.clone()),
+            Endpoint::Issuer(issuer) => Ok(self.metadata(issuer).await?.token_endpoint.clone()),
+        }
+    }
+
+    /// The issuer's metadata, fetched once and kept.
+    pub async fn metadata(&self, issuer: &Url) -> Result<Arc<Metadata>, IdpError> {
+        if let Some(metadata) = self.metadata.load_full() {
+            return Ok(metadata);
+        }
+        // Fetches are serialised by the slot's single flight, so no two race here.
+        let metadata = Arc::new(self.idp.discover(issuer, self.profile.timeout).await?);
+        self.metadata.store(Some(metadata.clone()));
+        Ok(metadata)
+    }
+}

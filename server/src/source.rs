@@ -49,11 +49,12 @@ impl TokenSource {
                     .await
             }
         };
-        if let Err(error) = &result {
-            if error.is_transient() && self.metadata.load().is_some() {
-                // The endpoint may have moved: ask the issuer again next time.
-                self.metadata.store(None);
-            }
+        if let Err(error) = &result
+            && error.is_transient()
+            && self.metadata.load().is_some()
+        {
+            // The endpoint may have moved: ask the issuer again next time.
+            self.metadata.store(None);
         }
         result
     }

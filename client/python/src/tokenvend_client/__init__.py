@@ -1,0 +1,46 @@
+"""Python client for tokenvend: OAuth 2.0 access tokens by profile name, no client secret.
+
+    from tokenvend_client import TokenClient
+
+    with TokenClient("127.0.0.1:50051") as tv:
+        token = tv.get_token("jakamo")
+        headers = dict(token.headers)
+
+HTTP integrations (optional extras): ``TokenvendAuth`` for requests and
+``TokenvendHttpxAuth`` for httpx, imported on first use so that neither library is needed
+unless used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tokenvend_client._client import TokenClient
+from tokenvend_client._token import Token, TokenvendError
+
+if TYPE_CHECKING:
+    from tokenvend_client.httpx_auth import TokenvendHttpxAuth
+    from tokenvend_client.requests_auth import TokenvendAuth
+
+__all__ = ["Token", "TokenClient", "TokenvendAuth", "TokenvendError", "TokenvendHttpxAuth"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TokenvendAuth": "tokenvend_client.requests_auth",
+    "TokenvendHttpxAuth": "tokenvend_client.httpx_auth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        extra = "requests" if name == "TokenvendAuth" else "httpx"
+        raise ImportError(f"{name} needs {err.name!r}: pip install 'tokenvend-client[{extra}]'") from err
+    globals()[name] = value
+    return value

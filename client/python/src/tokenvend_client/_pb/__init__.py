@@ -1,0 +1,1 @@
+"""Generated code; regenerate with generate.sh, do not edit."""

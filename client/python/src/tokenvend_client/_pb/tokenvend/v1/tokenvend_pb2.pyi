@@ -1,0 +1,92 @@
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CacheState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_STATE_UNSPECIFIED: _ClassVar[CacheState]
+    CACHE_STATE_EMPTY: _ClassVar[CacheState]
+    CACHE_STATE_VALID: _ClassVar[CacheState]
+    CACHE_STATE_STALE: _ClassVar[CacheState]
+    CACHE_STATE_FAILED: _ClassVar[CacheState]
+CACHE_STATE_UNSPECIFIED: CacheState
+CACHE_STATE_EMPTY: CacheState
+CACHE_STATE_VALID: CacheState
+CACHE_STATE_STALE: CacheState
+CACHE_STATE_FAILED: CacheState
+
+class GetTokenRequest(_message.Message):
+    __slots__ = ("profile", "min_ttl", "rejected_token")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TTL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    min_ttl: _duration_pb2.Duration
+    rejected_token: str
+    def __init__(self, profile: _Optional[str] = ..., min_ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., rejected_token: _Optional[str] = ...) -> None: ...
+
+class Token(_message.Message):
+    __slots__ = ("access_token", "token_type", "expires_at", "scopes", "headers", "profile")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    token_type: str
+    expires_at: _timestamp_pb2.Timestamp
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    headers: _containers.ScalarMap[str, str]
+    profile: str
+    def __init__(self, access_token: _Optional[str] = ..., token_type: _Optional[str] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., scopes: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProfilesResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[ProfileInfo]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[ProfileInfo, _Mapping]]] = ...) -> None: ...
+
+class ProfileInfo(_message.Message):
+    __slots__ = ("name", "grant", "token_endpoint_host", "scopes", "cache_state", "expires_at", "last_refresh", "last_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ENDPOINT_HOST_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_REFRESH_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grant: str
+    token_endpoint_host: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    cache_state: CacheState
+    expires_at: _timestamp_pb2.Timestamp
+    last_refresh: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, name: _Optional[str] = ..., grant: _Optional[str] = ..., token_endpoint_host: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., cache_state: _Optional[_Union[CacheState, str]] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class WatchTokenRequest(_message.Message):
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    def __init__(self, profile: _Optional[str] = ...) -> None: ...

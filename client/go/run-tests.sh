@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Lints and tests the Go client against the real tokenvend server.
+#
+#   ./run-tests.sh
+#   TOKENVEND_BIN=/path/to/tokenvend ./run-tests.sh
+#   TOKENVEND_CHECK_GENERATED=1 ./run-tests.sh   # also rebuild tokenvendpb and compare
+#                                                # (installs buf: several minutes the first time)
+#
+# Needs Go 1.25+ and the Go module proxy; modules go to the usual Go module cache.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export TOKENVEND_BIN="${TOKENVEND_BIN:-$(cd ../.. && pwd)/target/debug/tokenvend}"
+if [[ ! -x "$TOKENVEND_BIN" ]]; then
+  echo "tokenvend binary not found at $TOKENVEND_BIN; building it" >&2
+  (cd ../.. && cargo build -p tokenvend-server --bin tokenvend)
+fi
+
+unformatted=$(gofmt -l .)
+if [[ -n "$unformatted" ]]; then
+  echo "gofmt needed on:" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+go vet ./...
+go test -count=1 ./... "$@"

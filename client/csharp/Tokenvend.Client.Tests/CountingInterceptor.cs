@@ -1,0 +1,35 @@
+using System.Collections.Concurrent;
+using System.Threading;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+
+namespace Tokenvend.Client.Tests;
+
+/// <summary>
+/// Sits between the client and the real server: counts the RPCs the client makes, records the
+/// authorization metadata it sends, and can play an unreachable tokenvend.
+/// </summary>
+public sealed class CountingInterceptor : Interceptor
+{
+    private int _calls;
+
+    public int Calls => Volatile.Read(ref _calls);
+
+    public ConcurrentQueue<string?> Authorizations { get; } = new();
+
+    public volatile bool Unavailable;
+
+    public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
+        TRequest request,
+        ClientInterceptorContext<TRequest, TResponse> context,
+        AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
+    {
+        Interlocked.Increment(ref _calls);
+        Authorizations.Enqueue(context.Options.Headers?.GetValue("authorization"));
+        if (Unavailable)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "tokenvend unreachable (injected by the test)"));
+        }
+        return continuation(request, context);
+    }
+}

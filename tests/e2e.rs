@@ -9,6 +9,7 @@ mod e2e {
     mod dev_mode;
     mod interop;
     mod lifecycle;
+    mod providers;
     mod rust_client;
     mod status_codes;
 }

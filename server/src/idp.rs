@@ -74,6 +74,10 @@ pub enum IdpError {
     /// An answer that is not a usable token response.
     #[error("identity provider sent an unusable token response: {0}")]
     Malformed(String),
+    /// The provider's metadata cannot be trusted for this profile (another issuer, a
+    /// plain-http endpoint): a configuration problem, not a passing one.
+    #[error("{0}")]
+    Misconfigured(String),
     /// A credential of the profile (secret, key, refresh token) cannot be used.
     #[error("{key}: {reason}")]
     Credential {
@@ -110,7 +114,10 @@ impl IdpError {
     /// Whether trying again later may succeed without a change of configuration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Rejected { .. } | Self::Credential { .. } | Self::Reauthorize { .. } => false,
+            Self::Rejected { .. }
+            | Self::Credential { .. }
+            | Self::Reauthorize { .. }
+            | Self::Misconfigured(_) => false,
             // An OAuth error code in a `Status` is one of the transient ones.
             Self::Status { status, error, .. } => is_transient_status(*status) || error.is_some(),
             Self::Unreachable { .. } | Self::Timeout { .. } | Self::Malformed(_) => true,

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod assertion;
+pub mod authorize;
 pub mod cache;
 pub mod config;
 pub mod dev;

@@ -50,6 +50,15 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
     },
+    /// Authorize a refresh-token profile once: open the printed URL, approve, and the
+    /// refresh token is stored in the state directory.
+    Authorize {
+        /// The profile.
+        profile: String,
+        /// The configuration file.
+        #[arg(long, env = "TOKENVEND_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate a configuration file and exit.
     Check {
         /// The configuration file.
@@ -81,6 +90,33 @@ async fn main() -> ExitCode {
             }
             .await;
             report(result.map_err(|e| eprintln!("tokenvend get: {e}")))
+        }
+        Command::Authorize { profile, config } => {
+            let result = async {
+                let config = Config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+                tokenvend_server::authorize::run(
+                    &config,
+                    &profile,
+                    |url| {
+                        eprintln!("Open this URL in a browser and approve the access:\n\n  {url}\n");
+                    },
+                    async || {
+                        eprintln!("Then paste the URL the browser was sent to, and press Enter:");
+                        tokio::task::spawn_blocking(|| {
+                            let mut line = String::new();
+                            std::io::stdin().read_line(&mut line).map(|_| line)
+                        })
+                        .await
+                        .map_err(std::io::Error::other)?
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                eprintln!("Authorized: the refresh token of `{profile}` is stored; a running server uses it at its next attempt.");
+                Ok::<_, String>(())
+            }
+            .await;
+            report(result.map_err(|e| eprintln!("tokenvend authorize: {e}")))
         }
         Command::Check {
             config: config_path,

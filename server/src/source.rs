@@ -50,7 +50,12 @@ impl TokenSource {
             }
         };
         if let Err(error) = &result
-            && error.is_transient()
+            && !matches!(
+                error,
+                IdpError::Rejected { .. }
+                    | IdpError::Credential { .. }
+                    | IdpError::Reauthorize { .. }
+            )
             && self.metadata.load().is_some()
         {
             // The endpoint may have moved: ask the issuer again next time.

@@ -92,6 +92,13 @@ impl Server {
             .unwrap();
     }
 
+    /// Ends the server abruptly, as a crash would: no drain, no cleanup beyond what the
+    /// operating system does for a killed process (its locks are released).
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// GetToken with only a profile.
     pub async fn get(&self, profile: &str) -> Result<Token, tonic::Status> {
         get(&mut self.client.clone(), profile).await

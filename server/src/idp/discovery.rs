@@ -62,14 +62,18 @@ fn parse(body: &[u8], expected_issuer: &str) -> Result<Metadata, IdpError> {
     // RFC 8414 §3.3: metadata for another issuer must not be used (a mix-up attack, or a
     // misconfigured proxy).
     if issuer.trim_end_matches('/') != expected_issuer {
-        return Err(malformed(format!(
-            "it is for issuer `{issuer}`, not `{expected_issuer}`"
+        return Err(IdpError::Misconfigured(format!(
+            "the issuer metadata is for `{issuer}`, not `{expected_issuer}`; check the profile's `issuer`"
         )));
     }
     let endpoint = |key: &str| -> Result<Option<Url>, IdpError> {
         map.get(key)
             .and_then(Value::as_str)
-            .map(|text| parse_endpoint_url(text).map_err(|m| malformed(format!("`{key}` {m}"))))
+            .map(|text| {
+                parse_endpoint_url(text).map_err(|m| {
+                    IdpError::Misconfigured(format!("the issuer metadata's `{key}`: {m}"))
+                })
+            })
             .transpose()
     };
     Ok(Metadata {

@@ -9,6 +9,8 @@ mod e2e {
     mod dev_mode;
     mod interop;
     mod lifecycle;
+    mod reload;
+    mod rollout;
     mod rust_client;
     mod status_codes;
 }

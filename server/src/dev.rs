@@ -111,10 +111,7 @@ impl DevIssuer {
             warm_up: true,
             retry: Retry::default(),
         };
-        Config {
-            server,
-            profiles: vec![Arc::new(demo)],
-        }
+        Config::new(server, vec![Arc::new(demo)])
     }
 }
 

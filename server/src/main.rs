@@ -134,6 +134,8 @@ async fn serve(
         let server = ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            // No load balancer to wait for: Ctrl-C stops the demo at once.
+            shutdown_delay: Duration::ZERO,
             ..ServerConfig::default()
         };
         let config = dev_issuer.config(server);

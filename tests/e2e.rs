@@ -10,6 +10,8 @@ mod e2e {
     mod interop;
     mod lifecycle;
     mod providers;
+    mod reload;
+    mod rollout;
     mod rust_client;
     mod status_codes;
 }

@@ -14,11 +14,12 @@ mod refresh;
 use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime},
 };
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::{
     FutureExt as _,
     future::{BoxFuture, Shared},
@@ -33,14 +34,35 @@ use crate::{
     idp::{IdpClient, IdpError, IssuedToken},
     secret::Secret,
     source::TokenSource,
-    state::StateDir,
+    state::{RefreshChain, StateDir},
 };
 
 /// The tokens of all profiles. Dropping it stops every background task it started.
 pub struct TokenCache {
-    slots: HashMap<Arc<str>, Arc<Slot>>,
+    /// The profile map, swapped whole when the configuration is reloaded. Readers take a
+    /// lock-free snapshot, so the hot path never waits for a reload.
+    slots: ArcSwap<HashMap<Arc<str>, Arc<Slot>>>,
+    /// Serialises reloads, so that two of them cannot both build from the same old map;
+    /// held only while a new map is built and stored, never across an await.
+    reloading: Mutex<()>,
+    idp: IdpClient,
+    /// Where refresh-token chains are kept (the directory is locked by the server).
+    state_dir: Option<PathBuf>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
+}
+
+/// What a reload changed, by profile name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// New profiles.
+    pub added: Vec<Arc<str>>,
+    /// Profiles configured differently: they start afresh, with an empty cache.
+    pub changed: Vec<Arc<str>>,
+    /// Profiles no longer configured.
+    pub removed: Vec<Arc<str>>,
+    /// Profiles configured as before: they keep their cached token and refresher.
+    pub unchanged: Vec<Arc<str>>,
 }
 
 impl TokenCache {
@@ -48,33 +70,87 @@ impl TokenCache {
     /// keep their chains in `state`. Must be called within a Tokio runtime.
     pub fn new(profiles: &[Arc<Profile>], idp: IdpClient, state: Option<&StateDir>) -> Self {
         let stop = CancellationToken::new();
-        let slots = profiles
-            .iter()
-            .map(|profile| {
-                let chain = state.map(|s| s.chain(&profile.name, profile.refresh_token.clone()));
-                let source = TokenSource::new(profile.clone(), idp.clone(), chain);
-                let slot = Arc::new(Slot::new(profile.clone(), source, stop.clone()));
-                tokio::spawn(refresh::run(slot.clone(), stop.clone()));
-                (profile.name.clone(), slot)
-            })
-            .collect();
-        Self {
-            slots,
+        let cache = Self {
+            slots: ArcSwap::default(),
+            reloading: Mutex::default(),
+            idp,
+            state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
-        }
+        };
+        let slots = profiles
+            .iter()
+            .map(|profile| (profile.name.clone(), cache.start_slot(profile)))
+            .collect();
+        cache.slots.store(Arc::new(slots));
+        cache
+    }
+
+    fn start_slot(&self, profile: &Arc<Profile>) -> Arc<Slot> {
+        let chain = self
+            .state_dir
+            .as_deref()
+            .map(|dir| RefreshChain::new(dir, &profile.name, profile.refresh_token.clone()));
+        let source = TokenSource::new(profile.clone(), self.idp.clone(), chain);
+        let slot = Arc::new(Slot::new(profile.clone(), source, &self.stop));
+        tokio::spawn(refresh::run(slot.clone()));
+        slot
     }
 
     /// The slot of a profile.
-    pub fn slot(&self, profile: &str) -> Option<&Arc<Slot>> {
-        self.slots.get(profile)
+    pub fn slot(&self, profile: &str) -> Option<Arc<Slot>> {
+        self.slots.load().get(profile).cloned()
     }
 
     /// All slots, sorted by profile name.
-    pub fn slots(&self) -> Vec<&Arc<Slot>> {
-        let mut slots: Vec<_> = self.slots.values().collect();
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        let mut slots: Vec<_> = self.slots.load().values().cloned().collect();
         slots.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
         slots
+    }
+
+    /// Switches to a new set of profiles in one atomic step. A profile configured exactly
+    /// as before keeps its slot (its cached token, its refresher, its watchers); a new or
+    /// changed one gets a new slot; the slots of removed and changed profiles are retired:
+    /// their refresher stops and their `WatchToken` streams end, while calls already
+    /// waiting on them finish.
+    pub fn replace_profiles(&self, profiles: &[Arc<Profile>]) -> Changes {
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.slots.load_full();
+        let mut changes = Changes::default();
+        let mut slots = HashMap::with_capacity(profiles.len());
+        for profile in profiles {
+            let name = profile.name.clone();
+            let slot = match old.get(&name) {
+                Some(slot) if *slot.profile == **profile => {
+                    changes.unchanged.push(name.clone());
+                    slot.clone()
+                }
+                Some(_) => {
+                    changes.changed.push(name.clone());
+                    self.start_slot(profile)
+                }
+                None => {
+                    changes.added.push(name.clone());
+                    self.start_slot(profile)
+                }
+            };
+            slots.insert(name, slot);
+        }
+        self.slots.store(Arc::new(slots));
+        for (name, slot) in old.iter() {
+            if !changes.unchanged.contains(name) {
+                slot.retired.cancel();
+                if !changes.changed.contains(name) {
+                    changes.removed.push(name.clone());
+                }
+            }
+        }
+        changes.removed.sort();
+        changes
     }
 
     /// Stops background refreshes and fetches, for shutdown.
@@ -204,7 +280,11 @@ pub struct Slot {
     // that a caller never misses both. Held for a few instructions, never across an await.
     state: Mutex<SlotState>,
     updates: watch::Sender<Option<Arc<CachedToken>>>,
+    /// Cancels fetches: the whole cache is stopping.
     stop: CancellationToken,
+    /// Cancelled when a reload replaces or removes the profile (and at shutdown): stops
+    /// its refresher and ends its watchers, but lets a fetch in flight finish.
+    retired: CancellationToken,
 }
 
 #[derive(Default)]
@@ -247,15 +327,22 @@ pub struct SlotStatus {
 }
 
 impl Slot {
-    fn new(profile: Arc<Profile>, source: TokenSource, stop: CancellationToken) -> Self {
+    fn new(profile: Arc<Profile>, source: TokenSource, stop: &CancellationToken) -> Self {
         Self {
             profile,
             source,
             current: ArcSwapOption::empty(),
             state: Mutex::default(),
             updates: watch::Sender::new(None),
-            stop,
+            stop: stop.clone(),
+            retired: stop.child_token(),
         }
+    }
+
+    /// Cancelled once this slot no longer serves its profile: a reload replaced or removed
+    /// it, or the server is stopping.
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retired
     }
 
     /// The profile.

@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -23,6 +24,13 @@ pub struct Config {
     pub server: ServerConfig,
     /// The profiles, sorted by name.
     pub profiles: Vec<Arc<Profile>>,
+    /// The file it was loaded from; a running server watches it and reloads on change.
+    /// `None` for a configuration built in code or from text.
+    pub path: Option<PathBuf>,
+    /// A hash of the text it was parsed from, so that a watcher can tell a change of the
+    /// file from the text it already runs (a hash rather than the text: the text may hold
+    /// inline `value:` secrets, and they need not stay in memory).
+    pub(crate) digest: u64,
 }
 
 /// Server-wide settings.
@@ -34,6 +42,13 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// After a shutdown signal, how long the server goes on accepting and serving calls
+    /// while reporting not ready, so that load balancers stop sending it calls before
+    /// its listener closes.
+    pub shutdown_delay: Duration,
+    /// How often the configuration file is checked for changes; zero turns polling off
+    /// (SIGHUP still reloads).
+    pub reload_interval: Duration,
     /// How long to wait for a TCP (and TLS) connection to an identity provider.
     pub idp_connect_timeout: Duration,
     /// Where durable state (rotated refresh tokens) is kept; one server per directory.
@@ -46,6 +61,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(2),
             idp_connect_timeout: Duration::from_secs(5),
             state_dir: None,
         }
@@ -53,7 +70,11 @@ impl Default for ServerConfig {
 }
 
 /// One profile: the credentials and request shape for one kind of token.
-#[derive(Debug)]
+///
+/// `PartialEq` tells whether a reloaded profile is configured the same way, so that it
+/// keeps its cached token. Secrets compare by source (`env`, `file`), not by the value
+/// they hold now: a rotated secret file is picked up at the next token request anyway.
+#[derive(Debug, PartialEq)]
 pub struct Profile {
     /// The profile's name, as callers ask for it.
     pub name: Arc<str>,
@@ -272,7 +293,19 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("", format!("cannot read {}: {}", path.display(), e.kind()))
         })?;
-        Self::from_yaml(&text)
+        let mut config = Self::from_yaml(&text)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// A configuration built in code, such as the `--dev` demo's: nothing to reload.
+    pub fn new(server: ServerConfig, profiles: Vec<Arc<Profile>>) -> Self {
+        Self {
+            server,
+            profiles,
+            path: None,
+            digest: 0,
+        }
     }
 
     /// Parses and validates a configuration. Secrets are read once to prove they are there.
@@ -303,8 +336,21 @@ impl Config {
                 ),
             ));
         }
-        Ok(Self { server, profiles })
+        Ok(Self {
+            server,
+            profiles,
+            path: None,
+            digest: digest(text.as_bytes()),
+        })
     }
+}
+
+/// The hash a watcher compares to tell whether a configuration file changed. SipHash with
+/// fixed keys: stable within the process, which is all a comparison needs.
+pub(crate) fn digest(text: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The exact key comes from serde_path_to_error; serde_yaml's own message starts with the
@@ -335,6 +381,8 @@ struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
     shutdown_grace: Option<Dur>,
+    shutdown_delay: Option<Dur>,
+    reload_interval: Option<Dur>,
     idp_connect_timeout: Option<Dur>,
     state_dir: Option<PathBuf>,
 }
@@ -355,6 +403,10 @@ impl RawServer {
             listen: addr("listen", self.listen, defaults.listen)?,
             admin_listen: addr("admin_listen", self.admin_listen, defaults.admin_listen)?,
             shutdown_grace: self.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
+            shutdown_delay: self.shutdown_delay.map_or(defaults.shutdown_delay, |d| d.0),
+            reload_interval: self
+                .reload_interval
+                .map_or(defaults.reload_interval, |d| d.0),
             idp_connect_timeout: nonzero(
                 "server.idp_connect_timeout",
                 self.idp_connect_timeout,

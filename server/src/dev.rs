@@ -113,10 +113,7 @@ impl DevIssuer {
             idle_refresh: Duration::from_secs(24 * 3600),
             retry: Retry::default(),
         };
-        Config {
-            server,
-            profiles: vec![Arc::new(demo)],
-        }
+        Config::new(server, vec![Arc::new(demo)])
     }
 }
 

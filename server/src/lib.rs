@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod idp;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -162,7 +162,7 @@ async fn serve(
 ) -> Result<(), String> {
     // Kept alive for as long as the server runs.
     let mut issuer = None;
-    let mut config = if dev {
+    let config = if dev {
         let dev_issuer = DevIssuer::start(Duration::from_secs(300))
             .await
             .map_err(|e| format!("cannot start the dev issuer: {e}"))?;
@@ -170,6 +170,8 @@ async fn serve(
         let server = ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            // No load balancer to wait for: Ctrl-C stops the demo at once.
+            shutdown_delay: Duration::ZERO,
             ..ServerConfig::default()
         };
         let config = dev_issuer.config(server);
@@ -179,15 +181,15 @@ async fn serve(
         let path = config.ok_or("--config or TOKENVEND_CONFIG is required")?;
         Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    config.server.listen = listen.unwrap_or(config.server.listen);
-    config.server.admin_listen = admin_listen.unwrap_or(config.server.admin_listen);
-
-    let grpc = bind(config.server.listen, "gRPC").await?;
-    let admin = bind(config.server.admin_listen, "admin").await?;
+    // The flags override the file for binding only: a reload compares the file's
+    // addresses with the file's, and so warns only when the file itself changes them.
+    let grpc = bind(listen.unwrap_or(config.server.listen), "gRPC").await?;
+    let admin = bind(admin_listen.unwrap_or(config.server.admin_listen), "admin").await?;
     let grpc_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         grpc = %grpc_addr,
-        admin = %config.server.admin_listen,
+        admin = %admin_addr,
         profiles = %config_name(&config),
         "tokenvend listening"
     );

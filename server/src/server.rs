@@ -1,5 +1,6 @@
 //! Running the service: gRPC (TokenService, health, reflection) and the admin endpoints,
-//! on listeners the caller has bound, until the shutdown future completes; then a drain.
+//! on listeners the caller has bound, reloading the configuration file as it changes, until
+//! the shutdown future completes; then a delay while still serving, and a drain.
 
 use std::{
     future::Future,
@@ -9,6 +10,7 @@ use std::{
     },
 };
 
+use arc_swap::ArcSwap;
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
@@ -16,7 +18,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    admin, cache::TokenCache, config::Config, idp::IdpClient, service::TokenService,
+    admin, cache::TokenCache, config::Config, idp::IdpClient, reload, service::TokenService,
     state::StateDir,
 };
 
@@ -45,15 +47,21 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves until `shutdown` completes. Then health turns NOT_SERVING, the listener stops
-/// accepting, `WatchToken` streams end, and in-flight calls get up to
-/// `server.shutdown_grace` to finish.
+/// Serves until `shutdown` completes, reloading the configuration while it runs if it came
+/// from a file (see [`crate::reload`]).
+///
+/// On shutdown, readiness fails first: health turns NOT_SERVING and `/readyz` 503, while
+/// the server goes on accepting and serving calls for `server.shutdown_delay`, the time
+/// load balancers (Kubernetes endpoints, client-side balancers) take to stop sending it
+/// calls. Then the listener closes, `WatchToken` streams end, and in-flight calls get up
+/// to `server.shutdown_grace` to finish.
 pub async fn serve(
     listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let idp = IdpClient::new(config.server.idp_connect_timeout)?;
+    // Held until the server stops: the lock that keeps a second server off these chains.
     let state = config
         .server
         .state_dir
@@ -61,6 +69,8 @@ pub async fn serve(
         .map(StateDir::open)
         .transpose()?;
     let cache = Arc::new(TokenCache::new(&config.profiles, idp, state.as_ref()));
+    // The server settings in force; a reload may change the shutdown timings.
+    let settings = Arc::new(ArcSwap::from_pointee(config.server.clone()));
     let streams = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
 
@@ -77,6 +87,22 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let reload_stop = CancellationToken::new();
+    let reloader = config.path.clone().map(|path| {
+        let configs = reload::watch(
+            path,
+            config.server.reload_interval,
+            config.digest,
+            reload::hangups(),
+        );
+        tokio::spawn(reload::run(
+            configs,
+            cache.clone(),
+            settings.clone(),
+            reload_stop.clone(),
+        ))
+    });
+
     let admin_stop = CancellationToken::new();
     let admin = listeners
         .admin
@@ -85,9 +111,16 @@ pub async fn serve(
     let (draining, drain_started) = oneshot::channel();
     let signal = {
         let streams = streams.clone();
+        let settings = settings.clone();
+        let reload_stop = reload_stop.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutting down: no new calls, draining in-flight ones");
+            reload_stop.cancel();
+            let delay = settings.load().shutdown_delay;
+            tracing::info!(
+                ?delay,
+                "shutting down: reporting not ready, still serving until load balancers have noticed"
+            );
             ready.store(false, Ordering::SeqCst);
             health
                 .set_not_serving::<TokenServiceServer<TokenService>>()
@@ -95,6 +128,8 @@ pub async fn serve(
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
+            tokio::time::sleep(delay).await;
+            tracing::info!("no new calls; draining in-flight ones");
             streams.cancel();
             let _ = draining.send(());
         }
@@ -112,21 +147,31 @@ pub async fn serve(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             signal,
         );
-    let grace = config.server.shutdown_grace;
-    let drain_deadline = async move {
-        match drain_started.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            Err(_) => std::future::pending().await,
+    let drain_deadline = {
+        let settings = settings.clone();
+        async move {
+            match drain_started.await {
+                Ok(()) => {
+                    let grace = settings.load().shutdown_grace;
+                    tokio::time::sleep(grace).await;
+                    grace
+                }
+                Err(_) => std::future::pending().await,
+            }
         }
     };
     let result = tokio::select! {
         result = grpc => result.map_err(ServerError::from),
-        () = drain_deadline => {
+        grace = drain_deadline => {
             tracing::warn!(?grace, "drain period over; closing the remaining calls");
             Ok(())
         }
     };
 
+    reload_stop.cancel();
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     cache.stop();
     admin_stop.cancel();
     if let Some(admin) = admin {

@@ -26,7 +26,7 @@ impl TokenService {
         Self { cache, stop }
     }
 
-    fn slot(&self, profile: &str) -> Result<&Arc<Slot>, ServeError> {
+    fn slot(&self, profile: &str) -> Result<Arc<Slot>, ServeError> {
         if profile.is_empty() {
             return Err(ServeError::InvalidArgument("`profile` is required".into()));
         }
@@ -96,7 +96,7 @@ impl pb::token_service_server::TokenService for TokenService {
         request: Request<pb::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
         let deadline = deadline(request.metadata());
-        let slot = self.slot(&request.get_ref().profile)?.clone();
+        let slot = self.slot(&request.get_ref().profile)?;
         // Subscribed before the first token is taken, so no refresh falls in between.
         let updates = slot.subscribe();
         let first = within(deadline, slot.token(Need::default())).await?;
@@ -105,6 +105,7 @@ impl pb::token_service_server::TokenService for TokenService {
             last: first,
             sent_first: false,
             stop: self.stop.clone(),
+            retired: slot.retired().clone(),
         };
         // The stream is dropped when the client leaves, which ends the watch quietly.
         let stream = futures::stream::unfold(watch, |mut watch| async move {
@@ -121,6 +122,9 @@ struct Watch {
     last: Arc<CachedToken>,
     sent_first: bool,
     stop: CancellationToken,
+    /// A reload replaced or removed the profile: the stream ends, and a client that
+    /// watches again gets the new configuration's token (or NOT_FOUND).
+    retired: CancellationToken,
 }
 
 impl Watch {
@@ -132,6 +136,7 @@ impl Watch {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return None,
+                () = self.retired.cancelled() => return None,
                 changed = self.updates.changed() => changed.ok()?,
             }
             let Some(token) = self.updates.borrow_and_update().clone() else {

@@ -72,9 +72,9 @@ impl StateDir {
         })
     }
 
-    /// The refresh-token chain of a profile.
-    pub fn chain(&self, profile: &str, seed: Option<SecretSource>) -> RefreshChain {
-        RefreshChain::new(&self.dir, profile, seed)
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 }
 

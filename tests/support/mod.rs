@@ -24,9 +24,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server with a configuration given as YAML.
+    /// Starts the server with a configuration given as YAML. Unless the YAML sets
+    /// `shutdown_delay`, it is zero: tests stop their servers at once.
     pub async fn start(yaml: &str) -> Self {
-        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        if !yaml.contains("shutdown_delay") {
+            config.server.shutdown_delay = Duration::ZERO;
+        }
+        Self::start_with(config).await
+    }
+
+    /// Starts the server with a configuration file, which it watches for changes.
+    pub async fn start_file(file: &ConfigFile) -> Self {
+        let config = Config::load(&file.path()).unwrap_or_else(|e| panic!("test config: {e}"));
         Self::start_with(config).await
     }
 
@@ -116,6 +126,59 @@ pub async fn get(
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// A configuration file in a directory laid out as Kubernetes lays out a ConfigMap volume:
+/// `config.yaml -> ..data/config.yaml`, `..data -> ..<version>`. An update writes a new
+/// version directory and swaps the `..data` symlink in one rename, as the kubelet does, so
+/// the file's own inode never changes.
+pub struct ConfigFile {
+    dir: tempfile::TempDir,
+    version: usize,
+}
+
+impl ConfigFile {
+    pub fn new(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("..data/config.yaml", dir.path().join("config.yaml")).unwrap();
+        let mut file = Self { dir, version: 0 };
+        file.update(yaml);
+        file
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// Replaces the content atomically.
+    pub fn update(&mut self, yaml: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let dir = self.dir.path();
+        std::fs::create_dir(dir.join(&version)).unwrap();
+        std::fs::write(dir.join(&version).join("config.yaml"), yaml).unwrap();
+        std::os::unix::fs::symlink(&version, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A profile pointed at a test IdP, with client secret post and the IdP's credentials.

@@ -4,18 +4,17 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
 
 use super::{Slot, Step, lock};
 use crate::config::Grant;
 
-/// Runs until `stop` is cancelled.
-pub(super) async fn run(slot: Arc<Slot>, stop: CancellationToken) {
+/// Runs until the slot is retired (by a reload, or at shutdown).
+pub(super) async fn run(slot: Arc<Slot>) {
     let mut updates = slot.subscribe();
     loop {
         let wake = next_refresh(&slot);
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = slot.retired.cancelled() => return,
             () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                 refresh_due(&slot).await;
             }

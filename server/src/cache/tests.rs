@@ -90,3 +90,55 @@ fn backoff_doubles_with_jitter_up_to_the_cap() {
         assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
     }
 }
+
+#[tokio::test]
+async fn replacing_profiles_keeps_unchanged_slots_and_retires_the_others() {
+    let named = |name: &str, extra: &str| {
+        Config::from_yaml(&format!(
+            "profiles:\n  {name}:\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: {{ value: s }}\n{extra}"
+        ))
+        .unwrap()
+        .profiles
+        .remove(0)
+    };
+    let idp = IdpClient::new(Duration::from_secs(1)).unwrap();
+    let cache = TokenCache::new(
+        &[
+            named("kept", ""),
+            named("changed", ""),
+            named("removed", ""),
+        ],
+        idp,
+        None,
+    );
+    let kept = cache.slot("kept").unwrap();
+    let changed = cache.slot("changed").unwrap();
+    let removed = cache.slot("removed").unwrap();
+
+    let changes = cache.replace_profiles(&[
+        named("added", ""),
+        named("changed", "    scopes: [x]\n"),
+        named("kept", ""),
+    ]);
+    assert_eq!(&*changes.added, [Arc::from("added")]);
+    assert_eq!(&*changes.changed, [Arc::from("changed")]);
+    assert_eq!(&*changes.removed, [Arc::from("removed")]);
+    assert_eq!(&*changes.unchanged, [Arc::from("kept")]);
+
+    assert!(Arc::ptr_eq(&cache.slot("kept").unwrap(), &kept));
+    assert!(!kept.retired().is_cancelled());
+    assert!(!Arc::ptr_eq(&cache.slot("changed").unwrap(), &changed));
+    assert_eq!(cache.slot("changed").unwrap().profile().scopes, ["x"]);
+    assert!(changed.retired().is_cancelled());
+    assert!(removed.retired().is_cancelled());
+    assert!(cache.slot("removed").is_none());
+    let names: Vec<_> = cache
+        .slots()
+        .iter()
+        .map(|s| s.profile().name.clone())
+        .collect();
+    assert_eq!(names, [Arc::from("added"), "changed".into(), "kept".into()]);
+
+    cache.stop();
+    assert!(cache.slot("kept").unwrap().retired().is_cancelled());
+}

@@ -185,3 +185,61 @@ fn errors_never_echo_a_secret() {
 fn no_profiles_is_an_error() {
     assert_eq!(error("server: {}\n").key, "profiles");
 }
+
+#[test]
+fn shutdown_and_reload_timings_have_defaults_and_can_be_set() {
+    let config = Config::from_yaml(&profile_yaml("")).unwrap();
+    assert_eq!(config.server.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(config.server.reload_interval, Duration::from_secs(2));
+    assert_eq!(config.path, None);
+
+    let yaml = format!(
+        "server:\n  shutdown_delay: 0s\n  reload_interval: 250ms\n{}",
+        profile_yaml("")
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(config.server.shutdown_delay, Duration::ZERO);
+    assert_eq!(config.server.reload_interval, Duration::from_millis(250));
+}
+
+#[test]
+fn load_remembers_the_path_for_reloading() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), profile_yaml("")).unwrap();
+    let config = Config::load(file.path()).unwrap();
+    assert_eq!(config.path.as_deref(), Some(file.path()));
+    assert_eq!(config.digest, digest(profile_yaml("").as_bytes()));
+}
+
+#[test]
+fn profiles_compare_by_configuration_and_secret_source() {
+    let profile = |extra: &str| {
+        Config::from_yaml(&profile_yaml(extra))
+            .unwrap()
+            .profiles
+            .remove(0)
+    };
+    assert_eq!(profile("    scopes: [a]\n"), profile("    scopes: [a]\n"));
+    assert_ne!(profile("    scopes: [a]\n"), profile("    scopes: [b]\n"));
+    assert_ne!(profile(""), profile("    timeout: 3s\n"));
+
+    // A file source is the same source whatever the file holds now.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let yaml = |path: &Path| {
+        format!(
+            "profiles:\n  p:\n    token_url: https://idp.example.com/t\n    client_id: a\n    client_secret: {{ file: {} }}\n",
+            path.display()
+        )
+    };
+    std::fs::write(file.path(), "before").unwrap();
+    let before = Config::from_yaml(&yaml(file.path()))
+        .unwrap()
+        .profiles
+        .remove(0);
+    std::fs::write(file.path(), "after").unwrap();
+    let after = Config::from_yaml(&yaml(file.path()))
+        .unwrap()
+        .profiles
+        .remove(0);
+    assert_eq!(before, after);
+}

@@ -1,0 +1,120 @@
+{{/* The chart name. */}}
+{{- define "tokenvend.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name: the release name, with the chart name unless it already holds it. */}}
+{{- define "tokenvend.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvend.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tokenvend.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "tokenvend.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenvend.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tokenvend.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tokenvend.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvend.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the chart mounts things in the pod. */}}
+{{- define "tokenvend.configDir" -}}/etc/tokenvend{{- end }}
+{{- define "tokenvend.tlsDir" -}}/etc/tokenvend-tls/server{{- end }}
+{{- define "tokenvend.clientCADir" -}}/etc/tokenvend-tls/client-ca{{- end }}
+{{- define "tokenvend.secretsDir" -}}/var/run/secrets/tokenvend{{- end }}
+
+{{/*
+The configuration file: `server` from the values (with the listen addresses, and the TLS
+and authentication keys when enabled) and `profiles` as given.
+*/}}
+{{- define "tokenvend.config" -}}
+{{- $server := deepCopy (.Values.server | default dict) }}
+{{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) }}
+{{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
+{{- if .Values.tls.enabled }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" (include "tokenvend.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "tokenvend.tlsDir" .)) }}
+{{- if .Values.tls.clientCA.enabled }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/%s" (include "tokenvend.clientCADir" .) .Values.tls.clientCA.key) }}
+{{- end }}
+{{- $_ := set $server "tls" $tls }}
+{{- end }}
+{{- $auth := dict }}
+{{- with .Values.auth.serviceAccountTokens }}
+{{- if .enabled }}
+{{- $_ := set $auth "service_account" (dict "audience" .audience "issuer" .issuer) }}
+{{- end }}
+{{- end }}
+{{- if .Values.auth.allowUnauthenticated }}
+{{- $_ := set $auth "allow_unauthenticated" true }}
+{{- end }}
+{{- if $auth }}
+{{- $_ := set $server "auth" $auth }}
+{{- end }}
+{{- toYaml (dict "server" $server "profiles" (include "tokenvend.profiles" . | fromYaml)) }}
+{{- end }}
+
+{{/*
+The profiles: as given, or with none given an example that shows the shape. It is
+rendered here rather than written in values.yaml, because Helm merges maps: a default
+profile in values.yaml would stay beside the user's own.
+*/}}
+{{- define "tokenvend.profiles" -}}
+{{- if .Values.profiles }}
+{{- toYaml .Values.profiles }}
+{{- else }}
+example:
+  token_url: https://idp.example.com/oauth2/token
+  client_id: tokenvend-example
+  client_secret: { env: TOKENVEND_EXAMPLE_CLIENT_SECRET }
+  scopes: [api.read]
+{{- end }}
+{{- end }}
+
+{{/* A duration such as 20s, 5m or 500ms in whole seconds (rounded up); empty if the form is not one of those. */}}
+{{- define "tokenvend.seconds" -}}
+{{- $d := toString . }}
+{{- if regexMatch "^[0-9]+s$" $d }}{{ trimSuffix "s" $d }}
+{{- else if regexMatch "^[0-9]+m$" $d }}{{ mul (atoi (trimSuffix "m" $d)) 60 }}
+{{- else if regexMatch "^[0-9]+ms$" $d }}{{ div (add (atoi (trimSuffix "ms" $d)) 999) 1000 }}
+{{- end }}
+{{- end }}
+
+{{/* Refuses a termination grace period that would cut the drain short. */}}
+{{- define "tokenvend.checkGracePeriod" -}}
+{{- $delay := include "tokenvend.seconds" (.Values.server.shutdown_delay | default "5s") }}
+{{- $grace := include "tokenvend.seconds" (.Values.server.shutdown_grace | default "20s") }}
+{{- if and $delay $grace }}
+{{- $needed := add (atoi $delay) (atoi $grace) }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed server.shutdown_delay + server.shutdown_grace (%ds), or the kubelet kills calls still draining" (int .Values.terminationGracePeriodSeconds) $needed) }}
+{{- end }}
+{{- end }}
+{{- end }}

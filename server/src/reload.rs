@@ -1,0 +1,224 @@
+//! Hot reload: the configuration file is watched, and each valid new version is swapped in
+//! while the server runs. Unchanged profiles keep their cached tokens; an invalid version
+//! is refused with an error naming its key, and the running one keeps serving.
+//!
+//! The file is polled by content, not watched with inotify: a Kubernetes ConfigMap volume
+//! is updated by swapping a `..data` symlink, which changes no watched file's inode, and
+//! a poll of a few kilobytes every couple of seconds costs nothing. SIGHUP reloads at once.
+
+use std::{
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use futures::{Stream, StreamExt as _, stream};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::TokenCache,
+    config::{self, Config, ConfigError, ServerConfig},
+};
+
+/// Configurations applied since start, in this process. A hook for the metrics exporter.
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+/// Configurations refused since start (invalid or unreadable), in this process. A hook
+/// for the metrics exporter (`tokenvend_config_reload_failures_total`).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many reloaded configurations were applied and refused since the process started.
+pub fn counts() -> (u64, u64) {
+    (
+        APPLIED.load(Ordering::Relaxed),
+        REFUSED.load(Ordering::Relaxed),
+    )
+}
+
+/// A stream of nothing, one item per reload request (SIGHUP).
+pub type Triggers = Pin<Box<dyn Stream<Item = ()> + Send>>;
+
+/// SIGHUP, as a stream. Empty where there are no Unix signals, or if the handler cannot be
+/// installed (then polling alone reloads, and a warning says so).
+pub fn hangups() -> Triggers {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                return Box::pin(stream::unfold(hup, |mut hup| async move {
+                    hup.recv().await.map(|()| ((), hup))
+                }));
+            }
+            Err(error) => tracing::warn!(%error, "cannot watch SIGHUP; reloading by polling only"),
+        }
+    }
+    Box::pin(stream::pending())
+}
+
+/// The valid configurations to switch to: one each time the file at `path` has new
+/// content (checked every `interval`; zero turns polling off) and one at each trigger.
+/// `digest` is that of the configuration already running, so that only a change counts.
+/// A version that is invalid or unreadable is logged once, with its key, and skipped.
+pub fn watch(
+    path: PathBuf,
+    interval: Duration,
+    digest: u64,
+    triggers: Triggers,
+) -> impl Stream<Item = Config> + Send {
+    let ticks = (!interval.is_zero()).then(|| {
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    });
+    let watcher = Watcher {
+        path,
+        ticks,
+        triggers,
+        last: Some(digest),
+    };
+    stream::unfold(watcher, |mut watcher| async move {
+        let config = watcher.next().await?;
+        Some((config, watcher))
+    })
+}
+
+struct Watcher {
+    path: PathBuf,
+    ticks: Option<Interval>,
+    triggers: Triggers,
+    /// The digest of the last content seen; `None` after a failed read, so that a file
+    /// that stays unreadable is reported once, not at every poll.
+    last: Option<u64>,
+}
+
+impl Watcher {
+    async fn next(&mut self) -> Option<Config> {
+        loop {
+            let forced = tokio::select! {
+                () = tick(&mut self.ticks) => false,
+                Some(()) = self.triggers.next() => true,
+                else => return None,
+            };
+            let text = match tokio::fs::read(&self.path).await {
+                Ok(text) => text,
+                Err(e) => {
+                    if self.last.take().is_some() || forced {
+                        refused(&ConfigError {
+                            key: String::new(),
+                            message: format!("cannot read {}: {}", self.path.display(), e.kind()),
+                        });
+                    }
+                    continue;
+                }
+            };
+            let digest = config::digest(&text);
+            if self.last == Some(digest) && !forced {
+                continue;
+            }
+            self.last = Some(digest);
+            match parse(&self.path, text) {
+                Ok(config) => return Some(config),
+                Err(error) => refused(&error),
+            }
+        }
+    }
+}
+
+async fn tick(ticks: &mut Option<Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigError> {
+    let text = String::from_utf8(text).map_err(|_| ConfigError {
+        key: String::new(),
+        message: format!("{} is not UTF-8 text", path.display()),
+    })?;
+    let mut config = Config::from_yaml(&text)?;
+    config.path = Some(path.to_owned());
+    Ok(config)
+}
+
+fn refused(error: &ConfigError) {
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        key = %error.key,
+        %error,
+        "new configuration refused; the running one keeps serving"
+    );
+}
+
+/// Applies each configuration from `configs` until `stop` is cancelled.
+pub(crate) async fn run(
+    configs: impl Stream<Item = Config> + Send,
+    cache: Arc<TokenCache>,
+    settings: Arc<ArcSwap<ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let mut configs = std::pin::pin!(configs);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            config = configs.next() => match config {
+                Some(config) => apply(&config, &cache, &settings),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Swaps in a validated configuration: the profile map in one atomic step, and the server
+/// settings that can change while running. Those bound at start are kept, with a warning.
+pub(crate) fn apply(config: &Config, cache: &TokenCache, settings: &ArcSwap<ServerConfig>) {
+    let running = settings.load_full();
+    let mut server = config.server.clone();
+    let restart_needed = |key: &str, changed: bool| {
+        if changed {
+            tracing::warn!(
+                key,
+                "changed in the configuration; takes effect after a restart"
+            );
+        }
+    };
+    restart_needed("server.listen", server.listen != running.listen);
+    restart_needed(
+        "server.admin_listen",
+        server.admin_listen != running.admin_listen,
+    );
+    restart_needed(
+        "server.idp_connect_timeout",
+        server.idp_connect_timeout != running.idp_connect_timeout,
+    );
+    restart_needed(
+        "server.reload_interval",
+        server.reload_interval != running.reload_interval,
+    );
+    // The state directory is locked at start; a running server cannot move its chains.
+    restart_needed("server.state_dir", server.state_dir != running.state_dir);
+    server.listen = running.listen;
+    server.admin_listen = running.admin_listen;
+    server.idp_connect_timeout = running.idp_connect_timeout;
+    server.reload_interval = running.reload_interval;
+    server.state_dir = running.state_dir.clone();
+    settings.store(Arc::new(server));
+
+    let changes = cache.replace_profiles(&config.profiles);
+    APPLIED.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        added = ?changes.added,
+        changed = ?changes.changed,
+        removed = ?changes.removed,
+        unchanged = changes.unchanged.len(),
+        "configuration reloaded"
+    );
+}

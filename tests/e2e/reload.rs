@@ -1,0 +1,176 @@
+//! Hot reload: the configuration file of a running server is edited (as a ConfigMap update
+//! does) and each outcome is observed over gRPC and at the identity provider.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokenvend::pb::{ListProfilesRequest, WatchTokenRequest};
+use tokio::time::timeout;
+use tonic::Code;
+
+use crate::support::{Behaviour, ConfigFile, Server, TestIdp, eventually, profile};
+
+const HEADER: &str = "server:\n  shutdown_delay: 0s\n  reload_interval: 50ms\nprofiles:\n";
+
+/// Log lines written on this thread (the test's single-threaded runtime runs the server's
+/// tasks, the reloader included, on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn profile_names(server: &Server) -> Vec<String> {
+    server
+        .client
+        .clone()
+        .list_profiles(ListProfilesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .profiles
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Token requests the IdP received for these scopes.
+fn requests_for(idp: &TestIdp, scope: &str) -> usize {
+    idp.requests()
+        .iter()
+        .filter(|r| r.form.get("scope").map(String::as_str) == Some(scope))
+        .count()
+}
+
+#[tokio::test]
+async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let kept = profile("kept", &idp, "    scopes: [kept.read]\n");
+    let mut file = ConfigFile::new(&format!(
+        "{HEADER}{kept}{}",
+        profile("changed", &idp, "    scopes: [old.read]\n")
+    ));
+    let server = Server::start_file(&file).await;
+
+    let kept_token = server.get("kept").await.unwrap().access_token;
+    let old_token = server.get("changed").await.unwrap().access_token;
+    let mut watch = server
+        .client
+        .clone()
+        .watch_token(WatchTokenRequest {
+            profile: "changed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    assert_eq!(idp.count(), 2);
+
+    // Add a profile, change one, leave one as it was.
+    file.update(&format!(
+        "{HEADER}{kept}{}{}",
+        profile("changed", &idp, "    scopes: [new.read]\n"),
+        profile("added", &idp, "")
+    ));
+    eventually(Duration::from_secs(10), "the added profile", || async {
+        profile_names(&server)
+            .await
+            .contains(&"added".to_owned())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(profile_names(&server).await, ["added", "changed", "kept"]);
+    server.get("added").await.expect("the added profile serves");
+
+    let new = server.get("changed").await.unwrap();
+    assert_ne!(
+        new.access_token, old_token,
+        "a changed profile starts afresh"
+    );
+    assert_eq!(new.scopes, ["new.read"]);
+    assert_eq!(
+        requests_for(&idp, "new.read"),
+        1,
+        "the IdP got the new scopes"
+    );
+    let ended = timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("a watch on a changed profile ends, so the client watches the new one");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    assert_eq!(server.get("kept").await.unwrap().access_token, kept_token);
+    assert_eq!(
+        requests_for(&idp, "kept.read"),
+        1,
+        "an unchanged profile keeps its cached token: the IdP sees no new request"
+    );
+
+    // Break the file: the running configuration keeps serving.
+    let (_, refused_before) = tokenvend_server::reload::counts();
+    let requests_before = idp.count();
+    file.update(&format!(
+        "{HEADER}{kept}    scope: [typo]\n{}",
+        profile("changed", &idp, "")
+    ));
+    eventually(Duration::from_secs(10), "the refusal", || async {
+        logs.text().contains("profiles.kept.scope").then_some(())
+    })
+    .await;
+    let log = logs.text();
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(log.contains("new configuration refused"), "{log}");
+    assert!(log.contains("unknown field `scope`"), "{log}");
+    assert!(tokenvend_server::reload::counts().1 > refused_before);
+    assert_eq!(profile_names(&server).await, ["added", "changed", "kept"]);
+    assert_eq!(server.get("kept").await.unwrap().access_token, kept_token);
+    assert_eq!(server.get("changed").await.unwrap().scopes, ["new.read"]);
+    server.get("added").await.unwrap();
+    assert_eq!(idp.count(), requests_before, "nothing was refetched");
+
+    // Fixed again, without `added`: it is gone.
+    file.update(&format!(
+        "{HEADER}{kept}{}",
+        profile("changed", &idp, "    scopes: [new.read]\n")
+    ));
+    eventually(Duration::from_secs(10), "the removal", || async {
+        (profile_names(&server).await == ["changed", "kept"]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        server.get("added").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(server.get("kept").await.unwrap().access_token, kept_token);
+    assert_eq!(requests_for(&idp, "kept.read"), 1);
+
+    let log = logs.text();
+    assert!(
+        !log.contains(crate::support::idp::CLIENT_SECRET),
+        "no secret in reload logs"
+    );
+    server.stop().await;
+}

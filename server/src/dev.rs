@@ -110,6 +110,8 @@ impl DevIssuer {
             timeout: Duration::from_secs(5),
             warm_up: true,
             retry: Retry::default(),
+            allow: None,
+            idp_requests_per_minute: 60,
         };
         Config {
             server,

@@ -5,15 +5,19 @@
 //! it all on listeners the caller bound; `main.rs` only parses the command line.
 
 mod admin;
+pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod idp;
+pub mod limit;
 pub mod secret;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Listeners, serve};

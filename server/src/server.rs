@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,10 +13,13 @@ use std::{
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::{admin, cache::TokenCache, config::Config, idp::IdpClient, service::TokenService};
+use crate::{
+    admin, auth::Authenticator, cache::TokenCache, config::Config, idp::IdpClient,
+    limit::RateLimiter, service::TokenService, tls,
+};
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
 pub struct Listeners {
@@ -37,6 +41,20 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener's address cannot be read.
+    #[error("cannot read the gRPC listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The TLS files cannot be used.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// A non-loopback address with no caller authentication and no explicit opt-out.
+    #[error(
+        "refusing to serve on {0} without caller authentication: anyone who can reach it \
+         would get every token. Configure `server.auth.service_account` or mutual TLS \
+         (`server.tls.client_ca`), listen on loopback, or set \
+         `server.auth.allow_unauthenticated: true` if a network policy guards the port"
+    )]
+    Unauthenticated(SocketAddr),
 }
 
 /// Serves until `shutdown` completes. Then health turns NOT_SERVING, the listener stops
@@ -47,6 +65,26 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let addr = listeners.grpc.local_addr()?;
+    if !config.server.authenticates_callers() && !addr.ip().is_loopback() {
+        if !config.server.auth.allow_unauthenticated {
+            return Err(ServerError::Unauthenticated(addr));
+        }
+        tracing::warn!(
+            %addr,
+            "serving without caller authentication (server.auth.allow_unauthenticated): \
+             anyone who can reach this port gets every token"
+        );
+    }
+    let limits = config.server.limits;
+    let auth = Authenticator::new(&config.server)?;
+    let accepting = CancellationToken::new();
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(|tls| tls::Reloading::start(tls, accepting.clone()))
+        .transpose()?;
     let idp = IdpClient::new(config.server.idp_connect_timeout)?;
     let cache = Arc::new(TokenCache::new(&config.profiles, idp));
     let streams = CancellationToken::new();
@@ -73,8 +111,10 @@ pub async fn serve(
     let (draining, drain_started) = oneshot::channel();
     let signal = {
         let streams = streams.clone();
+        let accepting = accepting.clone();
         async move {
             shutdown.await;
+            accepting.cancel();
             tracing::info!("shutting down: no new calls, draining in-flight ones");
             ready.store(false, Ordering::SeqCst);
             health
@@ -88,18 +128,31 @@ pub async fn serve(
         }
     };
 
+    let service = TokenService::new(
+        cache.clone(),
+        streams,
+        auth,
+        RateLimiter::new(&limits),
+        limits.request_timeout,
+    );
+    let incoming = tls::incoming(
+        listeners.grpc,
+        tls,
+        limits.max_connections,
+        accepting.clone(),
+    );
     let grpc = Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // Finds connections whose peer vanished, so they stop holding a connection slot.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TokenServiceServer::new(TokenService::new(
-            cache.clone(),
-            streams,
-        )))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            signal,
-        );
+        .add_service(
+            TokenServiceServer::new(service).max_decoding_message_size(limits.max_request_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace = config.server.shutdown_grace;
     let drain_deadline = async move {
         match drain_started.await {
@@ -116,6 +169,7 @@ pub async fn serve(
     };
 
     cache.stop();
+    accepting.cancel();
     admin_stop.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -10,5 +10,6 @@ mod e2e {
     mod interop;
     mod lifecycle;
     mod rust_client;
+    mod security;
     mod status_codes;
 }

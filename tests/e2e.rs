@@ -13,5 +13,6 @@ mod e2e {
     mod reload;
     mod rollout;
     mod rust_client;
+    mod security;
     mod status_codes;
 }

@@ -11,13 +11,16 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use tokenvend::pb::{ListProfilesRequest, WatchTokenRequest};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokenvend::pb::{GetTokenRequest, ListProfilesRequest, WatchTokenRequest};
 use tokenvend_server::Config;
 
 use support::{
     Behaviour, Server, TestIdp,
     idp::{CLIENT_ID, CLIENT_SECRET},
     profile,
+    security::{SaIssuer, new_key, sign, unix_now, with_bearer},
 };
 
 const API_KEY: &str = "api-key-7f3a9c";
@@ -41,6 +44,7 @@ async fn nothing_secret_is_logged_at_trace() {
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .with_env_filter("trace")
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
 
@@ -91,6 +95,56 @@ async fn nothing_secret_is_logged_at_trace() {
     drop(stream);
     server.stop().await;
 
+    // Caller authentication: a good ServiceAccount token and bad ones of every kind.
+    let issuer = SaIssuer::start().await;
+    let guarded = Server::start(&format!(
+        "server:\n{}profiles:\n{}",
+        issuer.auth_yaml(),
+        profile(
+            "guarded",
+            &idp,
+            "    allow: [\"system:serviceaccount:orders:*\"]\n"
+        ),
+    ))
+    .await;
+    let request = || GetTokenRequest {
+        profile: "guarded".into(),
+        ..Default::default()
+    };
+    let good = issuer.token("orders", "api");
+    let claims = issuer.claims("orders", "api", json!({}));
+    let es256 = json!({"alg": "ES256", "kid": "k1"});
+    let mut jwts = vec![
+        good.clone(),
+        issuer.token("billing", "api"),
+        sign(&new_key(), es256.clone(), &claims),
+        sign(
+            &issuer.key(),
+            es256.clone(),
+            &issuer.claims("orders", "api", json!({"exp": unix_now() - 600})),
+        ),
+        sign(
+            &issuer.key(),
+            json!({"alg": "ES256", "kid": "unknown"}),
+            &claims,
+        ),
+    ];
+    jwts.push(format!(
+        "{}.",
+        jwts[2].rsplit_once('.').unwrap().0.replace("ES256", "none")
+    ));
+    let mut client = guarded.client.clone();
+    let mut guarded_token = None;
+    for jwt in &jwts {
+        match client.get_token(with_bearer(request(), jwt)).await {
+            Ok(token) => guarded_token = Some(token.into_inner().access_token),
+            Err(status) => tracing::info!(?status, "a refusal as a caller would log it"),
+        }
+    }
+    let guarded_token = guarded_token.expect("the good token got a token");
+    tokens.push(guarded_token.clone());
+    guarded.stop().await;
+
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("token obtained"), "the capture works");
     assert!(logs.contains("h2"), "dependencies log at trace too");
@@ -104,6 +158,44 @@ async fn nothing_secret_is_logged_at_trace() {
         API_KEY.to_owned(),
     ];
     forbidden.extend(tokens);
+    // Whole JWTs, and their signatures on their own.
+    for jwt in &jwts {
+        forbidden.push(jwt.clone());
+        let signature = jwt.rsplit('.').next().unwrap();
+        if signature.len() > 16 {
+            forbidden.push(signature.to_owned());
+        }
+    }
+
+    // The audit trail: who got which token (by fingerprint), who was refused and why.
+    let fingerprint: String = Sha256::digest(guarded_token.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let audit: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("tokenvend::audit"))
+        .collect();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("caller=system:serviceaccount:orders:api")
+                && l.contains("outcome=\"served\"")
+                && l.contains(&fingerprint)),
+        "an audit event names the caller and the token's fingerprint: {audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("caller=system:serviceaccount:billing:api") && l.contains("allow")),
+        "a refusal by `allow` is audited with its reason: {audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("unauthenticated") && l.contains("expired")),
+        "a refused token is audited: {audit:#?}"
+    );
     for needle in &forbidden {
         let line = logs.lines().find(|l| l.contains(needle.as_str()));
         assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");

@@ -5,6 +5,9 @@
 //! - A miss joins the slot's one in-flight fetch or starts it (single flight), so any
 //!   number of concurrent misses make one identity provider request. The fetch runs as its
 //!   own task: a caller that gives up does not cancel it for the others.
+//! - A ceiling on provider requests per profile per minute holds whatever callers ask
+//!   (`rejected_token`, `min_ttl`), so that no caller can drain the provider's quota. It
+//!   is checked only where a request would start, never on the hot path.
 //! - A refresher task per slot replaces the token in the background before it expires
 //!   (see [`refresh`]); while the provider fails, the still-valid token keeps being served
 //!   and requests are retried with backoff.
@@ -12,7 +15,7 @@
 mod refresh;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -29,6 +32,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
+    audit::{Fingerprint, Source},
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
@@ -169,6 +173,7 @@ pub struct CachedToken {
     issued: Instant,
     lifetime: Duration,
     encoded: EncodedToken,
+    fingerprint: Fingerprint,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -214,6 +219,7 @@ impl CachedToken {
                 .saturating_sub(jitter)
         });
         Ok(Self {
+            fingerprint: Fingerprint::of(issued.access_token.expose()),
             access_token: issued.access_token,
             expires_at: issued.expires_at,
             expires: sent + issued.lifetime,
@@ -227,6 +233,11 @@ impl CachedToken {
     /// The reply to send.
     pub fn encoded(&self) -> &EncodedToken {
         &self.encoded
+    }
+
+    /// The token's fingerprint, for audit events.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
     }
 
     /// When the token expires.
@@ -298,6 +309,36 @@ struct SlotState {
     /// The lifetime of the last token, to refuse a min_ttl no token can meet without
     /// asking the provider.
     lifetime: Option<Duration>,
+    /// When the provider requests of the last minute started, oldest first; at most
+    /// `idp_requests_per_minute` of them.
+    recent: VecDeque<Instant>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl SlotState {
+    /// How long until the ceiling allows another provider request, if it does not now.
+    fn ceiling_wait(&mut self, now: Instant, limit: u32) -> Option<Duration> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            self.recent.pop_front();
+        }
+        (self.recent.len() >= limit as usize).then(|| {
+            self.recent
+                .front()
+                .map_or(Duration::ZERO, |t| *t + MINUTE - now)
+        })
+    }
+
+    /// When the ceiling next allows a request, if it is reached.
+    fn ceiling_free_at(&self, limit: u32) -> Option<Instant> {
+        (self.recent.len() >= limit as usize)
+            .then(|| self.recent.front().map(|t| *t + MINUTE))
+            .flatten()
+    }
 }
 
 /// A profile's cache state, for `ListProfiles`.
@@ -350,29 +391,33 @@ impl Slot {
         &self.profile
     }
 
-    /// The hot path: the cached token if it meets the need.
-    pub fn cached(&self, need: &Need<'_>) -> Option<EncodedToken> {
+    /// The hot path: the cached token if it meets the need, with its fingerprint.
+    pub fn cached(&self, need: &Need<'_>) -> Option<(EncodedToken, Fingerprint)> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let current = self.current.load();
         current
             .as_ref()
             .filter(|t| t.serves(Instant::now(), min_ttl, need.rejected))
-            .map(|t| t.encoded.clone())
+            .map(|t| (t.encoded.clone(), t.fingerprint))
     }
 
-    /// A token that meets the need: the cached one, or a fresh one from the provider.
-    pub async fn token(self: &Arc<Self>, need: Need<'_>) -> Result<Arc<CachedToken>, ServeError> {
+    /// A token that meets the need: the cached one, or a fresh one from the provider; and
+    /// which of the two it is.
+    pub async fn token(
+        self: &Arc<Self>,
+        need: Need<'_>,
+    ) -> Result<(Arc<CachedToken>, Source), ServeError> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);
         let flight = match self.join_or_start(accept, min_ttl)? {
-            Step::Ready(token) => return Ok(token),
+            Step::Ready(token) => return Ok((token, Source::Cache)),
             Step::Wait(flight) => flight,
         };
         let token = flight.await.map_err(|e| self.serve_error(e))?;
         if token.remaining(Instant::now()) < min_ttl.max(Duration::from_nanos(1)) {
             return Err(self.too_short(token.lifetime, min_ttl));
         }
-        Ok(token)
+        Ok((token, Source::Idp))
     }
 
     /// Updates of the current token, for `WatchToken` and the refresher.
@@ -431,6 +476,15 @@ impl Slot {
                 retry_in: retry_at - now,
             });
         }
+        let limit = self.profile.idp_requests_per_minute;
+        if let Some(retry_in) = state.ceiling_wait(now, limit) {
+            return Err(ServeError::IdpCeiling {
+                profile: self.profile.name.clone(),
+                limit,
+                retry_in,
+            });
+        }
+        state.recent.push_back(now);
         let slot = Arc::clone(self);
         let task = tokio::spawn(slot.fetch());
         let flight = async move { task.await.unwrap_or(Err(FetchError::Stopped)) }

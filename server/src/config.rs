@@ -15,7 +15,10 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
-use crate::secret::{RawSecretSource, SecretSource};
+use crate::{
+    auth::Pattern,
+    secret::{RawSecretSource, SecretSource},
+};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -53,6 +56,102 @@ pub struct ServerConfig {
     pub idp_connect_timeout: Duration,
     /// Where durable state (rotated refresh tokens) is kept; one server per directory.
     pub state_dir: Option<PathBuf>,
+    /// TLS for the gRPC port, and mutual TLS if it has a client CA.
+    pub tls: Option<TlsConfig>,
+    /// How callers prove who they are.
+    pub auth: AuthConfig,
+    /// Limits that keep one caller from starving the others or the identity providers.
+    pub limits: Limits,
+}
+
+/// TLS for the gRPC port. The files are read again when they change.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates for client certificates (PEM). Setting it turns on mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// Caller authentication.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Serve callers nobody authenticated on a non-loopback address, on purpose.
+    pub allow_unauthenticated: bool,
+    /// Kubernetes ServiceAccount token verification.
+    pub service_account: Option<ServiceAccountConfig>,
+}
+
+/// Verification of Kubernetes projected ServiceAccount tokens.
+#[derive(Debug, Clone)]
+pub struct ServiceAccountConfig {
+    /// The cluster's token issuer; a token's `iss` must equal it.
+    pub issuer: String,
+    /// The audience a token must carry in `aud`.
+    pub audience: String,
+    /// Where the signing keys come from.
+    pub jwks: JwksSource,
+    /// CA certificates for the HTTPS fetch of discovery and JWKS (the cluster CA).
+    pub jwks_ca: Option<PathBuf>,
+    /// A bearer token file sent with the fetch (the API server asks for one).
+    pub jwks_token_file: Option<PathBuf>,
+    /// Tolerance for clock skew on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// The shortest time between two fetches of the keys for an unknown `kid`.
+    pub refetch_interval: Duration,
+}
+
+/// Where ServiceAccount token signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// OpenID discovery at the issuer: `<issuer>/.well-known/openid-configuration`.
+    Discovery(Url),
+    /// A JWKS URL.
+    Url(Url),
+    /// A JWKS file.
+    File(PathBuf),
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Sustained calls per second per caller.
+    pub rate: f64,
+    /// Calls a caller may make at once above its rate.
+    pub burst: u32,
+    /// Open connections on the gRPC port; more wait to be accepted.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// The largest request message.
+    pub max_request_bytes: usize,
+    /// The longest a unary call (or the first message of a watch) may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate: 100.0,
+            burst: 1000,
+            max_connections: 1024,
+            max_concurrent_streams: 128,
+            max_request_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Whether some form of caller authentication is configured.
+    pub fn authenticates_callers(&self) -> bool {
+        self.auth.service_account.is_some()
+            || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
 }
 
 impl Default for ServerConfig {
@@ -65,6 +164,9 @@ impl Default for ServerConfig {
             reload_interval: Duration::from_secs(2),
             idp_connect_timeout: Duration::from_secs(5),
             state_dir: None,
+            tls: None,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -115,6 +217,10 @@ pub struct Profile {
     pub idle_refresh: Duration,
     /// How failed token requests are retried.
     pub retry: Retry,
+    /// The callers that may use the profile; `None` lets every caller use it.
+    pub allow: Option<Vec<Pattern>>,
+    /// The most requests to the identity provider in any minute, whatever callers ask.
+    pub idp_requests_per_minute: u32,
 }
 
 impl Profile {
@@ -314,6 +420,18 @@ impl Config {
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
                 .map_err(yaml_error)?;
         let server = raw.server.validate()?;
+        if server.authenticates_callers()
+            && let Some(name) = raw
+                .profiles
+                .iter()
+                .find(|(_, p)| p.allow.is_none())
+                .map(|(n, _)| n)
+        {
+            tracing::warn!(
+                profile = %name,
+                "profile has no `allow` list: every authenticated caller may use it"
+            );
+        }
         if raw.profiles.is_empty() {
             return Err(ConfigError::new(
                 "profiles",
@@ -385,6 +503,174 @@ struct RawServer {
     reload_interval: Option<Dur>,
     idp_connect_timeout: Option<Dur>,
     state_dir: Option<PathBuf>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    reload_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    service_account: Option<RawServiceAccount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceAccount {
+    issuer: String,
+    audience: Option<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    jwks_ca: Option<PathBuf>,
+    jwks_token_file: Option<PathBuf>,
+    leeway: Option<Dur>,
+    refetch_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    max_request_bytes: Option<usize>,
+    request_timeout: Option<Dur>,
+}
+
+impl RawTls {
+    fn validate(self) -> Result<TlsConfig, ConfigError> {
+        let tls = TlsConfig {
+            cert: self.cert,
+            key: self.key,
+            client_ca: self.client_ca,
+            reload_interval: nonzero(
+                "server.tls.reload_interval",
+                self.reload_interval,
+                Duration::from_secs(10),
+            )?,
+        };
+        // Loaded once here so that a bad file stops the start, with its key named.
+        crate::tls::server_config(&tls).map_err(|e| ConfigError::new(e.key, e.message))?;
+        Ok(tls)
+    }
+}
+
+impl RawServiceAccount {
+    fn validate(self) -> Result<ServiceAccountConfig, ConfigError> {
+        let key = |k: &str| format!("server.auth.service_account.{k}");
+        let issuer = Url::parse(&self.issuer).map_err(|e| {
+            ConfigError::new(
+                key("issuer"),
+                format!("`{}` is not a URL: {e}", self.issuer),
+            )
+        })?;
+        let jwks = match (self.jwks_url, self.jwks_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key("jwks_file"),
+                    "give `jwks_url` or `jwks_file`, not both",
+                ));
+            }
+            (Some(url), None) => JwksSource::Url(
+                parse_endpoint_url(&url).map_err(|m| ConfigError::new(key("jwks_url"), m))?,
+            ),
+            (None, Some(file)) => {
+                crate::auth::jwt::KeySet::read_file(&file)
+                    .map_err(|m| ConfigError::new(key("jwks_file"), m))?;
+                JwksSource::File(file)
+            }
+            (None, None) => JwksSource::Discovery(
+                parse_endpoint_url(issuer.as_str())
+                    .map_err(|m| ConfigError::new(key("issuer"), m))?,
+            ),
+        };
+        for (k, path) in [
+            ("jwks_ca", &self.jwks_ca),
+            ("jwks_token_file", &self.jwks_token_file),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|e| {
+                    ConfigError::new(
+                        key(k),
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+            }
+        }
+        let audience = self.audience.unwrap_or_else(|| "tokenvend".to_owned());
+        if audience.is_empty() {
+            return Err(ConfigError::new(key("audience"), "must not be empty"));
+        }
+        Ok(ServiceAccountConfig {
+            // Kept as written: `iss` is compared as a string, and `Url` would add a `/`.
+            issuer: self.issuer,
+            audience,
+            jwks,
+            jwks_ca: self.jwks_ca,
+            jwks_token_file: self.jwks_token_file,
+            leeway: self.leeway.map_or(Duration::from_secs(30), |d| d.0),
+            refetch_interval: nonzero(
+                &key("refetch_interval"),
+                self.refetch_interval,
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let positive = |k: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::new(
+                format!("server.limits.{k}"),
+                "must be at least 1",
+            )),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let rate = self.rate.unwrap_or(d.rate);
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ConfigError::new(
+                "server.limits.rate",
+                "give calls per second per caller, above zero",
+            ));
+        }
+        Ok(Limits {
+            rate,
+            burst: positive("burst", self.burst.map(|b| b as usize), d.burst as usize)? as u32,
+            max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
+            max_concurrent_streams: positive(
+                "max_concurrent_streams",
+                self.max_concurrent_streams.map(|b| b as usize),
+                d.max_concurrent_streams as usize,
+            )? as u32,
+            max_request_bytes: positive(
+                "max_request_bytes",
+                self.max_request_bytes,
+                d.max_request_bytes,
+            )?,
+            request_timeout: nonzero(
+                "server.limits.request_timeout",
+                self.request_timeout,
+                d.request_timeout,
+            )?,
+        })
+    }
 }
 
 impl RawServer {
@@ -413,6 +699,16 @@ impl RawServer {
                 defaults.idp_connect_timeout,
             )?,
             state_dir: self.state_dir,
+            tls: self.tls.map(RawTls::validate).transpose()?,
+            auth: AuthConfig {
+                allow_unauthenticated: self.auth.allow_unauthenticated,
+                service_account: self
+                    .auth
+                    .service_account
+                    .map(RawServiceAccount::validate)
+                    .transpose()?,
+            },
+            limits: self.limits.validate()?,
         })
     }
 }
@@ -450,6 +746,8 @@ struct RawProfile {
     #[serde(default)]
     warm_up: bool,
     retry: Option<RawRetry>,
+    allow: Option<Vec<String>>,
+    idp_requests_per_minute: Option<u32>,
 }
 
 /// `refresh_ahead: 0.8` (a fraction of the lifetime) or `refresh_ahead: 5m` (before expiry).
@@ -705,6 +1003,22 @@ impl RawProfile {
             return Err(err("retry.initial", "is longer than `retry.max`".into()));
         }
 
+        let allow = match self.allow {
+            None => None,
+            Some(patterns) => Some(
+                patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Pattern::parse(p).map_err(|m| err(&format!("allow[{i}]"), m)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let idp_requests_per_minute = match self.idp_requests_per_minute {
+            Some(0) => return Err(err("idp_requests_per_minute", "must be at least 1".into())),
+            Some(n) => n,
+            None => 60,
+        };
+
         Ok(Profile {
             name: name.into(),
             grant,
@@ -733,6 +1047,8 @@ impl RawProfile {
                 Duration::from_secs(24 * 3600),
             )?,
             retry,
+            allow,
+            idp_requests_per_minute,
         })
     }
 }

@@ -112,6 +112,8 @@ impl DevIssuer {
             warm_up: true,
             idle_refresh: Duration::from_secs(24 * 3600),
             retry: Retry::default(),
+            allow: None,
+            idp_requests_per_minute: 60,
         };
         Config::new(server, vec![Arc::new(demo)])
     }

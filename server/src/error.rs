@@ -2,9 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tonic::{Code, Status};
+use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::idp::IdpError;
+use crate::{auth::AuthError, idp::IdpError};
 
 /// Why a call could not be answered with a token. The text is safe to send to the caller:
 /// it never holds a secret or a token.
@@ -56,9 +56,47 @@ pub enum ServeError {
     /// The server is shutting down.
     #[error("tokenvend is shutting down; try another replica")]
     ShuttingDown,
+    /// The caller is not authenticated.
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// The caller is over its rate.
+    #[error("too many calls from this caller; retry in {}ms", retry_in.as_millis().max(1))]
+    RateLimited {
+        /// When the caller's bucket has a call again.
+        retry_in: Duration,
+    },
+    /// The profile reached its ceiling of provider requests per minute.
+    #[error(
+        "profile `{profile}` reached its limit of {limit} identity provider requests per minute; retry in {}s",
+        retry_in.as_secs().max(1)
+    )]
+    IdpCeiling {
+        /// The profile.
+        profile: Arc<str>,
+        /// Its `idp_requests_per_minute`.
+        limit: u32,
+        /// When the next request may be made.
+        retry_in: Duration,
+    },
     /// A bug; logged where it happened.
     #[error("internal error")]
     Internal,
+}
+
+impl ServeError {
+    /// A short name for audit events.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::NotFound(_) => "not_found",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::IdpCeiling { .. } => "idp_ceiling",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Fetch { .. } | Self::Backoff { .. } | Self::TooShort { .. } => "idp_error",
+            Self::ShuttingDown | Self::Internal => "error",
+        }
+    }
 }
 
 impl From<ServeError> for Status {
@@ -77,7 +115,33 @@ impl From<ServeError> for Status {
             ServeError::DeadlineExceeded => Code::DeadlineExceeded,
             ServeError::ShuttingDown => Code::Unavailable,
             ServeError::Internal => Code::Internal,
+            ServeError::Unauthenticated(AuthError::KeysUnavailable(_)) => Code::Unavailable,
+            ServeError::Unauthenticated(_) => Code::Unauthenticated,
+            ServeError::RateLimited { .. } | ServeError::IdpCeiling { .. } => {
+                Code::ResourceExhausted
+            }
         };
-        Status::new(code, error.to_string())
+        let retry_in = match &error {
+            ServeError::RateLimited { retry_in } | ServeError::IdpCeiling { retry_in, .. } => {
+                Some(*retry_in)
+            }
+            _ => None,
+        };
+        let message = error.to_string();
+        match retry_in {
+            None => Status::new(code, message),
+            // `retry-after` in whole seconds as HTTP has it, and gRPC's own retry pushback
+            // in milliseconds, which gRPC clients with a retry policy honour.
+            Some(retry_in) => {
+                let mut metadata = MetadataMap::new();
+                let seconds = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                metadata.insert("retry-after", seconds.into());
+                metadata.insert(
+                    "grpc-retry-pushback-ms",
+                    (retry_in.as_millis().max(1) as u64).into(),
+                );
+                Status::with_metadata(code, message, metadata)
+            }
+        }
     }
 }

@@ -6,12 +6,15 @@
 
 mod admin;
 pub mod assertion;
+pub mod audit;
+pub mod auth;
 pub mod authorize;
 pub mod cache;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod idp;
+pub mod limit;
 pub mod reload;
 pub mod secret;
 pub mod server;
@@ -19,6 +22,7 @@ pub mod service;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Listeners, serve};

@@ -4,6 +4,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,12 +15,12 @@ use arc_swap::ArcSwap;
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
-    admin, cache::TokenCache, config::Config, idp::IdpClient, reload, service::TokenService,
-    state::StateDir,
+    admin, auth::Authenticator, cache::TokenCache, config::Config, idp::IdpClient,
+    limit::RateLimiter, reload, service::TokenService, state::StateDir, tls,
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -45,6 +46,20 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener's address cannot be read.
+    #[error("cannot read the gRPC listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The TLS files cannot be used.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// A non-loopback address with no caller authentication and no explicit opt-out.
+    #[error(
+        "refusing to serve on {0} without caller authentication: anyone who can reach it \
+         would get every token. Configure `server.auth.service_account` or mutual TLS \
+         (`server.tls.client_ca`), listen on loopback, or set \
+         `server.auth.allow_unauthenticated: true` if a network policy guards the port"
+    )]
+    Unauthenticated(SocketAddr),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
@@ -60,6 +75,26 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let addr = listeners.grpc.local_addr()?;
+    if !config.server.authenticates_callers() && !addr.ip().is_loopback() {
+        if !config.server.auth.allow_unauthenticated {
+            return Err(ServerError::Unauthenticated(addr));
+        }
+        tracing::warn!(
+            %addr,
+            "serving without caller authentication (server.auth.allow_unauthenticated): \
+             anyone who can reach this port gets every token"
+        );
+    }
+    let limits = config.server.limits;
+    let auth = Authenticator::new(&config.server)?;
+    let accepting = CancellationToken::new();
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(|tls| tls::Reloading::start(tls, accepting.clone()))
+        .transpose()?;
     let idp = IdpClient::new(config.server.idp_connect_timeout)?;
     // Held until the server stops: the lock that keeps a second server off these chains.
     let state = config
@@ -113,6 +148,7 @@ pub async fn serve(
         let streams = streams.clone();
         let settings = settings.clone();
         let reload_stop = reload_stop.clone();
+        let accepting = accepting.clone();
         async move {
             shutdown.await;
             reload_stop.cancel();
@@ -130,23 +166,37 @@ pub async fn serve(
                 .await;
             tokio::time::sleep(delay).await;
             tracing::info!("no new calls; draining in-flight ones");
+            accepting.cancel();
             streams.cancel();
             let _ = draining.send(());
         }
     };
 
+    let service = TokenService::new(
+        cache.clone(),
+        streams,
+        auth,
+        RateLimiter::new(&limits),
+        limits.request_timeout,
+    );
+    let incoming = tls::incoming(
+        listeners.grpc,
+        tls,
+        limits.max_connections,
+        accepting.clone(),
+    );
     let grpc = Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // Finds connections whose peer vanished, so they stop holding a connection slot.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TokenServiceServer::new(TokenService::new(
-            cache.clone(),
-            streams,
-        )))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            signal,
-        );
+        .add_service(
+            TokenServiceServer::new(service).max_decoding_message_size(limits.max_request_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = {
         let settings = settings.clone();
         async move {
@@ -173,6 +223,7 @@ pub async fn serve(
         let _ = reloader.await;
     }
     cache.stop();
+    accepting.cancel();
     admin_stop.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;

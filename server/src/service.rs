@@ -1,4 +1,5 @@
-//! The `tokenvend.v1.TokenService` implementation: request → profile → cache → reply.
+//! The `tokenvend.v1.TokenService` implementation: request → caller check → profile →
+//! cache → reply, and an audit event for every token asked for.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -9,30 +10,106 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
+    audit::{self, Source},
+    auth::{Authenticator, Caller, Peer},
     cache::{CacheState, CachedToken, Need, Slot, TokenCache},
     error::ServeError,
+    limit::RateLimiter,
 };
 
 /// The gRPC service.
 pub struct TokenService {
     cache: Arc<TokenCache>,
     stop: CancellationToken,
+    auth: Authenticator,
+    limiter: RateLimiter,
+    request_timeout: Duration,
 }
 
 impl TokenService {
     /// A service over this cache. Cancelling `stop` ends every `WatchToken` stream, so
     /// that a shutdown is not held up by clients that would watch forever.
-    pub fn new(cache: Arc<TokenCache>, stop: CancellationToken) -> Self {
-        Self { cache, stop }
+    pub fn new(
+        cache: Arc<TokenCache>,
+        stop: CancellationToken,
+        auth: Authenticator,
+        limiter: RateLimiter,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            stop,
+            auth,
+            limiter,
+            request_timeout,
+        }
     }
 
-    fn slot(&self, profile: &str) -> Result<Arc<Slot>, ServeError> {
+    /// Who is calling, and whether they are within their rate.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ServeError> {
+        let peer = request.extensions().get::<Peer>();
+        let caller = self
+            .auth
+            .caller(request.metadata(), peer)
+            .await
+            .map_err(ServeError::Unauthenticated)?;
+        self.limiter
+            .check(&caller)
+            .map_err(|retry_in| ServeError::RateLimited { retry_in })?;
+        Ok(caller)
+    }
+
+    /// The profile's slot, if the caller may use it. A profile the caller may not use
+    /// reads exactly like one that does not exist, so callers cannot list profiles by
+    /// probing; the audit event tells the two apart.
+    fn slot(&self, caller: &Caller, profile: &str) -> Result<Arc<Slot>, ServeError> {
         if profile.is_empty() {
             return Err(ServeError::InvalidArgument("`profile` is required".into()));
         }
         self.cache
             .slot(profile)
+            .filter(|slot| caller.may_use(slot.profile()))
             .ok_or_else(|| ServeError::NotFound(profile.to_owned()))
+    }
+
+    /// The caller's deadline, or the server's request timeout if it is sooner.
+    fn deadline(&self, metadata: &MetadataMap) -> Duration {
+        deadline(metadata).map_or(self.request_timeout, |d| d.min(self.request_timeout))
+    }
+
+    fn refused(
+        &self,
+        rpc: &'static str,
+        caller: Option<&Caller>,
+        profile: &str,
+        error: &ServeError,
+    ) {
+        let reason: &dyn std::fmt::Display = match error {
+            ServeError::NotFound(_) if self.cache.slot(profile).is_some() => {
+                &"the caller is not in the profile's `allow` list"
+            }
+            ServeError::NotFound(_) => &"no such profile",
+            other => other,
+        };
+        audit::refused(rpc, caller, profile, error, reason);
+    }
+
+    async fn get(
+        &self,
+        caller: &Caller,
+        request: &pb::GetTokenRequest,
+        deadline: Duration,
+    ) -> Result<(EncodedToken, audit::Fingerprint, Source), ServeError> {
+        let slot = self.slot(caller, &request.profile)?;
+        let need = Need {
+            min_ttl: min_ttl(request.min_ttl)?,
+            rejected: Some(request.rejected_token.as_str()).filter(|t| !t.is_empty()),
+        };
+        if let Some((token, fingerprint)) = slot.cached(&need) {
+            return Ok((token, fingerprint, Source::Cache));
+        }
+        let (token, source) = within(Some(deadline), slot.token(need)).await?;
+        Ok((token.encoded().clone(), token.fingerprint(), source))
     }
 }
 
@@ -44,28 +121,38 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<EncodedToken>, Status> {
-        let deadline = deadline(request.metadata());
-        let request = request.get_ref();
-        let slot = self.slot(&request.profile)?;
-        let need = Need {
-            min_ttl: min_ttl(request.min_ttl)?,
-            rejected: Some(request.rejected_token.as_str()).filter(|t| !t.is_empty()),
+        const RPC: &str = "GetToken";
+        let deadline = self.deadline(request.metadata());
+        let caller = match self.caller(&request).await {
+            Ok(caller) => caller,
+            Err(error) => {
+                self.refused(RPC, None, &request.get_ref().profile, &error);
+                return Err(error.into());
+            }
         };
-        if let Some(token) = slot.cached(&need) {
-            return Ok(Response::new(token));
+        let request = request.get_ref();
+        match self.get(&caller, request, deadline).await {
+            Ok((token, fingerprint, source)) => {
+                audit::served(RPC, &caller, &request.profile, source, fingerprint);
+                Ok(Response::new(token))
+            }
+            Err(error) => {
+                self.refused(RPC, Some(&caller), &request.profile, &error);
+                Err(error.into())
+            }
         }
-        let token = within(deadline, slot.token(need)).await?;
-        Ok(Response::new(token.encoded().clone()))
     }
 
     async fn list_profiles(
         &self,
-        _request: Request<pb::ListProfilesRequest>,
+        request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let profiles = self
             .cache
             .slots()
             .into_iter()
+            .filter(|slot| caller.may_use(slot.profile()))
             .map(|slot| {
                 let profile = slot.profile();
                 let status = slot.status();
@@ -95,11 +182,23 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
-        let deadline = deadline(request.metadata());
-        let slot = self.slot(&request.get_ref().profile)?;
-        // Subscribed before the first token is taken, so no refresh falls in between.
-        let updates = slot.subscribe();
-        let first = within(deadline, slot.token(Need::default())).await?;
+        const RPC: &str = "WatchToken";
+        let deadline = self.deadline(request.metadata());
+        let profile = &request.get_ref().profile;
+        let caller = self.caller(&request).await.inspect_err(|error| {
+            self.refused(RPC, None, profile, error);
+        })?;
+        let first = async {
+            let slot = self.slot(&caller, profile)?;
+            // Subscribed before the first token is taken, so no refresh falls in between.
+            let updates = slot.subscribe();
+            let (first, source) = within(Some(deadline), slot.token(Need::default())).await?;
+            Ok::<_, ServeError>((slot, updates, first, source))
+        };
+        let (slot, updates, first, source) = first.await.inspect_err(|error| {
+            self.refused(RPC, Some(&caller), profile, error);
+        })?;
+        audit::served(RPC, &caller, profile, source, first.fingerprint());
         let watch = Watch {
             updates,
             last: first,

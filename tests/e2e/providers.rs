@@ -210,12 +210,12 @@ async fn entra_by_discovery_with_a_certificate_bound_private_key_jwt() {
     let certified = rcgen::generate_simple_self_signed(vec!["app-1.example.com".into()]).unwrap();
     let thumbprint = URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(certified.cert.der()));
     *provider.state.entra_key.lock().unwrap() =
-        Some((certified.signing_key.public_key_pem(), thumbprint));
+        Some((certified.key_pair.public_key_pem(), thumbprint));
     let dir = tempfile::tempdir().unwrap();
     let key = write(
         dir.path(),
         "client.key",
-        &certified.signing_key.serialize_pem(),
+        &certified.key_pair.serialize_pem(),
     );
     let cert = write(dir.path(), "client.crt", &certified.cert.pem());
 

@@ -69,8 +69,10 @@ async fn probe_forever(candidates: Arc<Mutex<Vec<Arc<Endpoint>>>>, ready: Ready)
 #[tokio::test]
 async fn a_rolling_update_loses_no_call() {
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    // One test client stands in for a whole fleet of callers: the per-caller rate limit
+    // is raised so that only the rollout can fail a call.
     let yaml = format!(
-        "server:\n  shutdown_delay: 1500ms\n  shutdown_grace: 5s\n{}",
+        "server:\n  shutdown_delay: 1500ms\n  shutdown_grace: 5s\n  limits: {{ rate: 1000000, burst: 1000000 }}\n{}",
         config("p", &idp, "")
     );
     let mut old = Server::start(&yaml).await;

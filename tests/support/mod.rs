@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod idp;
+pub mod security;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -62,6 +63,31 @@ impl Server {
             addr,
             admin_addr,
             client,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// Starts a server whose port may need TLS: the default client connects lazily.
+    pub async fn start_secured(yaml: &str) -> Self {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(tokenvend_server::serve(
+            Listeners { grpc, admin: None },
+            config,
+            async move {
+                let _ = signal.await;
+            },
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        Self {
+            addr,
+            admin_addr: addr,
+            client: TokenServiceClient::new(channel),
             shutdown: Some(shutdown),
             task,
         }

@@ -38,7 +38,9 @@ fn next_refresh(slot: &Slot) -> Option<Instant> {
         None if chained || slot.profile.warm_up || state.last_error.is_some() => Instant::now(),
         None => return None,
     };
-    Some(state.retry_at.map_or(due, |retry_at| retry_at.max(due)))
+    let due = state.retry_at.map_or(due, |retry_at| retry_at.max(due));
+    let ceiling = state.ceiling_free_at(slot.profile.idp_requests_per_minute);
+    Some(ceiling.map_or(due, |free| free.max(due)))
 }
 
 async fn refresh_due(slot: &Arc<Slot>) {

@@ -243,3 +243,78 @@ fn profiles_compare_by_configuration_and_secret_source() {
         .remove(0);
     assert_eq!(before, after);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            let _ = Config::from_yaml(&text);
+        }
+
+        #[test]
+        fn arbitrary_values_under_known_keys_are_errors_or_valid(
+            key in prop_oneof![
+                Just("token_url"), Just("client_id"), Just("scopes"), Just("timeout"),
+                Just("refresh_ahead"), Just("allow"), Just("idp_requests_per_minute"),
+                Just("headers"), Just("retry"), Just("min_ttl"),
+            ],
+            value in "[ -~]{0,40}",
+        ) {
+            let yaml = format!(
+                "profiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: {{ value: s }}\n    {key}: {value}\n"
+            );
+            match Config::from_yaml(&yaml) {
+                Ok(config) => prop_assert_eq!(config.profiles.len(), 1),
+                Err(e) => prop_assert!(!e.to_string().contains("value: s"), "{}", e),
+            }
+        }
+    }
+}
+
+#[test]
+fn allow_patterns_and_idp_ceiling_parse() {
+    let config = Config::from_yaml(&profile_yaml(
+        "    allow: [\"system:serviceaccount:orders:*\", \"spiffe://cluster.local/ns/a/sa/b\"]\n    idp_requests_per_minute: 5\n",
+    ))
+    .unwrap();
+    let profile = &config.profiles[0];
+    assert_eq!(profile.allow.as_ref().unwrap().len(), 2);
+    assert_eq!(profile.idp_requests_per_minute, 5);
+
+    let e = error(&profile_yaml(
+        "    allow: [\"system:serviceaccount:ord*\"]\n",
+    ));
+    assert_eq!(e.key, "profiles.jama.allow[0]");
+    let e = error(&profile_yaml("    idp_requests_per_minute: 0\n"));
+    assert_eq!(e.key, "profiles.jama.idp_requests_per_minute");
+}
+
+#[test]
+fn server_auth_tls_and_limits_name_their_keys() {
+    let e = error(&format!(
+        "server:\n  tls: {{ cert: /nonexistent.pem, key: /nonexistent.key }}\n{}",
+        &profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.tls.cert");
+    let e = error(&format!(
+        "server:\n  auth: {{ service_account: {{ issuer: \"http://10.0.0.1\" }} }}\n{}",
+        &profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.auth.service_account.issuer");
+    let e = error(&format!(
+        "server:\n  limits: {{ rate: 0 }}\n{}",
+        &profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.limits.rate");
+    let config = Config::from_yaml(&format!(
+        "server:\n  auth: {{ allow_unauthenticated: true }}\n  limits: {{ rate: 5, burst: 2 }}\n{}",
+        &profile_yaml("")
+    ))
+    .unwrap();
+    assert!(config.server.auth.allow_unauthenticated);
+    assert_eq!(config.server.limits.burst, 2);
+}

@@ -187,3 +187,66 @@ fn retry_after_seconds_or_date() {
         None
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse_any(status: u16, body: &[u8]) -> Result<IssuedToken, IdpError> {
+        response::parse(
+            response::Answer {
+                status,
+                content_type: Some("application/json".into()),
+                retry_after: None,
+                body,
+                sent_at: SystemTime::now(),
+            },
+            &profile(),
+            &["s+/=:%&?"],
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_make_a_token_from_nothing(
+            status in 100u16..600,
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Ok(token) = parse_any(status, &body) {
+                prop_assert!((200..300).contains(&status));
+                prop_assert!(!token.access_token.expose().is_empty());
+                let text = String::from_utf8_lossy(&body);
+                prop_assert!(text.contains("access_token"));
+            }
+        }
+
+        #[test]
+        fn json_shaped_answers_yield_a_token_only_on_success_with_one(
+            status in prop_oneof![Just(200u16), Just(400), Just(401), Just(429), Just(503)],
+            token in proptest::option::of("[ -~]{0,40}"),
+            expires_in in proptest::option::of(prop_oneof![
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                "[0-9a-z.-]{0,12}".prop_map(|s| serde_json::json!(s)),
+                Just(serde_json::Value::Null),
+            ]),
+            error in proptest::option::of("[a-z_]{0,20}"),
+        ) {
+            let mut body = serde_json::Map::new();
+            if let Some(t) = &token { body.insert("access_token".into(), t.clone().into()); }
+            if let Some(e) = expires_in { body.insert("expires_in".into(), e); }
+            if let Some(e) = &error { body.insert("error".into(), e.clone().into()); }
+            let text = serde_json::Value::Object(body).to_string();
+            let result = parse_any(status, text.as_bytes());
+            if status != 200 || token.is_none() {
+                prop_assert!(result.is_err());
+            }
+            if let Err(e) = &result {
+                // No error text carries the token it was given.
+                if let Some(t) = token.filter(|t| t.len() > 8) {
+                    prop_assert!(!e.to_string().contains(&t));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Audit events: one per GetToken and WatchToken, on the tracing target
+//! `tokenvend::audit`, with the caller, the profile, the outcome, where the token came
+//! from, and a fingerprint of the token — never the token.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::{auth::Caller, error::ServeError};
+
+/// The first 8 bytes of a token's SHA-256, in hex: enough to tell tokens apart in logs and
+/// to match a log line to a token a resource API received, useless for calling it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 8]);
+
+impl Fingerprint {
+    /// The fingerprint of a token.
+    pub fn of(token: &str) -> Self {
+        let digest = Sha256::digest(token.as_bytes());
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// Where a served token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The cache, with no provider request.
+    Cache,
+    /// A provider request this call started or joined.
+    Idp,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Idp => "idp",
+        }
+    }
+}
+
+/// A token was handed out.
+pub(crate) fn served(
+    rpc: &'static str,
+    caller: &Caller,
+    profile: &str,
+    source: Source,
+    fingerprint: Fingerprint,
+) {
+    tracing::info!(
+        target: "tokenvend::audit",
+        rpc,
+        caller = %caller,
+        profile,
+        outcome = "served",
+        source = source.as_str(),
+        token_sha256 = %fingerprint,
+        "token served"
+    );
+}
+
+/// A call got no token. `reason` says why in the operator's terms, which may say more
+/// than the caller was told (a profile the caller may not use reads as unknown to it).
+pub(crate) fn refused(
+    rpc: &'static str,
+    caller: Option<&Caller>,
+    profile: &str,
+    error: &ServeError,
+    reason: &dyn fmt::Display,
+) {
+    let caller = caller.map_or(&"unauthenticated" as &dyn fmt::Display, |c| c as _);
+    tracing::info!(
+        target: "tokenvend::audit",
+        rpc,
+        caller = %caller,
+        profile,
+        outcome = error.outcome(),
+        reason = %reason,
+        "no token"
+    );
+}

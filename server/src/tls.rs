@@ -1,0 +1,342 @@
+//! TLS on the gRPC port with rustls: the server certificate and key (and the client CA,
+//! for mutual TLS) read from files and read again when they change, as cert-manager
+//! rotates them; the accept loop that hands tonic finished TLS connections, each carrying
+//! the caller identity from its client certificate.
+
+use std::{
+    io,
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::sync::CancellationToken;
+use x509_cert::{
+    Certificate,
+    der::{Decode, oid::AssociatedOid},
+    ext::pkix::{SubjectAltName, name::GeneralName},
+};
+
+use crate::{auth::Peer, config::TlsConfig};
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS file that cannot be used; `key` is the configuration key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct TlsError {
+    /// The configuration key, such as `server.tls.cert`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn tls_error(key: &str, message: impl Into<String>) -> TlsError {
+    TlsError {
+        key: format!("server.tls.{key}"),
+        message: message.into(),
+    }
+}
+
+/// Builds the rustls configuration from the files. With a client CA, client certificates
+/// are verified against it when presented; whether one is required is decided per call
+/// (see [`crate::auth`]), so that a caller without one gets UNAUTHENTICATED with a reason
+/// rather than a failed handshake.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = read_certs(&tls.cert).map_err(|m| tls_error("cert", m))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+        tls_error(
+            "key",
+            format!("{}: no PEM private key ({e})", tls.key.display()),
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("cert", e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(path).map_err(|m| tls_error("client_ca", m))? {
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_error("client_ca", format!("{}: {e}", path.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| tls_error("client_ca", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_error("key", format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The files' contents, to tell whether they changed.
+fn digest(tls: &TlsConfig) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for path in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        // An unreadable file (mid-rotation) hashes as empty and is retried next round.
+        hash.update(std::fs::read(path).unwrap_or_default());
+        hash.update([0]);
+    }
+    hash.finalize().into()
+}
+
+/// The current rustls configuration, replaced when the files change.
+pub(crate) struct Reloading {
+    current: ArcSwap<ServerConfig>,
+}
+
+impl Reloading {
+    /// Loads the files and starts watching them until `stop`.
+    pub(crate) fn start(tls: TlsConfig, stop: CancellationToken) -> Result<Arc<Self>, TlsError> {
+        let mut seen = digest(&tls);
+        let this = Arc::new(Self {
+            current: ArcSwap::new(server_config(&tls)?),
+        });
+        let reloading = this.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tls.reload_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = digest(&tls);
+                if now == seen {
+                    continue;
+                }
+                match server_config(&tls) {
+                    Ok(config) => {
+                        reloading.current.store(config);
+                        seen = now;
+                        tracing::info!(cert = %tls.cert.display(), "TLS files changed; reloaded");
+                    }
+                    // Half-written files during a rotation: keep serving the old ones.
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS files changed but cannot be used yet")
+                    }
+                }
+            }
+        });
+        Ok(this)
+    }
+}
+
+/// One accepted connection, plain or TLS, holding its place in the connection limit.
+pub struct Conn {
+    io: Io,
+    peer: Peer,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Accepts connections until `stop`, at most `max_connections` open at once (more wait in
+/// the kernel's backlog), doing each TLS handshake in its own task so that a slow client
+/// holds up nobody. The stream ends when `stop` is cancelled.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<Reloading>>,
+    max_connections: usize,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(32);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        // Dropped when the loop ends, which aborts handshakes still running.
+        let mut handshakes = JoinSet::new();
+        loop {
+            while handshakes.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                () = stop.cancelled() => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            let (tcp, remote) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        tracing::debug!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &tls else {
+                let conn = Conn {
+                    io: Io::Plain(tcp),
+                    peer: Peer {
+                        remote: Some(remote),
+                        identity: None,
+                    },
+                    _slot: slot,
+                };
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let acceptor = TlsAcceptor::from(tls.current.load_full());
+            let tx = tx.clone();
+            handshakes.spawn(async move {
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%remote, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|cert| certificate_identity(cert));
+                let conn = Conn {
+                    io: Io::Tls(Box::new(stream)),
+                    peer: Peer {
+                        remote: Some(remote),
+                        identity,
+                    },
+                    _slot: slot,
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The identity in a verified client certificate: its URI SAN (a SPIFFE ID) if it has
+/// one, else its first DNS SAN. The subject's CN is not used: it is not a SAN.
+pub fn certificate_identity(der: &[u8]) -> Option<Arc<str>> {
+    let cert = Certificate::from_der(der).ok()?;
+    let extensions = cert.tbs_certificate.extensions.as_ref()?;
+    let san = extensions
+        .iter()
+        .find(|e| e.extn_id == SubjectAltName::OID)?;
+    let names = SubjectAltName::from_der(san.extn_value.as_bytes()).ok()?;
+    let mut dns = None;
+    for name in names.0 {
+        match name {
+            GeneralName::UniformResourceIdentifier(uri) => return Some(uri.as_str().into()),
+            GeneralName::DnsName(name) if dns.is_none() => dns = Some(name.as_str().into()),
+            _ => {}
+        }
+    }
+    dns
+}

@@ -1,14 +1,22 @@
 //! Interoperability with a third-party OAuth 2.0 server: `oidc-provider` from npm, run on
 //! loopback by `tests/interop/oidc-provider.mjs`. Needs `npm ci` in `tests/interop`
 //! (`scripts/test` does it); skipped without it unless TOKENVEND_REQUIRE_INTEROP=1.
+//!
+//! Every token tokenvend hands out is checked at the provider's introspection endpoint
+//! (RFC 7662): the provider itself says it is active and whose it is.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
 };
 
-use serde_json::Value;
+use axum::http::header;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use tokenvend::pb::GetTokenRequest;
+use tokenvend_server::Config;
 use tonic::Code;
 
 use crate::support::{Server, seconds_left};
@@ -17,7 +25,10 @@ const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 
 struct OidcProvider {
     child: Child,
+    issuer: String,
     token_endpoint: String,
+    authorization_endpoint: String,
+    introspection_endpoint: String,
 }
 
 impl Drop for OidcProvider {
@@ -27,7 +38,9 @@ impl Drop for OidcProvider {
     }
 }
 
-fn start_oidc_provider() -> Option<OidcProvider> {
+/// Starts `oidc-provider.mjs` with extra environment variables, or returns `None` (the
+/// test skips) when its dependencies are not installed.
+fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     if !dir.join("node_modules/oidc-provider").exists() {
         assert!(
@@ -40,6 +53,7 @@ fn start_oidc_provider() -> Option<OidcProvider> {
     let mut child = Command::new("node")
         .arg("oidc-provider.mjs")
         .current_dir(&dir)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -50,10 +64,45 @@ fn start_oidc_provider() -> Option<OidcProvider> {
         .read_line(&mut line)
         .unwrap();
     let started: Value = serde_json::from_str(&line).expect("oidc-provider prints its endpoints");
+    let field = |name: &str| {
+        started[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .to_owned()
+    };
     Some(OidcProvider {
-        token_endpoint: started["token_endpoint"].as_str().unwrap().to_owned(),
+        issuer: field("issuer"),
+        token_endpoint: field("token_endpoint"),
+        authorization_endpoint: field("authorization_endpoint"),
+        introspection_endpoint: field("introspection_endpoint"),
         child,
     })
+}
+
+impl OidcProvider {
+    /// What the provider's introspection endpoint says about a token, asked by `tv-post`.
+    async fn introspect(&self, token: &str) -> Value {
+        let response = reqwest::Client::new()
+            .post(&self.introspection_endpoint)
+            .form(&[
+                ("token", token),
+                ("client_id", "tv-post"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "introspection");
+        response.json().await.unwrap()
+    }
+
+    /// Asserts that the provider knows `token` as an active token of `client_id`.
+    async fn assert_active(&self, token: &str, client_id: &str) -> Value {
+        let answer = self.introspect(token).await;
+        assert_eq!(answer["active"], true, "{answer}");
+        assert_eq!(answer["client_id"], client_id, "{answer}");
+        answer
+    }
 }
 
 fn profile(name: &str, client_id: &str, auth_method: &str, secret: &str, url: &str) -> String {
@@ -64,7 +113,7 @@ fn profile(name: &str, client_id: &str, auth_method: &str, secret: &str, url: &s
 
 #[tokio::test]
 async fn client_credentials_against_oidc_provider_with_both_auth_methods() {
-    let Some(provider) = start_oidc_provider() else {
+    let Some(provider) = start_oidc_provider(&[]) else {
         return;
     };
     let url = &provider.token_endpoint;
@@ -81,7 +130,7 @@ async fn client_credentials_against_oidc_provider_with_both_auth_methods() {
         ),
     );
     let server = Server::start(&yaml).await;
-    for name in ["basic", "post"] {
+    for (name, client_id) in [("basic", "tv-basic"), ("post", "tv-post")] {
         let token = server
             .get(name)
             .await
@@ -91,6 +140,8 @@ async fn client_credentials_against_oidc_provider_with_both_auth_methods() {
         assert_eq!(token.scopes, ["api:read"], "{name}");
         let left = seconds_left(&token);
         assert!((250.0..=300.0).contains(&left), "{name}: {left}");
+        let answer = provider.assert_active(&token.access_token, client_id).await;
+        assert_eq!(answer["scope"], "api:read", "{name}: {answer}");
     }
     let status = server.get("wrong").await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -99,5 +150,275 @@ async fn client_credentials_against_oidc_provider_with_both_auth_methods() {
         "{}",
         status.message()
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_from_the_issuer_falls_back_to_openid_configuration() {
+    let Some(provider) = start_oidc_provider(&[]) else {
+        return;
+    };
+    // oidc-provider serves only /.well-known/openid-configuration; the RFC 8414 document
+    // tokenvend asks for first is a 404 there.
+    let rfc8414 = reqwest::get(format!(
+        "{}/.well-known/oauth-authorization-server",
+        provider.issuer
+    ))
+    .await
+    .unwrap();
+    assert_eq!(rfc8414.status(), 404);
+
+    let server = Server::start(&format!(
+        "profiles:\n  discovered:\n    issuer: {issuer}\n    client_id: tv-basic\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_basic\n    scopes: [\"api:read\"]\n",
+        issuer = provider.issuer,
+    ))
+    .await;
+    let token = server
+        .get("discovered")
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"));
+    assert_eq!(token.scopes, ["api:read"]);
+    let answer = provider
+        .assert_active(&token.access_token, "tv-basic")
+        .await;
+    assert_eq!(answer["scope"], "api:read", "{answer}");
+    server.stop().await;
+}
+
+/// The public JWK of a P-256 key pair, from its uncompressed point `04 || x || y`.
+fn p256_public_jwk(key: &rcgen::KeyPair, kid: &str) -> Value {
+    let point = key.public_key_raw();
+    assert_eq!(
+        (point.len(), point[0]),
+        (65, 4),
+        "an uncompressed P-256 point"
+    );
+    json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        "kid": kid,
+        "alg": "ES256",
+        "use": "sig",
+    })
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_an_es256_key_registered_as_a_jwk() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let jwks = json!({ "keys": [p256_public_jwk(&key, "tv-jwt-1")] }).to_string();
+    let Some(provider) = start_oidc_provider(&[("TV_JWT_JWKS", &jwks)]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tv-jwt.key");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let server = Server::start(&format!(
+        "profiles:\n  jwt:\n    token_url: {url}\n    client_id: tv-jwt\n    auth_method: private_key_jwt\n    private_key: {{ file: {key} }}\n    signing_alg: ES256\n    key_id: tv-jwt-1\n    scopes: [\"api:read\"]\n",
+        url = provider.token_endpoint,
+        key = key_file.display(),
+    ))
+    .await;
+    let first = server
+        .get("jwt")
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"));
+    provider.assert_active(&first.access_token, "tv-jwt").await;
+
+    // The next token needs a new assertion: oidc-provider refuses a replayed `jti`.
+    let second = server
+        .client
+        .clone()
+        .get_token(GetTokenRequest {
+            profile: "jwt".into(),
+            rejected_token: first.access_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"))
+        .into_inner();
+    assert_ne!(second.access_token, first.access_token);
+    provider.assert_active(&second.access_token, "tv-jwt").await;
+    server.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `grant: refresh_token` profile for `tv-code`, found by discovery, whose first refresh
+/// token comes from `tokenvend authorize`. OpenID providers grant `offline_access` (and so
+/// a refresh token) only with `prompt=consent`, which the authorize URL carries.
+fn code_profile(provider: &OidcProvider, state_dir: &Path) -> String {
+    format!(
+        "server:\n  state_dir: {dir}\nprofiles:\n  code:\n    issuer: {issuer}\n    grant: refresh_token\n    client_id: tv-code\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_post\n    authorize_url: \"{auth}?prompt=consent\"\n    redirect_uri: http://127.0.0.1:{port}/cb\n    scopes: [openid, offline_access, \"api:read\"]\n",
+        dir = state_dir.display(),
+        issuer = provider.issuer,
+        auth = provider.authorization_endpoint,
+        port = free_port(),
+    )
+}
+
+/// The refresh token tokenvend has stored for a profile.
+fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
+    let path = state_dir.join(format!("{profile}.refresh.json"));
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["refresh_token"].as_str().unwrap().to_owned()
+}
+
+/// Runs `tokenvend authorize` in-process, with the test as the browser: it follows every
+/// redirect from the authorization URL, carrying cookies, through oidc-provider's
+/// (automatic) login and consent to tokenvend's loopback redirect listener.
+async fn authorize(yaml: &str, profile: &str) {
+    let config = Config::from_yaml(yaml).unwrap();
+    let redirect_uri = config.profiles[0]
+        .authorize
+        .as_ref()
+        .unwrap()
+        .redirect_uri
+        .clone();
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    let browser = tokio::spawn(async move {
+        let mut url: url::Url = url_rx.await.unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        // oidc-provider ties the interaction to signed cookies; scoping them by path
+        // does not matter here, so one jar for the whole host does.
+        let mut jar = BTreeMap::<String, String>::new();
+        for _ in 0..10 {
+            let cookies = jar
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let response = http
+                .get(url.clone())
+                .header(header::COOKIE, cookies)
+                .send()
+                .await
+                .unwrap();
+            for set in response.headers().get_all(header::SET_COOKIE) {
+                let pair = set.to_str().unwrap().split(';').next().unwrap();
+                let (name, value) = pair.split_once('=').unwrap();
+                if value.is_empty() {
+                    jar.remove(name);
+                } else {
+                    jar.insert(name.to_owned(), value.to_owned());
+                }
+            }
+            if url.as_str().starts_with(redirect_uri.as_str()) {
+                assert_eq!(response.status(), 200, "tokenvend's redirect listener");
+                return;
+            }
+            let status = response.status();
+            let Some(location) = response.headers().get(header::LOCATION) else {
+                panic!(
+                    "{url} answered {status} without a redirect: {}",
+                    response.text().await.unwrap()
+                );
+            };
+            url = url.join(location.to_str().unwrap()).unwrap();
+        }
+        panic!("too many redirects, at {url}");
+    });
+    tokenvend_server::authorize::run(
+        &config,
+        profile,
+        move |url| {
+            let _ = url_tx.send(url.clone());
+        },
+        async || panic!("a loopback redirect needs no pasting"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("authorize: {e}"));
+    browser.await.unwrap();
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce_end_to_end_then_tokens_from_the_stored_refresh_token() {
+    let Some(provider) = start_oidc_provider(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = code_profile(&provider, dir.path());
+    authorize(&yaml, "code").await;
+    let authorized = stored_refresh_token(dir.path(), "code");
+    let answer = provider.assert_active(&authorized, "tv-code").await;
+    assert_eq!(
+        answer["scope"], "openid offline_access api:read",
+        "{answer}"
+    );
+
+    let server = Server::start(&yaml).await;
+    let token = server
+        .get("code")
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"));
+    assert_eq!(token.token_type, "Bearer");
+    let answer = provider.assert_active(&token.access_token, "tv-code").await;
+    assert_eq!(answer["sub"], "interop-user", "{answer}");
+    let scopes: Vec<&str> = answer["scope"].as_str().unwrap().split(' ').collect();
+    assert!(scopes.contains(&"api:read"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rotating_refresh_tokens_across_several_refreshes() {
+    let Some(provider) = start_oidc_provider(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = code_profile(&provider, dir.path());
+    authorize(&yaml, "code").await;
+
+    let server = Server::start(&yaml).await;
+    let mut current = server
+        .get("code")
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"))
+        .access_token;
+    let mut seen = vec![current.clone()];
+    for n in 0..4 {
+        let before = stored_refresh_token(dir.path(), "code");
+        provider.assert_active(&before, "tv-code").await;
+        let fresh = server
+            .client
+            .clone()
+            .get_token(GetTokenRequest {
+                profile: "code".into(),
+                rejected_token: current.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"))
+            .into_inner();
+        assert!(
+            !seen.contains(&fresh.access_token),
+            "refresh {n}: a new access token"
+        );
+        provider.assert_active(&fresh.access_token, "tv-code").await;
+
+        // The provider rotated the refresh token: tokenvend stored the new one, and the
+        // one it used is consumed (introspection does not use it, so the chain survives).
+        let after = stored_refresh_token(dir.path(), "code");
+        assert_ne!(
+            after, before,
+            "refresh {n}: the stored refresh token rotated"
+        );
+        provider.assert_active(&after, "tv-code").await;
+        let old = provider.introspect(&before).await;
+        assert_eq!(old["active"], false, "refresh {n}: {old}");
+
+        seen.push(fresh.access_token.clone());
+        current = fresh.access_token;
+    }
     server.stop().await;
 }

@@ -3,6 +3,10 @@
 //
 // stdout: exactly one line of JSON once listening; everything else -> stderr.
 // Exits when stdin closes or on SIGTERM/SIGINT.
+//
+// Environment:
+//   TV_JWT_JWKS  a JWK Set (JSON) of public keys; when set, client `tv-jwt`
+//                (private_key_jwt) is registered with it.
 
 import { createServer } from 'node:http';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -14,6 +18,12 @@ const { default: Provider } = await import('oidc-provider');
 
 const CLIENT_SECRET = 's3cr+t/=:%&?-interop-secret';
 const SCOPE = 'api:read';
+// The client that the authorization-code tests drive through /auth, and whose
+// refresh tokens rotate on every use.
+const CODE_CLIENT = 'tv-code';
+// The one end user; the interaction handler below logs them in and consents
+// on their behalf without any page.
+const ACCOUNT_ID = 'interop-user';
 
 function log(...args) {
   process.stderr.write(`[oidc-provider] ${args.join(' ')}\n`);
@@ -42,17 +52,49 @@ const client = (clientId, method) => ({
   scope: SCOPE,
 });
 
+const clients = [
+  client('tv-basic', 'client_secret_basic'),
+  client('tv-post', 'client_secret_post'),
+  {
+    client_id: CODE_CLIENT,
+    client_secret: CLIENT_SECRET,
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    // A native client with a loopback redirect URI may use any port
+    // (RFC 8252 §7.3; oidc-provider ignores the port for these), so the Rust
+    // test picks a free one for tokenvend's redirect listener.
+    application_type: 'native',
+    redirect_uris: ['http://127.0.0.1/cb'],
+    scope: `openid offline_access ${SCOPE}`,
+  },
+];
+if (process.env.TV_JWT_JWKS) {
+  clients.push({
+    ...client('tv-jwt', 'private_key_jwt'),
+    client_secret: undefined,
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: JSON.parse(process.env.TV_JWT_JWKS),
+  });
+}
+
 const provider = new Provider(issuer, {
-  clients: [
-    client('tv-basic', 'client_secret_basic'),
-    client('tv-post', 'client_secret_post'),
-  ],
-  scopes: [SCOPE],
+  clients,
+  scopes: ['openid', 'offline_access', SCOPE],
   features: {
     clientCredentials: { enabled: true },
+    introspection: { enabled: true },
     devInteractions: { enabled: false },
   },
-  ttl: { ClientCredentials: 300 },
+  // Refresh tokens are issued by the stock rule: the client may use the
+  // refresh_token grant and was granted offline_access, which oidc-provider
+  // keeps only when the authorization request says prompt=consent (OpenID
+  // Connect Core §11). tv-code gets a new refresh token on every use, so each
+  // refresh consumes the previous one.
+  rotateRefreshToken(ctx) {
+    return ctx.oidc.client.clientId === CODE_CLIENT;
+  },
+  ttl: { ClientCredentials: 300, AccessToken: 300 },
   jwks: { keys: [jwk] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
 });
@@ -61,9 +103,9 @@ provider.on('server_error', (ctx, err) => log('server_error:', err?.stack ?? err
 provider.on('grant.error', (ctx, err) => log('grant.error:', err?.message, err?.error_description ?? ''));
 provider.on('grant.success', (ctx) => log('grant.success: client', ctx.oidc.client?.clientId));
 
-// Client metadata is validated lazily; load both clients now so a bad config
+// Client metadata is validated lazily; load every client now so a bad config
 // fails at startup (non-zero exit, no stdout line) instead of per request.
-for (const id of ['tv-basic', 'tv-post']) {
+for (const { client_id: id } of clients) {
   if (!(await provider.Client.find(id))) throw new Error(`client ${id} failed to load`);
 }
 
@@ -90,19 +132,53 @@ provider.use(async (ctx, next) => {
   };
 });
 
-server.on('request', provider.callback());
-
-const tokenEndpoint = new URL(provider.pathFor ? provider.pathFor('token') : '/token', issuer).href;
-const discovered = await (async () => {
-  try {
-    const res = await fetch(`${issuer}/.well-known/openid-configuration`);
-    return (await res.json()).token_endpoint;
-  } catch (err) {
-    log('discovery self-check failed:', err?.message ?? err);
-    return undefined;
+// Login and consent without pages (devInteractions is off): the first visit
+// to /interaction/:uid logs the one account in and grants every requested
+// scope, and oidc-provider redirects back to /auth/:uid, which then redirects
+// to the client's redirect_uri with the code. A test's "browser" only has to
+// follow redirects and carry cookies.
+async function interaction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { params, prompt, grantId } = details;
+  const accountId = details.session?.accountId ?? ACCOUNT_ID;
+  const grant = grantId
+    ? await provider.Grant.find(grantId)
+    : new provider.Grant({ accountId, clientId: params.client_id });
+  if (params.scope) grant.addOIDCScope(params.scope);
+  const missing = prompt.details.missingResourceScopes ?? {};
+  for (const [indicator, scopes] of Object.entries(missing)) {
+    grant.addResourceScope(indicator, scopes.join(' '));
   }
-})();
-const line = JSON.stringify({ issuer, token_endpoint: discovered ?? tokenEndpoint }) + '\n';
+  const result = {
+    login: { accountId },
+    consent: { grantId: await grant.save() },
+  };
+  log(`interaction ${prompt.name}: ${params.client_id} as ${accountId}, scope "${params.scope ?? ''}"`);
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+}
+
+const callback = provider.callback();
+server.on('request', (req, res) => {
+  if (req.method === 'GET' && /^\/interaction\/[^/?]+(\?|$)/.test(req.url)) {
+    interaction(req, res).catch((err) => {
+      log('interaction failed:', err?.stack ?? err);
+      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`interaction failed: ${err?.message ?? err}\n`);
+    });
+    return;
+  }
+  callback(req, res);
+});
+
+// The endpoints as discovery publishes them; a failure here is a broken
+// configuration: exit non-zero without a stdout line.
+const metadata = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+const line = JSON.stringify({
+  issuer,
+  token_endpoint: metadata.token_endpoint,
+  authorization_endpoint: metadata.authorization_endpoint,
+  introspection_endpoint: metadata.introspection_endpoint,
+}) + '\n';
 
 let shuttingDown = false;
 function shutdown(reason) {

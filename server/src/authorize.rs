@@ -170,7 +170,7 @@ pub async fn run(
         )
     })?;
     RefreshChain::new(state_dir, name, None)
-        .start(&refresh_token)
+        .start(&refresh_token, issued.granted_scope.as_deref())
         .map_err(|e| AuthorizeError::Io(e.to_string()))?;
     Ok(())
 }

@@ -171,7 +171,7 @@ impl IdpClient {
             .collect();
         let mut secrets: Vec<&str> = companions.iter().map(Secret::expose).collect();
         secrets.push(credential.secret().expose());
-        if let Grant::RefreshToken(token) = &grant {
+        if let Grant::RefreshToken { token, .. } = &grant {
             secrets.push(token.expose());
         }
         response::parse(answer.as_answer(), profile, &secrets)
@@ -224,7 +224,13 @@ pub enum Grant<'a> {
     /// RFC 6749 §4.4.
     ClientCredentials,
     /// RFC 6749 §6, with the current refresh token.
-    RefreshToken(&'a Secret),
+    RefreshToken {
+        /// The refresh token.
+        token: &'a Secret,
+        /// The scope to ask for: the one granted with the chain, if known, else the
+        /// profile's.
+        scope: Option<&'a str>,
+    },
     /// RFC 6749 §4.1.3 with PKCE (RFC 7636).
     AuthorizationCode {
         /// The code from the redirect.
@@ -345,7 +351,7 @@ fn token_request(
         Grant::ClientCredentials => {
             form.append_pair("grant_type", "client_credentials");
         }
-        Grant::RefreshToken(token) => {
+        Grant::RefreshToken { token, .. } => {
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", token.expose());
         }
@@ -380,7 +386,13 @@ fn token_request(
     // The code exchange repeats nothing of the authorization request but the redirect
     // URI; the other grants carry the profile's request shape.
     if !matches!(grant, Grant::AuthorizationCode { .. }) {
-        if !profile.scopes.is_empty() {
+        if let Grant::RefreshToken {
+            scope: Some(granted),
+            ..
+        } = grant
+        {
+            form.append_pair("scope", granted);
+        } else if !profile.scopes.is_empty() {
             form.append_pair("scope", &profile.scopes.join(" "));
         }
         if let Some(audience) = &profile.audience {

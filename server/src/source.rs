@@ -70,17 +70,20 @@ impl TokenSource {
         token_url: &Url,
     ) -> Result<IssuedToken, IdpError> {
         let profile = &self.profile;
-        let current = chain.current().map_err(|e| self.chain_error(e))?;
-        let result = self
-            .idp
-            .request_token(profile, token_url, GrantRequest::RefreshToken(&current))
-            .await;
+        let link = chain.current().map_err(|e| self.chain_error(e))?;
+        let current = &link.token;
+        let grant = GrantRequest::RefreshToken {
+            token: current,
+            scope: link.scope.as_deref(),
+        };
+        let result = self.idp.request_token(profile, token_url, grant).await;
         match result {
             Ok(issued) => {
                 if let Some(rotated) = &issued.refresh_token {
                     // Stored before the token is handed out: the old refresh token is
                     // spent, and this one is the only way to the next access token.
-                    if let Err(error) = chain.rotate(rotated) {
+                    let scope = issued.granted_scope.as_deref().or(link.scope.as_deref());
+                    if let Err(error) = chain.rotate(rotated, scope) {
                         tracing::error!(
                             profile = %profile.name,
                             %error,
@@ -97,7 +100,7 @@ impl TokenSource {
             Err(IdpError::Rejected {
                 error, description, ..
             }) if error == "invalid_grant" => {
-                if let Err(store_error) = chain.refuse(&current) {
+                if let Err(store_error) = chain.refuse(current) {
                     tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
                 }
                 Err(IdpError::Reauthorize {

@@ -100,6 +100,16 @@ pub enum ChainError {
     },
 }
 
+/// A refresh token and the scope the provider granted with it.
+#[derive(Debug)]
+pub struct Link {
+    /// The refresh token.
+    pub token: Secret,
+    /// The granted scope, when the provider said; refreshes ask for exactly this, since
+    /// asking for more than was granted is refused (RFC 6749 §6).
+    pub scope: Option<String>,
+}
+
 /// The newest refresh token of one profile.
 #[derive(Debug)]
 pub struct RefreshChain {
@@ -116,6 +126,9 @@ struct Record {
     seed: Option<String>,
     /// Set when the provider refused `refresh_token`: no request is made with it again.
     refused: bool,
+    /// The scope granted with the chain.
+    #[serde(default)]
+    scope: Option<String>,
     updated_at: u64,
 }
 
@@ -131,7 +144,7 @@ impl RefreshChain {
 
     /// The refresh token to use next: the stored one, or the seed if nothing newer is
     /// stored for it.
-    pub fn current(&self) -> Result<Secret, ChainError> {
+    pub fn current(&self) -> Result<Link, ChainError> {
         let seed = self
             .seed
             .as_ref()
@@ -146,25 +159,31 @@ impl RefreshChain {
                 if record.refused {
                     Err(ChainError::Refused)
                 } else {
-                    Ok(Secret::new(record.refresh_token))
+                    Ok(Link {
+                        token: Secret::new(record.refresh_token),
+                        scope: record.scope,
+                    })
                 }
             }
-            _ => seed.ok_or(ChainError::Missing),
+            _ => seed
+                .map(|token| Link { token, scope: None })
+                .ok_or(ChainError::Missing),
         }
     }
 
-    /// Stores a rotated refresh token durably.
-    pub fn rotate(&self, token: &Secret) -> Result<(), ChainError> {
-        self.write(token, false)
+    /// Stores a rotated refresh token durably, with the scope granted with it.
+    pub fn rotate(&self, token: &Secret, scope: Option<&str>) -> Result<(), ChainError> {
+        self.write(token, false, scope)
     }
 
     /// Stores a refresh token given by a person (`tokenvend authorize`); it starts a new
     /// chain, whatever the configured seed.
-    pub fn start(&self, token: &Secret) -> Result<(), ChainError> {
+    pub fn start(&self, token: &Secret, scope: Option<&str>) -> Result<(), ChainError> {
         let record = Record {
             refresh_token: token.expose().to_owned(),
             seed: None,
             refused: false,
+            scope: scope.map(str::to_owned),
             updated_at: now(),
         };
         self.write_record(&record)
@@ -172,10 +191,10 @@ impl RefreshChain {
 
     /// Remembers that the provider refused `token`, so that it is never sent again.
     pub fn refuse(&self, token: &Secret) -> Result<(), ChainError> {
-        self.write(token, true)
+        self.write(token, true, None)
     }
 
-    fn write(&self, token: &Secret, refused: bool) -> Result<(), ChainError> {
+    fn write(&self, token: &Secret, refused: bool, scope: Option<&str>) -> Result<(), ChainError> {
         // A chain started by `authorize` keeps no seed, so that a seed left in the
         // configuration does not take over from the newer chain.
         let seed = match self.read()? {
@@ -190,6 +209,7 @@ impl RefreshChain {
             refresh_token: token.expose().to_owned(),
             seed,
             refused,
+            scope: scope.map(str::to_owned),
             updated_at: now(),
         })
     }
@@ -273,11 +293,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seed = |v: &str| Some(SecretSource::Value(Secret::new(v)));
         let chain = RefreshChain::new(dir.path(), "p", seed("seed-1"));
-        assert_eq!(chain.current().unwrap().expose(), "seed-1");
-        chain.rotate(&Secret::new("rt-2")).unwrap();
+        assert_eq!(chain.current().unwrap().token.expose(), "seed-1");
+        chain.rotate(&Secret::new("rt-2"), Some("read")).unwrap();
 
         let reopened = RefreshChain::new(dir.path(), "p", seed("seed-1"));
-        assert_eq!(reopened.current().unwrap().expose(), "rt-2");
+        let link = reopened.current().unwrap();
+        assert_eq!(link.token.expose(), "rt-2");
+        assert_eq!(link.scope.as_deref(), Some("read"));
         let mode = fs::metadata(dir.path().join("p.refresh.json"))
             .unwrap()
             .permissions()
@@ -285,7 +307,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
 
         let reseeded = RefreshChain::new(dir.path(), "p", seed("seed-2"));
-        assert_eq!(reseeded.current().unwrap().expose(), "seed-2");
+        assert_eq!(reseeded.current().unwrap().token.expose(), "seed-2");
     }
 
     #[test]
@@ -296,9 +318,9 @@ mod tests {
         assert!(matches!(chain.current(), Err(ChainError::Refused)));
 
         // `tokenvend authorize` starts a new chain.
-        chain.start(&Secret::new("fresh")).unwrap();
-        assert_eq!(chain.current().unwrap().expose(), "fresh");
-        chain.rotate(&Secret::new("fresh-2")).unwrap();
-        assert_eq!(chain.current().unwrap().expose(), "fresh-2");
+        chain.start(&Secret::new("fresh"), None).unwrap();
+        assert_eq!(chain.current().unwrap().token.expose(), "fresh");
+        chain.rotate(&Secret::new("fresh-2"), None).unwrap();
+        assert_eq!(chain.current().unwrap().token.expose(), "fresh-2");
     }
 }

@@ -422,3 +422,43 @@ async fn rotating_refresh_tokens_across_several_refreshes() {
     }
     server.stop().await;
 }
+
+/// A provider may grant less than asked (RFC 6749 §3.3): oidc-provider drops a scope it
+/// does not know. Refreshes must then ask for what was granted, not for the profile's
+/// scopes, or every one is refused with `invalid_scope`.
+#[tokio::test]
+async fn refreshes_ask_for_the_scope_granted_not_the_scope_configured() {
+    let Some(provider) = start_oidc_provider(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = code_profile(&provider, dir.path())
+        .replace("\"api:read\"]", "\"api:read\", \"api:write\"]");
+    authorize(&yaml, "code").await;
+    let stored = std::fs::read_to_string(dir.path().join("code.refresh.json")).unwrap();
+    let record: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        record["scope"], "openid offline_access api:read",
+        "{record}"
+    );
+
+    let server = Server::start(&yaml).await;
+    let mut current = server.get("code").await.unwrap().access_token;
+    for n in 0..2 {
+        let fresh = server
+            .client
+            .clone()
+            .get_token(tokenvend::pb::GetTokenRequest {
+                profile: "code".into(),
+                rejected_token: current.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"))
+            .into_inner();
+        assert_ne!(fresh.access_token, current);
+        provider.assert_active(&fresh.access_token, "tv-code").await;
+        current = fresh.access_token;
+    }
+    server.stop().await;
+}

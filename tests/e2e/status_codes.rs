@@ -167,7 +167,11 @@ async fn a_caller_deadline_is_deadline_exceeded_and_the_fetch_still_lands() {
         profile: "p".into(),
         ..Default::default()
     });
-    request.set_timeout(Duration::from_millis(200));
+    // As metadata rather than `set_timeout`, which would also arm the test client's own
+    // timer: this checks what the server answers, not which timer fires first.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "200m".parse().unwrap());
     let status = server.client.clone().get_token(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 

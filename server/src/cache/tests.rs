@@ -21,6 +21,7 @@ fn issued(token: &str, lifetime: Duration, refresh_in: Option<Duration>) -> Issu
         refresh_in,
         scopes: vec!["s".into()],
         refresh_token: None,
+        granted_scope: None,
     }
 }
 

@@ -27,6 +27,8 @@ pub struct IssuedToken {
     pub scopes: Vec<String>,
     /// A new refresh token, when the provider issued (rotated) one.
     pub refresh_token: Option<Secret>,
+    /// The provider's `scope`, as it wrote it, if it did.
+    pub granted_scope: Option<String>,
 }
 
 /// What came back from the token endpoint.
@@ -143,6 +145,10 @@ pub(super) fn parse(
         _ => profile.scopes.clone(),
     };
 
+    let granted_scope = match map.get("scope") {
+        Some(Value::String(scope)) if !scope.trim().is_empty() => Some(scope.trim().to_owned()),
+        _ => None,
+    };
     let refresh_token = match map.get("refresh_token") {
         Some(Value::String(token)) if !token.is_empty() => Some(Secret::new(token.as_str())),
         _ => None,
@@ -156,6 +162,7 @@ pub(super) fn parse(
         refresh_in,
         scopes,
         refresh_token,
+        granted_scope,
     })
 }
 

@@ -6,20 +6,17 @@
 //! (RFC 7662): the provider itself says it is active and whose it is.
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
 };
 
-use axum::http::header;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tokenvend::pb::GetTokenRequest;
-use tokenvend_server::Config;
 use tonic::Code;
 
-use crate::support::{Server, seconds_left};
+use crate::support::{Server, browser::authorize, seconds_left};
 
 const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 
@@ -270,76 +267,6 @@ fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
     let path = state_dir.join(format!("{profile}.refresh.json"));
     let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     record["refresh_token"].as_str().unwrap().to_owned()
-}
-
-/// Runs `tokenvend authorize` in-process, with the test as the browser: it follows every
-/// redirect from the authorization URL, carrying cookies, through oidc-provider's
-/// (automatic) login and consent to tokenvend's loopback redirect listener.
-async fn authorize(yaml: &str, profile: &str) {
-    let config = Config::from_yaml(yaml).unwrap();
-    let redirect_uri = config.profiles[0]
-        .authorize
-        .as_ref()
-        .unwrap()
-        .redirect_uri
-        .clone();
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
-    let browser = tokio::spawn(async move {
-        let mut url: url::Url = url_rx.await.unwrap();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        // oidc-provider ties the interaction to signed cookies; scoping them by path
-        // does not matter here, so one jar for the whole host does.
-        let mut jar = BTreeMap::<String, String>::new();
-        for _ in 0..10 {
-            let cookies = jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let response = http
-                .get(url.clone())
-                .header(header::COOKIE, cookies)
-                .send()
-                .await
-                .unwrap();
-            for set in response.headers().get_all(header::SET_COOKIE) {
-                let pair = set.to_str().unwrap().split(';').next().unwrap();
-                let (name, value) = pair.split_once('=').unwrap();
-                if value.is_empty() {
-                    jar.remove(name);
-                } else {
-                    jar.insert(name.to_owned(), value.to_owned());
-                }
-            }
-            if url.as_str().starts_with(redirect_uri.as_str()) {
-                assert_eq!(response.status(), 200, "tokenvend's redirect listener");
-                return;
-            }
-            let status = response.status();
-            let Some(location) = response.headers().get(header::LOCATION) else {
-                panic!(
-                    "{url} answered {status} without a redirect: {}",
-                    response.text().await.unwrap()
-                );
-            };
-            url = url.join(location.to_str().unwrap()).unwrap();
-        }
-        panic!("too many redirects, at {url}");
-    });
-    tokenvend_server::authorize::run(
-        &config,
-        profile,
-        move |url| {
-            let _ = url_tx.send(url.clone());
-        },
-        async || panic!("a loopback redirect needs no pasting"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("authorize: {e}"));
-    browser.await.unwrap();
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use tokenvend_server::Config;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::Code;
 
-use crate::support::Server;
+use crate::support::{Server, browser::authorize};
 
 const CLIENT_ID: &str = "app-1";
 const SECRET: &str = "s3cr:t+%/=";
@@ -540,38 +540,6 @@ fn jadu_config(provider: &Provider, state_dir: &Path, redirect_port: u16, extra:
     )
 }
 
-/// Runs `tokenvend authorize` with the test as the person at the browser.
-async fn authorize(yaml: &str) {
-    let config = Config::from_yaml(yaml).unwrap();
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
-    let browser = tokio::spawn(async move {
-        let url: url::Url = url_rx.await.unwrap();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let approval = http.get(url).send().await.unwrap();
-        assert_eq!(approval.status(), 303);
-        let redirect = approval.headers()[header::LOCATION]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let landed = http.get(redirect).send().await.unwrap();
-        assert_eq!(landed.status(), 200);
-    });
-    tokenvend_server::authorize::run(
-        &config,
-        "jadu",
-        move |url| {
-            let _ = url_tx.send(url.clone());
-        },
-        async || panic!("a loopback redirect needs no pasting"),
-    )
-    .await
-    .unwrap();
-    browser.await.unwrap();
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -585,7 +553,7 @@ async fn jadu_authorized_once_then_rotating_refresh_tokens_survive_a_crash() {
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = jadu_config(&provider, dir.path(), free_port(), "");
-    authorize(&yaml).await;
+    authorize(&yaml, "jadu").await;
     assert_eq!(*provider.state.chain.lock().unwrap(), ["rt-1"]);
 
     let server = Server::start(&yaml).await;
@@ -638,7 +606,7 @@ async fn a_refused_refresh_token_asks_for_reauthorization_without_a_retry_storm(
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = jadu_config(&provider, dir.path(), free_port(), "");
-    authorize(&yaml).await;
+    authorize(&yaml, "jadu").await;
     provider.state.revoked.store(true, Ordering::SeqCst);
 
     let server = Server::start(&yaml).await;
@@ -665,7 +633,7 @@ async fn a_refused_refresh_token_asks_for_reauthorization_without_a_retry_storm(
 
     // A person authorizes again; the running server picks the new chain up.
     provider.state.revoked.store(false, Ordering::SeqCst);
-    authorize(&yaml).await;
+    authorize(&yaml, "jadu").await;
     let started = Instant::now();
     loop {
         match server.get("jadu").await {
@@ -714,7 +682,7 @@ async fn an_idle_refresh_token_profile_is_refreshed_anyway() {
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = jadu_config(&provider, dir.path(), free_port(), "    idle_refresh: 1s\n");
-    authorize(&yaml).await;
+    authorize(&yaml, "jadu").await;
     let server = Server::start(&yaml).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let refreshes = provider.state.chain.lock().unwrap().len() - 1;

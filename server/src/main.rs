@@ -46,9 +46,21 @@ enum Command {
     Get {
         /// The profile.
         profile: String,
-        /// The server.
+        /// The server; `https://` for TLS.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
+        /// A ServiceAccount (or other bearer) token file to identify this caller.
+        #[arg(long, env = "TOKENVEND_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// CA certificate (PEM) to trust for the server's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) for mutual TLS; needs --key.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM) for mutual TLS.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Authorize a refresh-token profile once: open the printed URL, approve, and the
     /// refresh token is stored in the state directory.
@@ -81,12 +93,29 @@ async fn main() -> ExitCode {
             let result = serve(config, dev, listen, admin_listen).await;
             report(result.map_err(|e| tracing::error!("{e}")))
         }
-        Command::Get { profile, server } => {
+        Command::Get {
+            profile,
+            server,
+            token_file,
+            ca,
+            cert,
+            key,
+        } => {
             let result = async {
-                let client = tokenvend_client::TokenClient::connect(server).await?;
-                let token = client.get_token(&profile).await?;
+                let mut builder = tokenvend_client::TokenClient::builder(server);
+                if let Some(file) = token_file {
+                    builder = builder.service_account_token_file(file);
+                }
+                if ca.is_some() || cert.is_some() {
+                    builder = builder.tls(client_tls(ca, cert.zip(key))?);
+                }
+                let client = builder.connect().await.map_err(|e| e.to_string())?;
+                let token = client
+                    .get_token(&profile)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("{}", token.access_token);
-                Ok::<_, tokenvend_client::Error>(())
+                Ok::<_, String>(())
             }
             .await;
             report(result.map_err(|e| eprintln!("tokenvend get: {e}")))
@@ -135,6 +164,27 @@ async fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// TLS settings for `tokenvend get`: a CA to trust and, for mutual TLS, an identity.
+fn client_tls(
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &ca {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    if let Some((cert, key)) = &identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        ));
+    }
+    Ok(tls)
 }
 
 fn config_name(config: &Config) -> String {

@@ -129,3 +129,73 @@ async fn watch_keeps_the_local_copy_current() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_account_token_file_identifies_the_caller_and_is_reread() {
+    use crate::support::security::SaIssuer;
+
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let issuer = SaIssuer::start().await;
+    let yaml = format!(
+        "server:\n{}profiles:\n{}",
+        issuer.auth_yaml(),
+        crate::support::profile(
+            "p",
+            &idp,
+            "    allow: [\"system:serviceaccount:orders:*\"]\n"
+        )
+    );
+    let server = Server::start(&yaml).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, issuer.token("billing", "api")).unwrap();
+    let tokens = TokenClient::builder(format!("http://{}", server.addr))
+        .service_account_token_file(&token_file)
+        .connect()
+        .await
+        .unwrap();
+    // billing may not use the profile: it reads as not there.
+    let error = tokens.get_token("p").await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::NotFound), "{error:?}");
+
+    // The kubelet rotates the file; the next call carries the new token.
+    std::fs::write(&token_file, format!("{}\n", issuer.token("orders", "api"))).unwrap();
+    let token = tokens.get_token("p").await.unwrap();
+    assert_eq!(token.access_token, "tok-1");
+
+    // Without the file the caller has no identity at all.
+    let anonymous = client(&server).await.get_token("p").await.unwrap_err();
+    assert_eq!(anonymous.code(), Some(Code::Unauthenticated));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_with_a_client_certificate() {
+    use crate::support::security::Pki;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let pki = Pki::new();
+    let yaml = format!(
+        "server:\n{}profiles:\n{}",
+        pki.tls_yaml(),
+        crate::support::profile(
+            "p",
+            &idp,
+            "    allow: [\"spiffe://cluster.local/ns/orders/sa/*\"]\n"
+        )
+    );
+    let server = Server::start_secured(&yaml).await;
+    let identity = pki.client("spiffe://cluster.local/ns/orders/sa/api");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&identity.cert, &identity.key));
+    let tokens = TokenClient::builder(format!("https://localhost:{}", server.addr.port()))
+        .tls(tls)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+    server.stop().await;
+}

@@ -31,16 +31,24 @@
 //! # }
 //! ```
 
+mod token_file;
+
 use std::{
     collections::HashMap,
     fmt,
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
 use tokenvend::pb::{GetTokenRequest, WatchTokenRequest, token_service_client::TokenServiceClient};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use token_file::CallCredentials;
 
 /// A token as tokenvend vends it.
 #[derive(Clone, PartialEq)]
@@ -134,12 +142,22 @@ pub struct Builder {
     target: String,
     tls: Option<ClientTlsConfig>,
     refresh_margin: Duration,
+    token_file: Option<PathBuf>,
 }
 
 impl Builder {
     /// Connects over TLS (or mutual TLS, with an identity in the config).
     pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sends the token in this file as `authorization: Bearer` on every call: a Kubernetes
+    /// projected ServiceAccount token, which tokenvend verifies to know the caller. The
+    /// file is read again when it changes (the kubelet rotates it) and at least every
+    /// minute.
+    pub fn service_account_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
         self
     }
 
@@ -157,14 +175,19 @@ impl Builder {
             endpoint = endpoint.tls_config(tls)?;
         }
         let channel = endpoint.connect().await?;
-        Ok(TokenClient::from_channel(channel, self.refresh_margin))
+        let credentials = CallCredentials::new(self.token_file);
+        Ok(TokenClient {
+            rpc: TokenServiceClient::with_interceptor(channel, credentials),
+            shared: Arc::default(),
+            refresh_margin: self.refresh_margin,
+        })
     }
 }
 
 /// A client of tokenvend with a local token cache. Cheap to clone; clones share the cache.
 #[derive(Clone)]
 pub struct TokenClient {
-    rpc: TokenServiceClient<Channel>,
+    rpc: TokenServiceClient<InterceptedService<Channel, CallCredentials>>,
     shared: Arc<Shared>,
     refresh_margin: Duration,
 }
@@ -192,6 +215,7 @@ impl TokenClient {
             target: target.into(),
             tls: None,
             refresh_margin: Duration::from_secs(60),
+            token_file: None,
         }
     }
 
@@ -203,7 +227,7 @@ impl TokenClient {
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel, refresh_margin: Duration) -> Self {
         Self {
-            rpc: TokenServiceClient::new(channel),
+            rpc: TokenServiceClient::with_interceptor(channel, CallCredentials::new(None)),
             shared: Arc::default(),
             refresh_margin,
         }

@@ -148,3 +148,13 @@ ServiceAccount may read /openid/v1/jwks. Not with a JWKS file.
 {{- with .Values.auth.serviceAccountTokens }}{{ if and .enabled (not .jwksFile) }}true{{ end }}{{ end }}
 {{- end }}
 
+{{/*
+Refuses values with which tokenvend would refuse to start: a pod address with no caller
+authentication (ServiceAccount tokens or mutual TLS) and no explicit opt-out.
+*/}}
+{{- define "tokenvend.checkAuth" -}}
+{{- $mtls := and .Values.tls.enabled .Values.tls.clientCA.enabled }}
+{{- if not (or .Values.auth.serviceAccountTokens.enabled $mtls .Values.auth.allowUnauthenticated) }}
+{{- fail "no caller authentication: tokenvend refuses to serve a pod address without it. Keep auth.serviceAccountTokens.enabled, or enable tls.clientCA (mutual TLS), or set auth.allowUnauthenticated=true with a networkPolicy guarding the port" }}
+{{- end }}
+{{- end }}

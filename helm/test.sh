@@ -21,7 +21,10 @@ out=target/helm
 mkdir -p "$tools" "$out"
 
 echo "--- helm $HELM_VERSION"
-if ! "$tools/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION+"; then
+# `go install` leaves `helm version` without the patch version (it comes from linker flags
+# in release builds); the module version recorded in the binary is exact.
+installed=$(go version -m "$tools/helm" 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" { print $3 }' || true)
+if [[ "$installed" != "$HELM_VERSION" ]]; then
   GOBIN="$tools" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 helm="$tools/helm"

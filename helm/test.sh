@@ -2,11 +2,14 @@
 # The Helm chart's checks, offline: `helm lint` and `helm template` with the default values
 # and with ci/full-values.yaml (every optional feature on), the rendered manifests checked
 # against the Kubernetes JSON schemas (kubernetes-validate, which ships them), and the
-# configuration the default values render checked by `tokenvend check`.
+# configurations both render checked by `tokenvend check` and started with the real
+# `tokenvend serve` on a non-loopback address: the secure default must start (caller
+# authentication on), not be refused, and answer /readyz.
 #
 # Installs its tools under target/tools: helm with `go install` at a pinned version, and
-# kubernetes-validate from PyPI in a venv. Usage: helm/test.sh  (TOKENVEND_BIN to choose
-# the binary; default target/debug/tokenvend, built if missing).
+# kubernetes-validate from PyPI in a venv; needs openssl for throwaway certificates. Usage:
+# helm/test.sh  (TOKENVEND_BIN to choose the binary; default target/debug/tokenvend, built
+# if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +24,10 @@ out=target/helm
 mkdir -p "$tools" "$out"
 
 echo "--- helm $HELM_VERSION"
-if ! "$tools/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION+"; then
+# `go install` leaves `helm version` without the patch version (it comes from linker flags
+# in release builds); the module version recorded in the binary is exact.
+installed=$(go version -m "$tools/helm" 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" { print $3 }' || true)
+if [[ "$installed" != "$HELM_VERSION" ]]; then
   GOBIN="$tools" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 helm="$tools/helm"
@@ -65,31 +71,59 @@ if "$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" --se
 fi
 grep -qi "value" "$out/inline.err"
 
-echo "--- tokenvend check on the rendered configurations"
+echo "--- values without caller authentication are refused"
+if "$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" --set auth.serviceAccountTokens.enabled=false >/dev/null 2>"$out/noauth.err"; then
+  echo "helm template accepted values that tokenvend would refuse to start with" >&2
+  exit 1
+fi
+grep -q "no caller authentication" "$out/noauth.err"
+
+echo "--- tokenvend check and serve on the rendered configurations"
 bin=${TOKENVEND_BIN:-target/debug/tokenvend}
 if [[ ! -x "$bin" ]]; then
   cargo build --quiet -p tokenvend-server --bin tokenvend
 fi
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-check() { # rendered manifests
+pid=
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+# Throwaway PKI for the files the configurations name: a CA (client_ca, jwks_ca) and a
+# server certificate it signs (tls.cert, tls.key). tokenvend loads these at start.
+pki="$work/pki"
+mkdir -p "$pki"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=helm-test-ca -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=tokenvend \
+  -keyout "$pki/tls.key" -out "$pki/tls.csr" 2>/dev/null
+openssl x509 -req -in "$pki/tls.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -days 1 \
+  -extfile <(printf 'subjectAltName=DNS:tokenvend\n') -out "$pki/tls.crt" 2>/dev/null
+
+prepare() { # rendered manifests, python edits to the config (optional); prints the dir
   local dir
-  dir=$(mktemp -d "$work/check.XXXX")
-  # The ConfigMap's config.yaml, with every secret it references made to exist: files
-  # are created under $dir (their paths rewritten to match), environment variables set.
-  "$venv/bin/python" - "$1" "$dir" <<'PY'
-import os, sys, yaml
+  dir=$(mktemp -d "$work/config.XXXX")
+  # The ConfigMap's config.yaml, with every file it names made to exist under $dir (its
+  # path rewritten to match) and every environment variable set. Only paths change: the
+  # issuer, the audience and jwks_url stay as rendered. tokenvend fetches the issuer's
+  # keys lazily, at the first token it verifies, never at start, so the in-cluster
+  # jwks_url needs no stand-in here.
+  "$venv/bin/python" - "$1" "$dir" "$pki" "${2:-}" <<'PY'
+import os, shutil, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 config_map = next(d for d in docs if d["kind"] == "ConfigMap")
 config = yaml.safe_load(config_map["data"]["config.yaml"])
-work = sys.argv[2]
+work, pki, edit = sys.argv[2], sys.argv[3], sys.argv[4]
 env = []
+def place(path, content_from=None):
+    target = work + path
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if content_from:
+        shutil.copy(content_from, target)
+    else:
+        open(target, "w").write("placeholder\n")
+    return target
 def provide(source):
     if "file" in source:
-        path = work + source["file"]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "w").write("placeholder\n")
-        source["file"] = path
+        source["file"] = place(source["file"])
     if "env" in source:
         env.append(source["env"])
 for profile in config["profiles"].values():
@@ -98,17 +132,72 @@ for profile in config["profiles"].values():
             provide(profile[key])
     for source in profile.get("headers", {}).values():
         provide(source)
+server = config["server"]
+tls = server.get("tls", {})
+for key, pem in (("cert", "tls.crt"), ("key", "tls.key"), ("client_ca", "ca.crt")):
+    if key in tls:
+        tls[key] = place(tls[key], f"{pki}/{pem}")
+sa = server.get("auth", {}).get("service_account", {})
+if "jwks_ca" in sa:
+    sa["jwks_ca"] = place(sa["jwks_ca"], f"{pki}/ca.crt")
+if "jwks_token_file" in sa:
+    sa["jwks_token_file"] = place(sa["jwks_token_file"])
+exec(edit)
 yaml.safe_dump(config, open(work + "/config.yaml", "w"))
 open(work + "/env", "w").write("".join(f"{name}=placeholder\n" for name in env))
 PY
-  # shellcheck disable=SC2046 # one NAME=placeholder word per line, by construction
-  env $(cat "$dir/env") "$bin" check --config "$dir/config.yaml"
+  echo "$dir"
 }
-check "$out/default.yaml"
-# The full values' profiles too; their TLS and authentication keys wait for a tokenvend
-# version that knows them, so they are left out here.
-"$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" \
-  -f "$chart/ci/full-values.yaml" --set tls.enabled=false \
-  --set auth.serviceAccountTokens.enabled=false >"$out/full-without-tls.yaml"
-check "$out/full-without-tls.yaml"
+check() { # dir from prepare
+  # shellcheck disable=SC2046 # one NAME=placeholder word per line, by construction
+  env $(cat "$1/env") "$bin" check --config "$1/config.yaml"
+}
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+serves() { # dir from prepare: `tokenvend serve` starts on a non-loopback address and is ready
+  local dir=$1 admin ready=
+  admin=127.0.0.1:$(free_port)
+  # gRPC on 0.0.0.0, as in the pod, so the server's refusal of unauthenticated
+  # non-loopback addresses applies; the admin port on loopback for the probe below.
+  # shellcheck disable=SC2046
+  env $(cat "$dir/env") RUST_LOG=info "$bin" serve --config "$dir/config.yaml" \
+    --listen 0.0.0.0:0 --admin-listen "$admin" >"$dir/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    if curl -fsS "http://$admin/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.1
+  done
+  # Still running two seconds on: nothing refused it after the first readiness.
+  [[ -n "$ready" ]] && sleep 2
+  if [[ -z "$ready" ]] || ! kill -0 "$pid" 2>/dev/null; then
+    echo "tokenvend serve did not start and stay ready with $dir/config.yaml:" >&2
+    cat "$dir/serve.log" >&2
+    return 1
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || { echo "tokenvend serve did not exit cleanly on SIGTERM" >&2; cat "$dir/serve.log" >&2; return 1; }
+  pid=
+  echo "serve: started on 0.0.0.0, /readyz 200, exited on SIGTERM"
+}
+
+dir=$(prepare "$out/default.yaml")
+check "$dir"
+serves "$dir"
+
+echo "--- the same configuration without server.auth is refused by tokenvend serve"
+# Shows that the start above proves something: the server refuses a pod address with no
+# caller authentication, so it started because the chart's default turned it on.
+dir=$(prepare "$out/default.yaml" 'del server["auth"]')
+# shellcheck disable=SC2046
+if env $(cat "$dir/env") timeout 10 "$bin" serve --config "$dir/config.yaml" \
+  --listen 0.0.0.0:0 --admin-listen 127.0.0.1:0 >"$dir/serve.log" 2>&1; then
+  echo "tokenvend serve accepted a non-loopback address without caller authentication" >&2
+  exit 1
+fi
+grep -q "without caller authentication" "$dir/serve.log" || { cat "$dir/serve.log" >&2; exit 1; }
+
+echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists)"
+dir=$(prepare "$out/full.yaml")
+check "$dir"
+serves "$dir"
 echo "helm chart: all checks passed"

@@ -53,23 +53,41 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The configuration file: `server` from the values (with the listen addresses, and the TLS
-and authentication keys when enabled) and `profiles` as given.
+and caller-authentication keys built from `tls` and `auth`) and `profiles` as given.
+The keys are those of docs/configuration.md: server.tls.{cert,key,client_ca,
+reload_interval} and server.auth.{allow_unauthenticated,service_account.{issuer,audience,
+jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
 */}}
 {{- define "tokenvend.config" -}}
 {{- $server := deepCopy (.Values.server | default dict) }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) }}
 {{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
 {{- if .Values.tls.enabled }}
-{{- $tls := dict "cert_file" (printf "%s/tls.crt" (include "tokenvend.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "tokenvend.tlsDir" .)) }}
+{{- $tls := dict "cert" (printf "%s/tls.crt" (include "tokenvend.tlsDir" .)) "key" (printf "%s/tls.key" (include "tokenvend.tlsDir" .)) }}
 {{- if .Values.tls.clientCA.enabled }}
-{{- $_ := set $tls "client_ca_file" (printf "%s/%s" (include "tokenvend.clientCADir" .) .Values.tls.clientCA.key) }}
+{{- $_ := set $tls "client_ca" (printf "%s/%s" (include "tokenvend.clientCADir" .) .Values.tls.clientCA.key) }}
+{{- end }}
+{{- with .Values.tls.reloadInterval }}
+{{- $_ := set $tls "reload_interval" . }}
 {{- end }}
 {{- $_ := set $server "tls" $tls }}
 {{- end }}
 {{- $auth := dict }}
 {{- with .Values.auth.serviceAccountTokens }}
 {{- if .enabled }}
-{{- $_ := set $auth "service_account" (dict "audience" .audience "issuer" .issuer) }}
+{{- $sa := dict "issuer" .issuer "audience" .audience }}
+{{- if .jwksFile }}
+{{- /* A JWKS file replaces fetching: no URL, CA or token is needed. */}}
+{{- $_ := set $sa "jwks_file" .jwksFile }}
+{{- else }}
+{{- /* No jwksUrl: discovery at <issuer>/.well-known/openid-configuration. */}}
+{{- with .jwksUrl }}{{ $_ := set $sa "jwks_url" . }}{{ end }}
+{{- with .jwksCA }}{{ $_ := set $sa "jwks_ca" . }}{{ end }}
+{{- with .jwksTokenFile }}{{ $_ := set $sa "jwks_token_file" . }}{{ end }}
+{{- end }}
+{{- with .leeway }}{{ $_ := set $sa "leeway" . }}{{ end }}
+{{- with .refetchInterval }}{{ $_ := set $sa "refetch_interval" . }}{{ end }}
+{{- $_ := set $auth "service_account" $sa }}
 {{- end }}
 {{- end }}
 {{- if .Values.auth.allowUnauthenticated }}
@@ -95,6 +113,8 @@ example:
   client_id: tokenvend-example
   client_secret: { env: TOKENVEND_EXAMPLE_CLIENT_SECRET }
   scopes: [api.read]
+  # Only ServiceAccounts of the release's namespace may use it.
+  allow: ["system:serviceaccount:{{ .Release.Namespace }}:*"]
 {{- end }}
 {{- end }}
 
@@ -116,5 +136,25 @@ example:
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed server.shutdown_delay + server.shutdown_grace (%ds), or the kubelet kills calls still draining" (int .Values.terminationGracePeriodSeconds) $needed) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether tokenvend fetches the ServiceAccount issuer's keys from the API server: then its
+pod mounts its own ServiceAccount token (sent with the fetch) and the cluster CA, and its
+ServiceAccount may read /openid/v1/jwks. Not with a JWKS file.
+*/}}
+{{- define "tokenvend.fetchesIssuerKeys" -}}
+{{- with .Values.auth.serviceAccountTokens }}{{ if and .enabled (not .jwksFile) }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/*
+Refuses values with which tokenvend would refuse to start: a pod address with no caller
+authentication (ServiceAccount tokens or mutual TLS) and no explicit opt-out.
+*/}}
+{{- define "tokenvend.checkAuth" -}}
+{{- $mtls := and .Values.tls.enabled .Values.tls.clientCA.enabled }}
+{{- if not (or .Values.auth.serviceAccountTokens.enabled $mtls .Values.auth.allowUnauthenticated) }}
+{{- fail "no caller authentication: tokenvend refuses to serve a pod address without it. Keep auth.serviceAccountTokens.enabled, or enable tls.clientCA (mutual TLS), or set auth.allowUnauthenticated=true with a networkPolicy guarding the port" }}
 {{- end }}
 {{- end }}

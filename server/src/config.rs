@@ -17,6 +17,7 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
+pub(crate) use store::decode_key;
 pub use store::{EncryptionKey, RedisConfig};
 
 use crate::{

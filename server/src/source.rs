@@ -2,15 +2,17 @@
 //! and cached) and the grant (client credentials, or the next link of a refresh-token
 //! chain, stored durably before it is needed again).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use url::Url;
 
 use crate::{
+    audit::Fingerprint,
     config::{Endpoint, Grant, Profile},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
     state::{ChainError, RefreshChain},
+    store::{ProfileStore, WhenDown},
 };
 
 /// Gets tokens for one profile.
@@ -21,6 +23,11 @@ pub struct TokenSource {
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
     chain: Option<RefreshChain>,
+    /// The store shared with other replicas, if any.
+    shared: Option<ProfileStore>,
+    /// The token this source last produced: the slot holds it, so a fetch means it no
+    /// longer serves and the shared store must not hand it back. Locked only to copy.
+    last: Mutex<Option<Fingerprint>>,
 }
 
 impl TokenSource {
@@ -31,11 +38,44 @@ impl TokenSource {
             idp,
             metadata: ArcSwapOption::empty(),
             chain,
+            shared: None,
+            last: Mutex::new(None),
         }
     }
 
-    /// Requests a token.
+    /// Shares tokens with other replicas through this store.
+    pub fn with_store(mut self, shared: Option<ProfileStore>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Obtains a token: from the store shared with other replicas if there is one and it
+    /// holds a usable token, else from the provider.
     pub async fn fetch(&self) -> Result<IssuedToken, IdpError> {
+        let result = match &self.shared {
+            None => self.request().await,
+            Some(shared) => {
+                let when_down = match self.profile.grant {
+                    Grant::ClientCredentials => WhenDown::FetchAlone,
+                    Grant::RefreshToken => WhenDown::Refuse,
+                };
+                let skip = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                shared
+                    .obtain(&self.profile, skip, when_down, async || {
+                        self.request().await
+                    })
+                    .await
+            }
+        };
+        if let Ok(issued) = &result {
+            *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Fingerprint::of(issued.access_token.expose()));
+        }
+        result
+    }
+
+    /// Requests a token from the provider.
+    async fn request(&self) -> Result<IssuedToken, IdpError> {
         let token_url = self.token_url().await?;
         let result = match (&self.profile.grant, &self.chain) {
             (Grant::RefreshToken, Some(chain)) => self.refresh(chain, &token_url).await,

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod idp;
+pub mod redis;
 pub mod security;
 
 use std::{net::SocketAddr, time::Duration};

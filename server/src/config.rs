@@ -452,12 +452,13 @@ impl Config {
             .map(|(name, profile)| profile.validate(&name).map(Arc::new))
             .collect::<Result<_, _>>()?;
         if server.state_dir.is_none()
+            && server.store.is_none()
             && let Some(chained) = profiles.iter().find(|p| p.grant == Grant::RefreshToken)
         {
             return Err(ConfigError::new(
                 "server.state_dir",
                 format!(
-                    "is required: profile `{}` rotates refresh tokens, which must survive a restart",
+                    "(or server.store) is required: profile `{}` rotates refresh tokens, which must survive a restart",
                     chained.name
                 ),
             ));

@@ -16,6 +16,7 @@
 //! Redis is reached through a connection manager that reconnects by itself; the first
 //! connection is made on first use, so a server starts (degraded) while Redis is down.
 
+mod chain;
 mod crypto;
 mod flight;
 
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
+pub use chain::Chain;
 use crypto::Keyring;
 pub(crate) use flight::WhenDown;
 
@@ -178,7 +180,6 @@ pub struct ProfileStore {
     token_key: String,
     lock_key: String,
     channel: String,
-    #[allow(dead_code)] // used by the refresh-token chain
     chain_key: String,
 }
 

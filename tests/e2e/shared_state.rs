@@ -141,3 +141,159 @@ async fn without_redis_each_replica_fetches_alone_and_shares_again_when_it_retur
         server.stop().await;
     }
 }
+
+/// A refresh-token provider like Jadu: each refresh rotates the refresh token, and
+/// presenting a spent one revokes the chain (reuse detection).
+struct RotatingIdp {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<Rotation>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Rotation {
+    live: std::sync::Mutex<String>,
+    refreshes: std::sync::atomic::AtomicUsize,
+    reused: std::sync::atomic::AtomicBool,
+}
+
+impl RotatingIdp {
+    async fn start(lifetime: u64) -> Self {
+        use axum::{Form, Json, extract::State, http::StatusCode, response::IntoResponse};
+        use std::{collections::HashMap, sync::atomic::Ordering};
+
+        let state = std::sync::Arc::new(Rotation::default());
+        *state.live.lock().unwrap() = "rt-0".into();
+        let token = move |State(state): State<std::sync::Arc<Rotation>>,
+                          Form(form): Form<HashMap<String, String>>| async move {
+            let mut live = state.live.lock().unwrap();
+            if state.reused.load(Ordering::SeqCst) || form.get("refresh_token") != Some(&*live) {
+                state.reused.store(true, Ordering::SeqCst);
+                let body = serde_json::json!({ "error": "invalid_grant", "error_description": "Refresh token reused" });
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            let n = state.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+            *live = format!("rt-{n}");
+            Json(serde_json::json!({
+                "access_token": format!("at-{n}"),
+                "expires_in": lifetime,
+                "token_type": "bearer",
+                "refresh_token": format!("rt-{n}"),
+            }))
+            .into_response()
+        };
+        let app = axum::Router::new()
+            .route("/token", axum::routing::post(token))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state, task }
+    }
+
+    fn refreshes(&self) -> usize {
+        self.state
+            .refreshes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn reused(&self) -> bool {
+        self.state.reused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RotatingIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn replicas_rotate_one_refresh_token_chain_without_reuse_while_replicas_die() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let idp = RotatingIdp::start(3).await;
+    let yaml = format!(
+        "server:\n  store:\n    redis:\n      url: {url}\n      key_prefix: tv\n      encryption_keys:\n        - {{ id: k1, key: {{ value: \"{KEY}\" }} }}\nprofiles:\n  jadu:\n    token_url: http://{addr}/token\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    refresh_token: {{ value: rt-0 }}\n",
+        url = redis.url(),
+        addr = idp.addr,
+    );
+    let mut servers = replicas(3, &yaml).await;
+
+    // 14 s of 3 s tokens, a replica killed (without a graceful stop) and replaced every
+    // few seconds, callers on every replica throughout.
+    let started = Instant::now();
+    let mut next_kill = Duration::from_secs(3);
+    let mut victim = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        if started.elapsed() >= next_kill {
+            let dead = std::mem::replace(&mut servers[victim], Server::start(&yaml).await);
+            dead.abort().await;
+            victim = (victim + 1) % servers.len();
+            next_kill += Duration::from_millis(2500 + fastrand_ms());
+        }
+        for server in &servers {
+            let token = server.get("jadu").await.expect("calls keep succeeding");
+            assert!(seconds_left(&token) > 0.0, "served an expired token");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !idp.reused(),
+        "a spent refresh token was presented: the chain forked"
+    );
+    let refreshes = idp.refreshes();
+    // One at start and about one per 2.4 s window; replicas each rotating would be ~17.
+    assert!(
+        (4..=9).contains(&refreshes),
+        "{refreshes} refreshes in 14 s of 3 s tokens across 3 replicas"
+    );
+    // The chain in Redis is sealed: the live refresh token is not readable in it.
+    let chain = redis.command(&["HGET", "tv:jadu:chain", "value"]).unwrap();
+    assert!(chain.starts_with("v1:k1:") && !chain.contains("rt-"));
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn without_redis_a_refresh_token_profile_serves_its_token_but_does_not_rotate() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let idp = RotatingIdp::start(3).await;
+    let yaml = format!(
+        "server:\n  store:\n    redis:\n      url: {url}\n      encryption_keys:\n        - {{ id: k1, key: {{ value: \"{KEY}\" }} }}\nprofiles:\n  jadu:\n    token_url: http://{addr}/token\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    refresh_token: {{ value: rt-0 }}\n    retry: {{ initial: 100ms, max: 200ms }}\n",
+        url = redis.url(),
+        addr = idp.addr,
+    );
+    let server = Server::start(&yaml).await;
+    let token = server.get("jadu").await.unwrap();
+    assert_eq!(idp.refreshes(), 1);
+
+    redis.kill();
+    // The cached token is served while it is valid...
+    assert_eq!(
+        server.get("jadu").await.unwrap().access_token,
+        token.access_token
+    );
+    tokio::time::sleep(Duration::from_secs_f64(seconds_left(&token) + 0.2)).await;
+    // ...and then the caller is told the store is down, rather than the chain forked.
+    let status = server.get("jadu").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shared store"), "{status:?}");
+    assert_eq!(idp.refreshes(), 1, "no rotation without the store");
+    assert!(!idp.reused());
+    server.stop().await;
+}
+
+/// Up to a second, varied per run without a random-number dependency.
+fn fastrand_ms() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis(),
+    )
+}

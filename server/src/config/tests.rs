@@ -378,3 +378,16 @@ fn redis_store_errors_name_the_key_and_never_show_the_url_password() {
     assert!(!debug.contains("hunter2"), "{debug}");
     assert!(!debug.contains(STORE_KEY), "{debug}");
 }
+
+#[test]
+fn refresh_token_profiles_need_state_dir_or_a_store() {
+    let chained = "    grant: refresh_token\n    refresh_token: { value: rt }\n";
+    let e = error(&profile_yaml(chained));
+    assert_eq!(e.key, "server.state_dir");
+    assert!(e.message.contains("server.store"), "{e}");
+    let with_store = format!(
+        "server:\n  store:\n    redis:\n      url: redis://r:6379\n      encryption_keys: [{{ id: k, key: {{ value: \"{STORE_KEY}\" }} }}]\n{}",
+        profile_yaml(chained)
+    );
+    Config::from_yaml(&with_store).unwrap();
+}

@@ -78,6 +78,15 @@ and authentication keys when enabled) and `profiles` as given.
 {{- if $auth }}
 {{- $_ := set $server "auth" $auth }}
 {{- end }}
+{{- with .Values.store.redis }}
+{{- if .enabled }}
+{{- $redis := dict "url" (required "store.redis.url is required when store.redis.enabled" .url) "key_prefix" .keyPrefix "tls" .tls "encryption_keys" .encryptionKeys }}
+{{- if .password }}
+{{- $_ := set $redis "password" .password }}
+{{- end }}
+{{- $_ := set $server "store" (dict "redis" $redis) }}
+{{- end }}
+{{- end }}
 {{- toYaml (dict "server" $server "profiles" (include "tokenvend.profiles" . | fromYaml)) }}
 {{- end }}
 
@@ -115,6 +124,21 @@ example:
 {{- $needed := add (atoi $delay) (atoi $grace) }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed server.shutdown_delay + server.shutdown_grace (%ds), or the kubelet kills calls still draining" (int .Values.terminationGracePeriodSeconds) $needed) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses several replicas with a refresh-token profile and no shared store: replicas
+rotating one chain on their own spend each other's refresh tokens (docs/scaling.md).
+*/}}
+{{- define "tokenvend.checkSharedState" -}}
+{{- $several := or (gt (int .Values.replicaCount) 1) (and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1)) }}
+{{- if and $several (not .Values.store.redis.enabled) }}
+{{- range $name, $profile := .Values.profiles }}
+{{- if eq (toString $profile.grant) "refresh_token" }}
+{{- fail (printf "profile %s has grant: refresh_token, which needs store.redis when several replicas run: replicas rotating one refresh-token chain on their own invalidate each other (see docs/scaling.md)" $name) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

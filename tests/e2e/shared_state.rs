@@ -71,6 +71,44 @@ async fn three_replicas_with_cold_callers_make_one_idp_request() {
 }
 
 #[tokio::test]
+async fn a_rejected_token_is_replaced_once_across_replicas() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let servers = replicas(2, &shared_config(&redis, &idp)).await;
+    let first = servers[0].get("p").await.unwrap().access_token;
+    assert_eq!(servers[1].get("p").await.unwrap().access_token, first);
+    assert_eq!(idp.count(), 1);
+
+    let reject = |server: &Server, token: String| {
+        let mut client = server.client.clone();
+        async move {
+            client
+                .get_token(tokenvend::pb::GetTokenRequest {
+                    profile: "p".into(),
+                    rejected_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .access_token
+        }
+    };
+    // The shared copy of the rejected token is not handed back...
+    let second = reject(&servers[0], first.clone()).await;
+    assert_ne!(second, first);
+    assert_eq!(idp.count(), 2);
+    // ...and the other replica, told of the same rejection, takes the newer shared one.
+    assert_eq!(reject(&servers[1], first).await, second);
+    assert_eq!(idp.count(), 2, "one replacement for both replicas");
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn replicas_refresh_about_once_per_window_between_them() {
     let Some(redis) = RedisServer::start() else {
         return;

@@ -78,6 +78,13 @@ if "$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" --se
 fi
 grep -q "no caller authentication" "$out/noauth.err"
 
+echo "--- several replicas with a refresh-token profile and no Redis are refused"
+if "$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" --set 'profiles.jadu.token_url=https://idp.example.com/t' --set 'profiles.jadu.client_id=a' --set 'profiles.jadu.client_secret.env=S' --set 'profiles.jadu.grant=refresh_token' >/dev/null 2>"$out/chain.err"; then
+  echo "helm template accepted 2 replicas rotating one refresh-token chain without Redis" >&2
+  exit 1
+fi
+grep -q "needs store.redis" "$out/chain.err"
+
 echo "--- tokenvend check and serve on the rendered configurations"
 bin=${TOKENVEND_BIN:-target/debug/tokenvend}
 if [[ ! -x "$bin" ]]; then
@@ -126,6 +133,21 @@ def provide(source):
         source["file"] = place(source["file"])
     if "env" in source:
         env.append(source["env"])
+def provide_key(source):
+    # Store encryption keys must be 32 bytes of base64.
+    provide(source)
+    if "file" in source:
+        open(source["file"], "w").write("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n")
+    if "env" in source:
+        env.pop()
+        keys.append(source["env"])
+keys = []
+redis = config["server"].get("store", {}).get("redis")
+if redis:
+    if "password" in redis:
+        provide(redis["password"])
+    for key in redis.get("encryption_keys", []):
+        provide_key(key["key"])
 for profile in config["profiles"].values():
     for key in ("client_secret", "refresh_token"):
         if key in profile:
@@ -144,7 +166,8 @@ if "jwks_token_file" in sa:
     sa["jwks_token_file"] = place(sa["jwks_token_file"])
 exec(edit)
 yaml.safe_dump(config, open(work + "/config.yaml", "w"))
-open(work + "/env", "w").write("".join(f"{name}=placeholder\n" for name in env))
+open(work + "/env", "w").write("".join(f"{name}=placeholder\n" for name in env)
+    + "".join(f"{name}=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n" for name in keys))
 PY
   echo "$dir"
 }

@@ -14,5 +14,6 @@ mod e2e {
     mod rollout;
     mod rust_client;
     mod security;
+    mod shared_state;
     mod status_codes;
 }

@@ -39,6 +39,7 @@ use crate::{
     secret::Secret,
     source::TokenSource,
     state::{RefreshChain, StateDir},
+    store::SharedStore,
 };
 
 /// The tokens of all profiles. Dropping it stops every background task it started.
@@ -52,6 +53,8 @@ pub struct TokenCache {
     idp: IdpClient,
     /// Where refresh-token chains are kept (the directory is locked by the server).
     state_dir: Option<PathBuf>,
+    /// The store shared with other replicas, consulted on a miss (never on a hit).
+    store: Option<SharedStore>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
 }
@@ -73,12 +76,23 @@ impl TokenCache {
     /// A cache for these profiles, with a refresher task for each. Refresh-token profiles
     /// keep their chains in `state`. Must be called within a Tokio runtime.
     pub fn new(profiles: &[Arc<Profile>], idp: IdpClient, state: Option<&StateDir>) -> Self {
+        Self::with_store(profiles, idp, state, None)
+    }
+
+    /// A cache whose misses go through a store shared with other replicas.
+    pub fn with_store(
+        profiles: &[Arc<Profile>],
+        idp: IdpClient,
+        state: Option<&StateDir>,
+        store: Option<SharedStore>,
+    ) -> Self {
         let stop = CancellationToken::new();
         let cache = Self {
             slots: ArcSwap::default(),
             reloading: Mutex::default(),
             idp,
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
+            store,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         };
@@ -95,7 +109,8 @@ impl TokenCache {
             .state_dir
             .as_deref()
             .map(|dir| RefreshChain::new(dir, &profile.name, profile.refresh_token.clone()));
-        let source = TokenSource::new(profile.clone(), self.idp.clone(), chain);
+        let source = TokenSource::new(profile.clone(), self.idp.clone(), chain)
+            .with_store(self.store.as_ref().map(|s| s.profile(&profile.name)));
         let slot = Arc::new(Slot::new(profile.clone(), source, &self.stop));
         tokio::spawn(refresh::run(slot.clone()));
         slot
@@ -187,6 +202,8 @@ impl std::fmt::Debug for CachedToken {
 
 impl CachedToken {
     fn new(profile: &Profile, issued: IssuedToken, sent: Instant) -> Result<Self, IdpError> {
+        // A token another replica obtained was issued before this request was sent.
+        let sent = sent.checked_sub(issued.age).unwrap_or(sent);
         let mut headers = std::collections::HashMap::with_capacity(1 + profile.headers.len());
         headers.insert(
             "authorization".to_owned(),

@@ -11,9 +11,14 @@ use std::{
     time::Duration,
 };
 
+mod store;
+
 use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
+
+pub(crate) use store::decode_key;
+pub use store::{EncryptionKey, RedisConfig};
 
 use crate::{
     auth::Pattern,
@@ -56,6 +61,8 @@ pub struct ServerConfig {
     pub idp_connect_timeout: Duration,
     /// Where durable state (rotated refresh tokens) is kept; one server per directory.
     pub state_dir: Option<PathBuf>,
+    /// The Redis shared by all replicas, if they share state (`server.store.redis`).
+    pub store: Option<RedisConfig>,
     /// TLS for the gRPC port, and mutual TLS if it has a client CA.
     pub tls: Option<TlsConfig>,
     /// How callers prove who they are.
@@ -164,6 +171,7 @@ impl Default for ServerConfig {
             reload_interval: Duration::from_secs(2),
             idp_connect_timeout: Duration::from_secs(5),
             state_dir: None,
+            store: None,
             tls: None,
             auth: AuthConfig::default(),
             limits: Limits::default(),
@@ -444,12 +452,13 @@ impl Config {
             .map(|(name, profile)| profile.validate(&name).map(Arc::new))
             .collect::<Result<_, _>>()?;
         if server.state_dir.is_none()
+            && server.store.is_none()
             && let Some(chained) = profiles.iter().find(|p| p.grant == Grant::RefreshToken)
         {
             return Err(ConfigError::new(
                 "server.state_dir",
                 format!(
-                    "is required: profile `{}` rotates refresh tokens, which must survive a restart",
+                    "(or server.store) is required: profile `{}` rotates refresh tokens, which must survive a restart",
                     chained.name
                 ),
             ));
@@ -503,6 +512,7 @@ struct RawServer {
     reload_interval: Option<Dur>,
     idp_connect_timeout: Option<Dur>,
     state_dir: Option<PathBuf>,
+    store: Option<store::RawStore>,
     tls: Option<RawTls>,
     #[serde(default)]
     auth: RawAuth,
@@ -699,6 +709,11 @@ impl RawServer {
                 defaults.idp_connect_timeout,
             )?,
             state_dir: self.state_dir,
+            store: self
+                .store
+                .map(store::RawStore::validate)
+                .transpose()?
+                .flatten(),
             tls: self.tls.map(RawTls::validate).transpose()?,
             auth: AuthConfig {
                 allow_unauthenticated: self.auth.allow_unauthenticated,

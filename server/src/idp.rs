@@ -94,6 +94,10 @@ pub enum IdpError {
         /// Why, with the provider's error if it gave one.
         reason: String,
     },
+    /// The store shared by replicas cannot be reached, and this request needs it (a
+    /// refresh-token chain must not be rotated by one replica alone).
+    #[error("the shared store is unavailable ({0}); retry when it is back")]
+    StoreUnavailable(String),
 }
 
 fn describe(detail: &Option<String>) -> String {
@@ -120,7 +124,10 @@ impl IdpError {
             | Self::Misconfigured(_) => false,
             // An OAuth error code in a `Status` is one of the transient ones.
             Self::Status { status, error, .. } => is_transient_status(*status) || error.is_some(),
-            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Malformed(_) => true,
+            Self::Unreachable { .. }
+            | Self::Timeout { .. }
+            | Self::Malformed(_)
+            | Self::StoreUnavailable(_) => true,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

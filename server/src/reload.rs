@@ -205,11 +205,13 @@ pub(crate) fn apply(config: &Config, cache: &TokenCache, settings: &ArcSwap<Serv
     );
     // The state directory is locked at start; a running server cannot move its chains.
     restart_needed("server.state_dir", server.state_dir != running.state_dir);
+    restart_needed("server.store", server.store != running.store);
     server.listen = running.listen;
     server.admin_listen = running.admin_listen;
     server.idp_connect_timeout = running.idp_connect_timeout;
     server.reload_interval = running.reload_interval;
     server.state_dir = running.state_dir.clone();
+    server.store = running.store.clone();
     settings.store(Arc::new(server));
 
     let changes = cache.replace_profiles(&config.profiles);

@@ -20,7 +20,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admin, auth::Authenticator, cache::TokenCache, config::Config, idp::IdpClient,
-    limit::RateLimiter, reload, service::TokenService, state::StateDir, tls,
+    limit::RateLimiter, reload, service::TokenService, state::StateDir, store::SharedStore, tls,
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -60,6 +60,9 @@ pub enum ServerError {
          `server.auth.allow_unauthenticated: true` if a network policy guards the port"
     )]
     Unauthenticated(SocketAddr),
+    /// The shared store's settings cannot be used (its password or keys cannot be read).
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
@@ -103,7 +106,20 @@ pub async fn serve(
         .as_deref()
         .map(StateDir::open)
         .transpose()?;
-    let cache = Arc::new(TokenCache::new(&config.profiles, idp, state.as_ref()));
+    // Connects on first use, so that the server starts (degraded) while Redis is down.
+    let store = config
+        .server
+        .store
+        .as_ref()
+        .map(SharedStore::new)
+        .transpose()
+        .map_err(ServerError::Store)?;
+    let cache = Arc::new(TokenCache::with_store(
+        &config.profiles,
+        idp,
+        state.as_ref(),
+        store,
+    ));
     // The server settings in force; a reload may change the shutdown timings.
     let settings = Arc::new(ArcSwap::from_pointee(config.server.clone()));
     let streams = CancellationToken::new();

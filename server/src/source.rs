@@ -2,15 +2,17 @@
 //! and cached) and the grant (client credentials, or the next link of a refresh-token
 //! chain, stored durably before it is needed again).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use url::Url;
 
 use crate::{
+    audit::Fingerprint,
     config::{Endpoint, Grant, Profile},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
     state::{ChainError, RefreshChain},
+    store::{Chain, ProfileStore, WhenDown},
 };
 
 /// Gets tokens for one profile.
@@ -20,7 +22,12 @@ pub struct TokenSource {
     idp: IdpClient,
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
-    chain: Option<RefreshChain>,
+    chain: Option<Chain>,
+    /// The store shared with other replicas, if any.
+    shared: Option<ProfileStore>,
+    /// The token this source last produced: the slot holds it, so a fetch means it no
+    /// longer serves and the shared store must not hand it back. Locked only to copy.
+    last: Mutex<Option<Fingerprint>>,
 }
 
 impl TokenSource {
@@ -30,18 +37,60 @@ impl TokenSource {
             profile,
             idp,
             metadata: ArcSwapOption::empty(),
-            chain,
+            chain: chain.map(Chain::File),
+            shared: None,
+            last: Mutex::new(None),
         }
     }
 
-    /// Requests a token.
+    /// Shares tokens with other replicas through this store, which then also holds the
+    /// refresh-token chain (instead of `state_dir`).
+    pub fn with_store(mut self, shared: Option<ProfileStore>) -> Self {
+        if let Some(store) = &shared
+            && self.profile.grant == Grant::RefreshToken
+        {
+            self.chain = Some(Chain::Shared {
+                store: store.clone(),
+                seed: self.profile.refresh_token.clone(),
+            });
+        }
+        self.shared = shared;
+        self
+    }
+
+    /// Obtains a token: from the store shared with other replicas if there is one and it
+    /// holds a usable token, else from the provider.
     pub async fn fetch(&self) -> Result<IssuedToken, IdpError> {
+        let result = match &self.shared {
+            None => self.request().await,
+            Some(shared) => {
+                let when_down = match self.profile.grant {
+                    Grant::ClientCredentials => WhenDown::FetchAlone,
+                    Grant::RefreshToken => WhenDown::Refuse,
+                };
+                let skip = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                shared
+                    .obtain(&self.profile, skip, when_down, async || {
+                        self.request().await
+                    })
+                    .await
+            }
+        };
+        if let Ok(issued) = &result {
+            *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Fingerprint::of(issued.access_token.expose()));
+        }
+        result
+    }
+
+    /// Requests a token from the provider.
+    async fn request(&self) -> Result<IssuedToken, IdpError> {
         let token_url = self.token_url().await?;
         let result = match (&self.profile.grant, &self.chain) {
             (Grant::RefreshToken, Some(chain)) => self.refresh(chain, &token_url).await,
             (Grant::RefreshToken, None) => Err(IdpError::Credential {
                 key: "server.state_dir".into(),
-                reason: "is required for refresh-token profiles".into(),
+                reason: "(or server.store) is required for refresh-token profiles".into(),
             }),
             (Grant::ClientCredentials, _) => {
                 self.idp
@@ -64,13 +113,9 @@ impl TokenSource {
         result
     }
 
-    async fn refresh(
-        &self,
-        chain: &RefreshChain,
-        token_url: &Url,
-    ) -> Result<IssuedToken, IdpError> {
+    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, IdpError> {
         let profile = &self.profile;
-        let link = chain.current().map_err(|e| self.chain_error(e))?;
+        let (link, version) = chain.current().await.map_err(|e| self.chain_error(e))?;
         let current = &link.token;
         let grant = GrantRequest::RefreshToken {
             token: current,
@@ -83,7 +128,7 @@ impl TokenSource {
                     // Stored before the token is handed out: the old refresh token is
                     // spent, and this one is the only way to the next access token.
                     let scope = issued.granted_scope.as_deref().or(link.scope.as_deref());
-                    if let Err(error) = chain.rotate(rotated, scope) {
+                    if let Err(error) = chain.rotate(version, rotated, scope).await {
                         tracing::error!(
                             profile = %profile.name,
                             %error,
@@ -100,7 +145,7 @@ impl TokenSource {
             Err(IdpError::Rejected {
                 error, description, ..
             }) if error == "invalid_grant" => {
-                if let Err(store_error) = chain.refuse(current) {
+                if let Err(store_error) = chain.refuse(version, current).await {
                     tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
                 }
                 Err(IdpError::Reauthorize {
@@ -128,6 +173,7 @@ impl TokenSource {
                 profile,
                 reason: "there is no refresh token yet".into(),
             },
+            ChainError::Store(reason) => IdpError::StoreUnavailable(reason),
             other => IdpError::Credential {
                 key: format!("profiles.{profile}.refresh_token"),
                 reason: other.to_string(),

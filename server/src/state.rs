@@ -90,6 +90,12 @@ pub enum ChainError {
     /// The seed could not be read.
     #[error("refresh_token: {0}")]
     Seed(crate::secret::SecretError),
+    /// The shared store holding the chain cannot be reached.
+    #[error("the shared store is unavailable: {0}")]
+    Store(String),
+    /// Another replica moved the chain on since this one read it.
+    #[error("another replica rotated the refresh token first")]
+    Conflict,
     /// The record could not be read or written.
     #[error("{path}: {source}")]
     Io {

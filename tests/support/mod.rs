@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod redis;
 pub mod security;
 
 use std::{net::SocketAddr, time::Duration};

@@ -96,6 +96,15 @@ jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
 {{- if $auth }}
 {{- $_ := set $server "auth" $auth }}
 {{- end }}
+{{- with .Values.store.redis }}
+{{- if .enabled }}
+{{- $redis := dict "url" (required "store.redis.url is required when store.redis.enabled" .url) "key_prefix" .keyPrefix "tls" .tls "encryption_keys" .encryptionKeys }}
+{{- if .password }}
+{{- $_ := set $redis "password" .password }}
+{{- end }}
+{{- $_ := set $server "store" (dict "redis" $redis) }}
+{{- end }}
+{{- end }}
 {{- toYaml (dict "server" $server "profiles" (include "tokenvend.profiles" . | fromYaml)) }}
 {{- end }}
 
@@ -156,5 +165,20 @@ authentication (ServiceAccount tokens or mutual TLS) and no explicit opt-out.
 {{- $mtls := and .Values.tls.enabled .Values.tls.clientCA.enabled }}
 {{- if not (or .Values.auth.serviceAccountTokens.enabled $mtls .Values.auth.allowUnauthenticated) }}
 {{- fail "no caller authentication: tokenvend refuses to serve a pod address without it. Keep auth.serviceAccountTokens.enabled, or enable tls.clientCA (mutual TLS), or set auth.allowUnauthenticated=true with a networkPolicy guarding the port" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses several replicas with a refresh-token profile and no shared store: replicas
+rotating one chain on their own spend each other's refresh tokens (docs/scaling.md).
+*/}}
+{{- define "tokenvend.checkSharedState" -}}
+{{- $several := or (gt (int .Values.replicaCount) 1) (and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1)) }}
+{{- if and $several (not .Values.store.redis.enabled) }}
+{{- range $name, $profile := .Values.profiles }}
+{{- if eq (toString $profile.grant) "refresh_token" }}
+{{- fail (printf "profile %s has grant: refresh_token, which needs store.redis when several replicas run: replicas rotating one refresh-token chain on their own invalidate each other (see docs/scaling.md)" $name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

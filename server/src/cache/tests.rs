@@ -17,6 +17,7 @@ fn issued(token: &str, lifetime: Duration, refresh_in: Option<Duration>) -> Issu
         access_token: Secret::new(token),
         token_type: "Bearer".into(),
         lifetime,
+        age: Duration::ZERO,
         expires_at: SystemTime::now() + lifetime,
         refresh_in,
         scopes: vec!["s".into()],

@@ -318,3 +318,76 @@ fn server_auth_tls_and_limits_name_their_keys() {
     assert!(config.server.auth.allow_unauthenticated);
     assert_eq!(config.server.limits.burst, 2);
 }
+
+const STORE_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+fn store_yaml(redis: &str) -> String {
+    format!(
+        "server:\n  store:\n    redis:\n{redis}\n{}",
+        profile_yaml("")
+    )
+}
+
+#[test]
+fn redis_store_parses_with_defaults_and_tls_switches_the_scheme() {
+    let config = Config::from_yaml(&store_yaml(&format!(
+        "      url: redis://redis.example:6379/2\n      tls: true\n      password: {{ value: pw }}\n      encryption_keys:\n        - {{ id: k2, key: {{ value: \"{STORE_KEY}\" }} }}\n        - {{ id: k1, key: {{ value: \"{STORE_KEY}\" }} }}"
+    )))
+    .unwrap();
+    let store = config.server.store.unwrap();
+    assert_eq!(store.url.as_str(), "rediss://redis.example:6379/2");
+    assert_eq!(store.key_prefix, "tokenvend");
+    assert!(store.password.is_some());
+    let ids: Vec<_> = store
+        .encryption_keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .collect();
+    assert_eq!(ids, ["k2", "k1"]);
+    assert!(
+        Config::from_yaml(&profile_yaml(""))
+            .unwrap()
+            .server
+            .store
+            .is_none()
+    );
+}
+
+#[test]
+fn redis_store_errors_name_the_key_and_never_show_the_url_password() {
+    let e = error(&store_yaml(&format!(
+        "      url: \"redis://:hunter2@[bad\"\n      encryption_keys: [{{ id: k, key: {{ value: \"{STORE_KEY}\" }} }}]"
+    )));
+    assert_eq!(e.key, "server.store.redis.url");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    let e = error(&store_yaml("      url: redis://r:6379"));
+    assert_eq!(e.key, "server.store.redis.encryption_keys");
+
+    let e = error(&store_yaml(
+        "      url: redis://r:6379\n      encryption_keys: [{ id: k, key: { value: c2hvcnQ= } }]",
+    ));
+    assert_eq!(e.key, "server.store.redis.encryption_keys[0].key");
+    assert!(e.message.contains("32 bytes"), "{e}");
+
+    let config = Config::from_yaml(&store_yaml(&format!(
+        "      url: redis://:hunter2@r:6379\n      encryption_keys: [{{ id: k, key: {{ value: \"{STORE_KEY}\" }} }}]"
+    )))
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(!debug.contains(STORE_KEY), "{debug}");
+}
+
+#[test]
+fn refresh_token_profiles_need_state_dir_or_a_store() {
+    let chained = "    grant: refresh_token\n    refresh_token: { value: rt }\n";
+    let e = error(&profile_yaml(chained));
+    assert_eq!(e.key, "server.state_dir");
+    assert!(e.message.contains("server.store"), "{e}");
+    let with_store = format!(
+        "server:\n  store:\n    redis:\n      url: redis://r:6379\n      encryption_keys: [{{ id: k, key: {{ value: \"{STORE_KEY}\" }} }}]\n{}",
+        profile_yaml(chained)
+    );
+    Config::from_yaml(&with_store).unwrap();
+}

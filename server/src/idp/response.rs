@@ -19,6 +19,9 @@ pub struct IssuedToken {
     pub token_type: String,
     /// How long the token lives, counted from when the request was sent.
     pub lifetime: Duration,
+    /// How long ago it was issued: zero from the provider, more for a token another
+    /// replica obtained and shared.
+    pub age: Duration,
     /// When the token expires.
     pub expires_at: SystemTime,
     /// When the provider asks to be asked again (Entra ID's `refresh_in`), if it does.
@@ -158,6 +161,7 @@ pub(super) fn parse(
         access_token,
         token_type,
         lifetime,
+        age: Duration::ZERO,
         expires_at,
         refresh_in,
         scopes,

@@ -1,0 +1,390 @@
+//! The store shared by replicas (`server.store.redis`): issued tokens, the per-profile
+//! lock that makes one replica the only one asking the provider, and refresh-token chains.
+//!
+//! Without it (the embedded mode) each server keeps its own tokens in memory and its
+//! chains in `state_dir`; nothing here runs. With it, the hot path is unchanged: a hit is
+//! still answered from the local cache. Only a local miss (and the refresher, which is a
+//! miss on schedule) comes here, through [`ProfileStore::obtain`] (see [`flight`]).
+//!
+//! Keys, for a profile `p` under the prefix `tv`:
+//! - `tv:p:token` — the current token, sealed ([`crypto`]), expiring with the token;
+//! - `tv:p:lock` — held by the replica asking the provider: `SET NX PX` with a random
+//!   fencing value, deleted only by a script that checks the value;
+//! - `tv:p:updated` — a channel the holder publishes on once the token is written;
+//! - `tv:p:chain` — the refresh-token chain: `<version>` and the sealed token ([`chain`]).
+//!
+//! Redis is reached through a connection manager that reconnects by itself; the first
+//! connection is made on first use, so a server starts (degraded) while Redis is down.
+
+mod chain;
+mod crypto;
+mod flight;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::{AsyncCommands as _, Client, IntoConnectionInfo as _, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+pub use chain::Chain;
+use crypto::Keyring;
+pub(crate) use flight::WhenDown;
+
+use crate::{config::RedisConfig, idp::IssuedToken, secret::Secret};
+
+/// How long one Redis connection attempt or command may take. Short: every caller of a
+/// missing token waits for it, and a replica that cannot reach Redis should fall back to
+/// working alone quickly.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the store could not be used. Never carries a token, a key or the Redis URL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer, or refused.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A stored value cannot be opened or read.
+    #[error("stored value {key}: {reason}")]
+    Corrupt {
+        /// The Redis key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(error: redis::RedisError) -> Self {
+        // The kind and the server's message; redis-rs puts no URL or password in either.
+        Self::Redis(error.to_string())
+    }
+}
+
+/// A connection to the shared store. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    connection: OnceCell<ConnectionManager>,
+    prefix: String,
+    keys: Keyring,
+    /// Whether the last use failed, so that the change is logged once each way.
+    down: AtomicBool,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedStore {
+    /// A store for this configuration. Reads the password and keys now; connects later.
+    pub fn new(config: &RedisConfig) -> Result<Self, String> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("server.store.redis.url: {:?}", e.kind()))?;
+        if let Some(password) = &config.password {
+            let password = password
+                .load()
+                .map_err(|e| format!("server.store.redis.password: {e}"))?;
+            info.redis.password = Some(password.expose().to_owned());
+        }
+        let client =
+            Client::open(info).map_err(|e| format!("server.store.redis: {:?}", e.kind()))?;
+        let keys = Keyring::load(&config.encryption_keys)
+            .map_err(|e| format!("server.store.redis.encryption_keys: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                connection: OnceCell::new(),
+                prefix: config.key_prefix.clone(),
+                keys,
+                down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The handle of one profile.
+    pub fn profile(&self, name: &str) -> ProfileStore {
+        let base = format!("{}:{name}", self.inner.prefix);
+        ProfileStore {
+            store: self.clone(),
+            token_key: format!("{base}:token"),
+            lock_key: format!("{base}:lock"),
+            channel: format!("{base}:updated"),
+            chain_key: format!("{base}:chain"),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let connection = self
+            .inner
+            .connection
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(REDIS_TIMEOUT)
+                    .set_response_timeout(REDIS_TIMEOUT)
+                    .set_number_of_retries(1)
+                    .set_max_delay(500);
+                ConnectionManager::new_with_config(self.inner.client.clone(), config).await
+            })
+            .await?;
+        Ok(connection.clone())
+    }
+
+    /// Records whether Redis answered, logging each change once.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) => {
+                if self.inner.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared store reachable again: replicas share tokens again");
+                }
+            }
+            Err(error) => {
+                if !self.inner.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        "shared store unreachable: client-credentials profiles fetch per replica, refresh-token profiles do not rotate"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether the last use of Redis failed.
+    pub fn is_down(&self) -> bool {
+        self.inner.down.load(Ordering::Relaxed)
+    }
+}
+
+/// One profile's keys in the shared store.
+#[derive(Debug, Clone)]
+pub struct ProfileStore {
+    store: SharedStore,
+    token_key: String,
+    lock_key: String,
+    channel: String,
+    chain_key: String,
+}
+
+/// A token as stored: what another replica needs to serve it and to refresh it at the
+/// same time as everyone else.
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    access_token: String,
+    token_type: String,
+    scopes: Vec<String>,
+    /// Milliseconds since the Unix epoch.
+    issued_at: u64,
+    expires_at: u64,
+    refresh_at: u64,
+}
+
+impl Drop for StoredToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.access_token);
+    }
+}
+
+/// A token read from the store.
+pub(crate) struct SharedToken {
+    pub(crate) issued: IssuedToken,
+    refresh_at: SystemTime,
+}
+
+impl SharedToken {
+    /// Whether it may be served instead of asking the provider: valid, and not yet due
+    /// for refresh (a replica asking is one whose own copy is due, or unsuitable).
+    fn usable(&self, now: SystemTime) -> bool {
+        now < self.refresh_at && now < self.issued.expires_at
+    }
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl ProfileStore {
+    /// The current shared token, if there is one.
+    async fn read_token(&self) -> Result<Option<SharedToken>, StoreError> {
+        let result = async {
+            let mut redis = self.store.connection().await?;
+            let value: Option<String> = redis.get(&self.token_key).await?;
+            Ok(value)
+        }
+        .await;
+        let Some(value) = self.store.note(result)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: self.token_key.clone(),
+            reason,
+        };
+        let plain = Zeroizing::new(
+            self.store
+                .inner
+                .keys
+                .open(&self.token_key, &value)
+                .map_err(|e| corrupt(e.to_string()))?,
+        );
+        let stored: StoredToken =
+            serde_json::from_slice(&plain).map_err(|_| corrupt("not a token record".into()))?;
+        let issued_at = from_millis(stored.issued_at);
+        let expires_at = from_millis(stored.expires_at);
+        let refresh_at = from_millis(stored.refresh_at);
+        let now = SystemTime::now();
+        let lifetime = expires_at.duration_since(issued_at).unwrap_or_default();
+        // Replicas that read the token refresh a little after the one that wrote it, so
+        // that by then they usually find its successor already stored.
+        let lag = (lifetime / 50)
+            .min(Duration::from_secs(1))
+            .mul_f64(fastrand::f64());
+        let issued = IssuedToken {
+            access_token: Secret::new(stored.access_token.as_str()),
+            token_type: stored.token_type.clone(),
+            lifetime,
+            age: now.duration_since(issued_at).unwrap_or_default(),
+            expires_at,
+            refresh_in: Some(refresh_at.duration_since(issued_at).unwrap_or_default() + lag),
+            scopes: stored.scopes.clone(),
+            refresh_token: None,
+            granted_scope: None,
+        };
+        Ok(Some(SharedToken { issued, refresh_at }))
+    }
+
+    /// Stores a token the provider just issued and tells waiting replicas. `refresh_in`
+    /// is when every replica will consider it due.
+    async fn write_token(
+        &self,
+        issued: &IssuedToken,
+        refresh_in: Duration,
+    ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let issued_at = issued
+            .expires_at
+            .checked_sub(issued.lifetime)
+            .unwrap_or(now);
+        let stored = StoredToken {
+            access_token: issued.access_token.expose().to_owned(),
+            token_type: issued.token_type.clone(),
+            scopes: issued.scopes.clone(),
+            issued_at: millis(issued_at),
+            expires_at: millis(issued.expires_at),
+            refresh_at: millis(issued_at + refresh_in),
+        };
+        let plain = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
+        let sealed = self.store.inner.keys.seal(&self.token_key, &plain);
+        let ttl = issued.expires_at.duration_since(now).unwrap_or_default();
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let result = async {
+            let mut redis = self.store.connection().await?;
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&self.token_key)
+                .arg(sealed)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg("token")
+                .ignore()
+                .exec_async(&mut redis)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.store.note(result)
+    }
+
+    /// Takes the profile's lock for `ttl`, returning its fencing value if this replica
+    /// got it.
+    async fn try_lock(&self, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let mut fence = [0u8; 16];
+        getrandom::fill(&mut fence).unwrap_or_else(|_| fence.fill_with(|| fastrand::u8(..)));
+        let fence: String = fence.iter().map(|b| format!("{b:02x}")).collect();
+        let result = async {
+            let mut redis = self.store.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&self.lock_key)
+                .arg(&fence)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut redis)
+                .await?;
+            Ok(set.is_some())
+        }
+        .await;
+        Ok(self.store.note(result)?.then_some(fence))
+    }
+
+    /// Releases the lock if this replica still holds it: a holder that outlived its lock
+    /// must not delete the next holder's.
+    async fn unlock(&self, fence: &str) -> Result<(), StoreError> {
+        static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            )
+        });
+        let result = async {
+            let mut redis = self.store.connection().await?;
+            let _: i64 = UNLOCK
+                .key(&self.lock_key)
+                .arg(fence)
+                .invoke_async(&mut redis)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.store.note(result)
+    }
+
+    /// Waits until the lock holder publishes, the lock is gone, or `timeout` passes.
+    async fn wait_for_update(&self, timeout: Duration) -> Result<(), StoreError> {
+        let result = async {
+            let mut pubsub =
+                tokio::time::timeout(REDIS_TIMEOUT, self.store.inner.client.get_async_pubsub())
+                    .await
+                    .map_err(|_| StoreError::Redis("timed out connecting".into()))??;
+            pubsub.subscribe(&self.channel).await?;
+            // Subscribed: from here no publication is missed. One may have come before,
+            // in which case the holder has also released the lock.
+            let mut redis = self.store.connection().await?;
+            let held: bool = redis.exists(&self.lock_key).await?;
+            if held {
+                use futures::StreamExt as _;
+                let mut messages = pubsub.on_message();
+                let _ = tokio::time::timeout(timeout, messages.next()).await;
+            }
+            Ok(())
+        }
+        .await;
+        self.store.note(result)
+    }
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod idp;
+pub mod metrics;
 pub mod security;
 
 use std::{net::SocketAddr, time::Duration};
@@ -133,6 +134,11 @@ impl Server {
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+
+    /// The server's `/metrics`, parsed.
+    pub async fn metrics(&self) -> metrics::Metrics {
+        metrics::Metrics::scrape(self.admin_addr).await
     }
 
     /// GetToken with only a profile.

@@ -111,6 +111,7 @@ async fn replacing_profiles_keeps_unchanged_slots_and_retires_the_others() {
         ],
         idp,
         None,
+        crate::metrics::Metrics::new(&crate::metrics::Export::default()).unwrap(),
     );
     let kept = cache.slot("kept").unwrap();
     let changed = cache.slot("changed").unwrap();

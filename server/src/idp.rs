@@ -196,7 +196,7 @@ impl IdpClient {
             http.request.method = "POST",
             url.full = %without_query(token_url),
             server.address = host,
-            server.port = token_url.port_or_known_default(),
+            server.port = token_url.port_or_known_default().map(i64::from),
             http.response.status_code = Empty,
             error.type = Empty,
             otel.status_code = Empty,
@@ -212,7 +212,7 @@ impl IdpClient {
             Err((status, error)) => (status, Err(error)),
         };
         if let Some(status) = status {
-            span.record("http.response.status_code", status);
+            span.record("http.response.status_code", i64::from(status));
         }
         if let Err(error) = &result {
             span.record("error.type", error.kind());

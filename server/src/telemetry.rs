@@ -126,6 +126,8 @@ pub fn install(format: LogFormat, traces: Option<SdkTracerProvider>) -> Telemetr
             .with_tracer(provider.tracer("tokenvend"))
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(wanted)
     });
     tracing_subscriber::registry().with(logs).with(otel).init();

@@ -124,3 +124,42 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
         state.metrics.prometheus_text(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{config::Config, idp::IdpClient};
+
+    /// A readiness over one profile whose provider is a closed port on loopback.
+    fn readiness(extra: &str) -> Readiness {
+        let profiles = Config::from_yaml(&format!(
+            "profiles:\n  p:\n    token_url: http://127.0.0.1:9/token\n    client_id: a\n    client_secret: {{ value: s }}\n{extra}"
+        ))
+        .unwrap()
+        .profiles;
+        let idp = IdpClient::new(Duration::from_secs(1)).unwrap();
+        let metrics = Metrics::new(&crate::metrics::Export::default()).unwrap();
+        Readiness::new(Arc::new(TokenCache::new(&profiles, idp, None, metrics)))
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_the_listener_is_served_nor_once_stopping() {
+        let readiness = readiness("");
+        assert!(readiness.check().unwrap_err().starts_with("starting"));
+        readiness.serving();
+        assert_eq!(readiness.check(), Ok(()));
+        readiness.stopping();
+        assert_eq!(readiness.check(), Err("shutting down".into()));
+    }
+
+    #[tokio::test]
+    async fn not_ready_while_a_warm_up_profile_has_no_token() {
+        let readiness = readiness("    warm_up: true\n    retry: { initial: 1h, max: 1h }\n");
+        readiness.serving();
+        // Nothing listens there: the warm-up fails, and stays failed.
+        let reason = readiness.check().unwrap_err();
+        assert_eq!(reason, "warming up: no token yet for p");
+    }
+}

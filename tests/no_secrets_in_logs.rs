@@ -205,5 +205,8 @@ async fn nothing_secret_is_logged_at_trace() {
         let line = scraped.lines().find(|l| l.contains(needle.as_str()));
         assert!(line.is_none(), "`{needle}` is in /metrics: {line:?}");
     }
-    assert!(scraped.contains("tokenvend_requests_total"), "the scrape works");
+    assert!(
+        scraped.contains("tokenvend_requests_total"),
+        "the scrape works"
+    );
 }

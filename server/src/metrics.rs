@@ -269,8 +269,14 @@ impl Metrics {
             .with_resource(resource)
             .with_reader(prometheus);
         if export.otlp {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
+            use opentelemetry_otlp::WithTonicConfig as _;
+            let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+            if let Some(tls) =
+                crate::telemetry::otlp_tls(None, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            {
+                exporter = exporter.with_tls_config(tls);
+            }
+            let exporter = exporter
                 .build()
                 .map_err(|e| MetricsError::Otlp(e.to_string()))?;
             builder = builder

@@ -88,8 +88,11 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TraceError> {
 /// `OTEL_TRACES_SAMPLER(_ARG)` (default: parent-based, always on). `endpoint` overrides
 /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`. Must be called within a Tokio runtime.
 pub fn tracer_provider(endpoint: Option<&str>) -> Result<SdkTracerProvider, TraceError> {
-    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(tls) = otlp_tls(endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        exporter = exporter.with_tls_config(tls);
+    }
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint);
     }
@@ -98,6 +101,22 @@ pub fn tracer_provider(endpoint: Option<&str>) -> Result<SdkTracerProvider, Trac
         .with_batch_exporter(exporter)
         .with_resource(resource())
         .build())
+}
+
+/// TLS with the system's root certificates for an `https` collector: the exporter would
+/// otherwise use TLS with no roots at all, and trust nothing.
+pub(crate) fn otlp_tls(
+    endpoint: Option<&str>,
+    signal_variable: &str,
+) -> Option<tonic::transport::ClientTlsConfig> {
+    let endpoint = endpoint.map(str::to_owned).or_else(|| {
+        [signal_variable, "OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    })?;
+    endpoint
+        .starts_with("https://")
+        .then(|| tonic::transport::ClientTlsConfig::new().with_enabled_roots())
 }
 
 /// Installs the global subscriber: log lines as `format` says, filtered by `RUST_LOG`,

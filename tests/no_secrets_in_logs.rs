@@ -93,6 +93,8 @@ async fn nothing_secret_is_logged_at_trace() {
         .await
         .unwrap();
     drop(stream);
+    // The metrics, too, are a place where nothing secret may show.
+    let mut scraped = server.metrics().await.text;
     server.stop().await;
 
     // Caller authentication: a good ServiceAccount token and bad ones of every kind.
@@ -143,6 +145,7 @@ async fn nothing_secret_is_logged_at_trace() {
     }
     let guarded_token = guarded_token.expect("the good token got a token");
     tokens.push(guarded_token.clone());
+    scraped.push_str(&guarded.metrics().await.text);
     guarded.stop().await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
@@ -199,5 +202,11 @@ async fn nothing_secret_is_logged_at_trace() {
     for needle in &forbidden {
         let line = logs.lines().find(|l| l.contains(needle.as_str()));
         assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");
+        let line = scraped.lines().find(|l| l.contains(needle.as_str()));
+        assert!(line.is_none(), "`{needle}` is in /metrics: {line:?}");
     }
+    assert!(
+        scraped.contains("tokenvend_requests_total"),
+        "the scrape works"
+    );
 }

@@ -30,12 +30,15 @@ use futures::{
 use tokenvend::{pb, wire::EncodedToken};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument as _;
 
+pub use crate::metrics::CacheResult;
 use crate::{
-    audit::{Fingerprint, Source},
+    audit::Fingerprint,
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
+    metrics::{Metrics, ProfileMetrics, Trigger},
     secret::Secret,
     source::TokenSource,
     state::{RefreshChain, StateDir},
@@ -55,6 +58,7 @@ pub struct TokenCache {
     state_dir: Option<PathBuf>,
     /// The store shared with other replicas, consulted on a miss (never on a hit).
     store: Option<SharedStore>,
+    metrics: Metrics,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
 }
@@ -75,8 +79,13 @@ pub struct Changes {
 impl TokenCache {
     /// A cache for these profiles, with a refresher task for each. Refresh-token profiles
     /// keep their chains in `state`. Must be called within a Tokio runtime.
-    pub fn new(profiles: &[Arc<Profile>], idp: IdpClient, state: Option<&StateDir>) -> Self {
-        Self::with_store(profiles, idp, state, None)
+    pub fn new(
+        profiles: &[Arc<Profile>],
+        idp: IdpClient,
+        state: Option<&StateDir>,
+        metrics: Metrics,
+    ) -> Self {
+        Self::with_store(profiles, idp, state, metrics, None)
     }
 
     /// A cache whose misses go through a store shared with other replicas.
@@ -84,6 +93,7 @@ impl TokenCache {
         profiles: &[Arc<Profile>],
         idp: IdpClient,
         state: Option<&StateDir>,
+        metrics: Metrics,
         store: Option<SharedStore>,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -93,6 +103,7 @@ impl TokenCache {
             idp,
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             store,
+            metrics,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         };
@@ -111,7 +122,16 @@ impl TokenCache {
             .map(|dir| RefreshChain::new(dir, &profile.name, profile.refresh_token.clone()));
         let source = TokenSource::new(profile.clone(), self.idp.clone(), chain)
             .with_store(self.store.as_ref().map(|s| s.profile(&profile.name)));
-        let slot = Arc::new(Slot::new(profile.clone(), source, &self.stop));
+        let counters = self.metrics.profile(&profile.name);
+        // A new slot starts empty, whatever the one it replaces held.
+        counters.token_expires_at(None);
+        let slot = Arc::new(Slot::new(
+            profile.clone(),
+            source,
+            &self.stop,
+            self.metrics.clone(),
+            counters,
+        ));
         tokio::spawn(refresh::run(slot.clone()));
         slot
     }
@@ -164,6 +184,7 @@ impl TokenCache {
             if !changes.unchanged.contains(name) {
                 slot.retired.cancel();
                 if !changes.changed.contains(name) {
+                    slot.counters.token_expires_at(None);
                     changes.removed.push(name.clone());
                 }
             }
@@ -262,6 +283,16 @@ impl CachedToken {
         self.expires_at
     }
 
+    /// A hit, or stale: served past its refresh time, because the refresh failed or is
+    /// late.
+    fn freshness(&self, now: Instant) -> CacheResult {
+        if now < self.refresh_at {
+            CacheResult::Hit
+        } else {
+            CacheResult::Stale
+        }
+    }
+
     fn remaining(&self, now: Instant) -> Duration {
         self.expires.saturating_duration_since(now)
     }
@@ -295,8 +326,12 @@ type FetchResult = Result<Arc<CachedToken>, FetchError>;
 type Flight = Shared<BoxFuture<'static, FetchResult>>;
 
 enum Step {
+    /// A token that meets the need was there after all.
     Ready(Arc<CachedToken>),
-    Wait(Flight),
+    /// This call started a provider request.
+    Started(Flight),
+    /// A provider request was in flight already.
+    Joined(Flight),
 }
 
 /// One profile's cache entry.
@@ -313,6 +348,9 @@ pub struct Slot {
     /// Cancelled when a reload replaces or removes the profile (and at shutdown): stops
     /// its refresher and ends its watchers, but lets a fetch in flight finish.
     retired: CancellationToken,
+    metrics: Metrics,
+    /// This profile's counters, so that counting a hit is one atomic add.
+    counters: Arc<ProfileMetrics>,
 }
 
 #[derive(Default)]
@@ -329,6 +367,9 @@ struct SlotState {
     /// When the provider requests of the last minute started, oldest first; at most
     /// `idp_requests_per_minute` of them.
     recent: VecDeque<Instant>,
+    /// The span of the last background refresh, linked from the next one so that a
+    /// profile's refreshes can be followed from one to the next.
+    refresh_span: Option<opentelemetry::trace::SpanContext>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -385,8 +426,16 @@ pub struct SlotStatus {
 }
 
 impl Slot {
-    fn new(profile: Arc<Profile>, source: TokenSource, stop: &CancellationToken) -> Self {
+    fn new(
+        profile: Arc<Profile>,
+        source: TokenSource,
+        stop: &CancellationToken,
+        metrics: Metrics,
+        counters: Arc<ProfileMetrics>,
+    ) -> Self {
         Self {
+            metrics,
+            counters,
             profile,
             source,
             current: ArcSwapOption::empty(),
@@ -408,33 +457,61 @@ impl Slot {
         &self.profile
     }
 
-    /// The hot path: the cached token if it meets the need, with its fingerprint.
-    pub fn cached(&self, need: &Need<'_>) -> Option<(EncodedToken, Fingerprint)> {
+    /// Whether the slot has ever held a token (it may have expired since).
+    pub fn has_had_token(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// This profile's counters.
+    pub fn counters(&self) -> &Arc<ProfileMetrics> {
+        &self.counters
+    }
+
+    /// The hot path: the cached token if it meets the need, with its fingerprint, and
+    /// whether it is past its refresh time. Counts the lookup if it found one; a miss is
+    /// counted by [`Slot::token`], which the caller goes on to.
+    pub fn cached(&self, need: &Need<'_>) -> Option<(EncodedToken, Fingerprint, CacheResult)> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
+        let now = Instant::now();
         let current = self.current.load();
-        current
+        let token = current
             .as_ref()
-            .filter(|t| t.serves(Instant::now(), min_ttl, need.rejected))
-            .map(|t| (t.encoded.clone(), t.fingerprint))
+            .filter(|t| t.serves(now, min_ttl, need.rejected))?;
+        let result = token.freshness(now);
+        self.counters.cache(result);
+        Some((token.encoded.clone(), token.fingerprint, result))
     }
 
     /// A token that meets the need: the cached one, or a fresh one from the provider; and
-    /// which of the two it is.
+    /// how the cache answered.
     pub async fn token(
         self: &Arc<Self>,
         need: Need<'_>,
-    ) -> Result<(Arc<CachedToken>, Source), ServeError> {
+    ) -> Result<(Arc<CachedToken>, CacheResult), ServeError> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);
-        let flight = match self.join_or_start(accept, min_ttl)? {
-            Step::Ready(token) => return Ok((token, Source::Cache)),
-            Step::Wait(flight) => flight,
+        let step = self
+            .join_or_start(accept, min_ttl, Trigger::Caller)
+            .inspect_err(|_| self.counters.cache(CacheResult::Miss))?;
+        let (flight, result) = match step {
+            Step::Ready(token) => {
+                let result = token.freshness(Instant::now());
+                self.counters.cache(result);
+                return Ok((token, result));
+            }
+            Step::Started(flight) => (flight, CacheResult::Miss),
+            Step::Joined(flight) => (flight, CacheResult::Coalesced),
         };
-        let token = flight.await.map_err(|e| self.serve_error(e))?;
+        self.counters.cache(result);
+        let waiting = Instant::now();
+        let outcome = flight.await;
+        self.metrics
+            .waited(&self.profile.name, result, waiting.elapsed());
+        let token = outcome.map_err(|e| self.serve_error(e))?;
         if token.remaining(Instant::now()) < min_ttl.max(Duration::from_nanos(1)) {
             return Err(self.too_short(token.lifetime, min_ttl));
         }
-        Ok((token, Source::Idp))
+        Ok((token, result))
     }
 
     /// Updates of the current token, for `WatchToken` and the refresher.
@@ -467,6 +544,7 @@ impl Slot {
         self: &Arc<Self>,
         accept: impl Fn(&CachedToken, Instant) -> bool,
         min_ttl: Duration,
+        trigger: Trigger,
     ) -> Result<Step, ServeError> {
         let mut state = lock(&self.state);
         let now = Instant::now();
@@ -476,7 +554,7 @@ impl Slot {
             return Ok(Step::Ready(token));
         }
         if let Some(flight) = &state.flight {
-            return Ok(Step::Wait(flight.clone()));
+            return Ok(Step::Joined(flight.clone()));
         }
         if let Some(lifetime) = state.lifetime
             && !min_ttl.is_zero()
@@ -503,15 +581,17 @@ impl Slot {
         }
         state.recent.push_back(now);
         let slot = Arc::clone(self);
-        let task = tokio::spawn(slot.fetch());
+        // The fetch belongs to the span of whoever started it (a call's server span, or a
+        // background refresh's), so its provider request shows as a child of that span.
+        let task = tokio::spawn(slot.fetch(trigger).instrument(tracing::Span::current()));
         let flight = async move { task.await.unwrap_or(Err(FetchError::Stopped)) }
             .boxed()
             .shared();
         state.flight = Some(flight.clone());
-        Ok(Step::Wait(flight))
+        Ok(Step::Started(flight))
     }
 
-    async fn fetch(self: Arc<Self>) -> FetchResult {
+    async fn fetch(self: Arc<Self>, trigger: Trigger) -> FetchResult {
         let sent = Instant::now();
         let request = AssertUnwindSafe(self.source.fetch()).catch_unwind();
         let outcome = tokio::select! {
@@ -524,11 +604,20 @@ impl Slot {
                 Err(_) => Err(FetchError::Panicked),
             },
         };
-        self.finish(outcome)
+        self.finish(outcome, trigger)
     }
 
     /// Publishes a fetch's outcome and ends the flight, in one step under the lock.
-    fn finish(&self, outcome: FetchResult) -> FetchResult {
+    fn finish(&self, outcome: FetchResult, trigger: Trigger) -> FetchResult {
+        let failure = match &outcome {
+            Ok(_) => Some(None),
+            Err(FetchError::Idp(error)) => Some(Some(error.kind())),
+            Err(FetchError::Panicked) => Some(Some("panicked")),
+            Err(FetchError::Stopped) => None,
+        };
+        if let Some(failure) = failure {
+            self.metrics.refreshed(&self.profile.name, trigger, failure);
+        }
         let mut state = lock(&self.state);
         state.flight = None;
         match &outcome {
@@ -540,6 +629,7 @@ impl Slot {
                 state.last_refresh = Some(SystemTime::now());
                 state.lifetime = Some(token.lifetime);
                 drop(state);
+                self.counters.token_expires_at(Some(token.expires_at));
                 self.updates.send_replace(Some(token.clone()));
                 tracing::info!(
                     profile = %self.profile.name,

@@ -4,17 +4,18 @@
 pub mod discovery;
 mod response;
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use http::{HeaderValue, header};
-use url::form_urlencoded;
-
-use url::Url;
+use tracing::{Instrument as _, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use url::{Url, form_urlencoded};
 
 use crate::{
     assertion::Signer,
     config::{ClientAuth, Profile},
+    metrics::{IdpRequest, Metrics},
     secret::Secret,
 };
 
@@ -27,6 +28,7 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub struct IdpClient {
     http: reqwest::Client,
+    metrics: Option<Metrics>,
 }
 
 /// Why a token request failed. The text never holds a secret or a token.
@@ -131,6 +133,22 @@ impl IdpError {
         }
     }
 
+    /// A short name for metrics: `rejected`, `http_error`, `unreachable`, `timeout`,
+    /// `malformed`, `misconfigured`, `credential`, `reauthorize`, `store_unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "rejected",
+            Self::Status { .. } => "http_error",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Timeout { .. } => "timeout",
+            Self::Malformed(_) => "malformed",
+            Self::Misconfigured(_) => "misconfigured",
+            Self::Credential { .. } => "credential",
+            Self::Reauthorize { .. } => "reauthorize",
+            Self::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+
     /// How long the provider asked us to wait before trying again.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -153,7 +171,18 @@ impl IdpClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            metrics: None,
+        })
+    }
+
+    /// The same client, recording each token request in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     /// Requests a token from `token_url` with the profile's client authentication.
@@ -165,9 +194,65 @@ impl IdpClient {
     ) -> Result<IssuedToken, IdpError> {
         let credential = client_credential(profile, token_url)?;
         let (body, authorization) = token_request(profile, &credential, &grant);
+        let host = token_url.host_str().unwrap_or_default();
+        // A client span per the HTTP semantic conventions. The URL is shown without its
+        // query and fragment, which might carry something sensitive.
+        let span = tracing::info_span!(
+            target: "tokenvend::idp",
+            "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %without_query(token_url),
+            server.address = host,
+            server.port = token_url.port_or_known_default().map(i64::from),
+            http.response.status_code = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+            tokenvend.profile = %profile.name,
+        );
+        let started = Instant::now();
+        let result = self
+            .exchange(profile, token_url, &credential, &grant, body, authorization)
+            .instrument(span.clone())
+            .await;
+        let (status, result) = match result {
+            Ok((status, issued)) => (Some(status), Ok(issued)),
+            Err((status, error)) => (status, Err(error)),
+        };
+        if let Some(status) = status {
+            span.record("http.response.status_code", i64::from(status));
+        }
+        if let Err(error) = &result {
+            span.record("error.type", error.kind());
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.idp_request(&IdpRequest {
+                profile: &profile.name,
+                host,
+                status,
+                error: result.as_ref().err().map(IdpError::kind),
+                duration: started.elapsed(),
+            });
+        }
+        result
+    }
+
+    /// Sends the request and reads the answer: the token, or the error with the HTTP
+    /// status if an answer came.
+    async fn exchange(
+        &self,
+        profile: &Profile,
+        token_url: &Url,
+        credential: &Credential,
+        grant: &Grant<'_>,
+        body: String,
+        authorization: Option<HeaderValue>,
+    ) -> Result<(u16, IssuedToken), (Option<u16>, IdpError)> {
         let answer = self
             .post_form(token_url, profile.timeout, body, authorization)
-            .await?;
+            .await
+            .map_err(|e| (None, e))?;
 
         // Providers sometimes echo what they were sent; none of the profile's secrets may
         // pass into an error through them.
@@ -182,6 +267,8 @@ impl IdpClient {
             secrets.push(token.expose());
         }
         response::parse(answer.as_answer(), profile, &secrets)
+            .map(|issued| (answer.status, issued))
+            .map_err(|e| (Some(answer.status), e))
     }
 
     /// Sends a form POST and reads the answer, capped in size.
@@ -202,6 +289,13 @@ impl IdpClient {
             .body(body);
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
+        }
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            // W3C trace context, so the provider's own traces join ours.
+            let mut headers = http::HeaderMap::new();
+            crate::telemetry::inject(&span.context(), &mut headers);
+            request = request.headers(headers);
         }
         let sent_at = SystemTime::now();
         let response = request
@@ -426,6 +520,15 @@ fn basic_authorization(client_id: &str, secret: &Secret) -> HeaderValue {
     // Keeps the value out of HPACK tables and out of `Debug` prints of the request.
     value.set_sensitive(true);
     value
+}
+
+fn without_query(url: &Url) -> Url {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    url
 }
 
 fn transport_error(error: reqwest::Error, host: &str, timeout: Duration) -> IdpError {

@@ -89,9 +89,18 @@ async fn main() -> ExitCode {
             admin_listen,
             log_format,
         } => {
-            telemetry::init(log_format);
+            let telemetry = match telemetry::init(log_format) {
+                Ok(telemetry) => telemetry,
+                Err(e) => {
+                    eprintln!("tokenvend: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let result = serve(config, dev, listen, admin_listen).await;
-            report(result.map_err(|e| tracing::error!("{e}")))
+            let code = report(result.map_err(|e| tracing::error!("{e}")));
+            // The last spans, such as those of the shutdown's refreshes.
+            telemetry.shutdown().await;
+            code
         }
         Command::Get {
             profile,

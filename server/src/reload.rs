@@ -9,10 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,21 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cache::TokenCache,
     config::{self, Config, ConfigError, ServerConfig},
+    metrics::Metrics,
 };
-
-/// Configurations applied since start, in this process. A hook for the metrics exporter.
-static APPLIED: AtomicU64 = AtomicU64::new(0);
-/// Configurations refused since start (invalid or unreadable), in this process. A hook
-/// for the metrics exporter (`tokenvend_config_reload_failures_total`).
-static REFUSED: AtomicU64 = AtomicU64::new(0);
-
-/// How many reloaded configurations were applied and refused since the process started.
-pub fn counts() -> (u64, u64) {
-    (
-        APPLIED.load(Ordering::Relaxed),
-        REFUSED.load(Ordering::Relaxed),
-    )
-}
 
 /// A stream of nothing, one item per reload request (SIGHUP).
 pub type Triggers = Pin<Box<dyn Stream<Item = ()> + Send>>;
@@ -64,12 +48,14 @@ pub fn hangups() -> Triggers {
 /// The valid configurations to switch to: one each time the file at `path` has new
 /// content (checked every `interval`; zero turns polling off) and one at each trigger.
 /// `digest` is that of the configuration already running, so that only a change counts.
-/// A version that is invalid or unreadable is logged once, with its key, and skipped.
+/// A version that is invalid or unreadable is logged once, with its key, counted in
+/// `tokenvend.config.reloads` as refused, and skipped.
 pub fn watch(
     path: PathBuf,
     interval: Duration,
     digest: u64,
     triggers: Triggers,
+    metrics: Metrics,
 ) -> impl Stream<Item = Config> + Send {
     let ticks = (!interval.is_zero()).then(|| {
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -81,6 +67,7 @@ pub fn watch(
         ticks,
         triggers,
         last: Some(digest),
+        metrics,
     };
     stream::unfold(watcher, |mut watcher| async move {
         let config = watcher.next().await?;
@@ -95,6 +82,7 @@ struct Watcher {
     /// The digest of the last content seen; `None` after a failed read, so that a file
     /// that stays unreadable is reported once, not at every poll.
     last: Option<u64>,
+    metrics: Metrics,
 }
 
 impl Watcher {
@@ -109,7 +97,7 @@ impl Watcher {
                 Ok(text) => text,
                 Err(e) => {
                     if self.last.take().is_some() || forced {
-                        refused(&ConfigError {
+                        self.refused(&ConfigError {
                             key: String::new(),
                             message: format!("cannot read {}: {}", self.path.display(), e.kind()),
                         });
@@ -124,9 +112,18 @@ impl Watcher {
             self.last = Some(digest);
             match parse(&self.path, text) {
                 Ok(config) => return Some(config),
-                Err(error) => refused(&error),
+                Err(error) => self.refused(&error),
             }
         }
+    }
+
+    fn refused(&self, error: &ConfigError) {
+        self.metrics.reload(false);
+        tracing::error!(
+            key = %error.key,
+            %error,
+            "new configuration refused; the running one keeps serving"
+        );
     }
 }
 
@@ -149,28 +146,23 @@ fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn refused(error: &ConfigError) {
-    REFUSED.fetch_add(1, Ordering::Relaxed);
-    tracing::error!(
-        key = %error.key,
-        %error,
-        "new configuration refused; the running one keeps serving"
-    );
-}
-
 /// Applies each configuration from `configs` until `stop` is cancelled.
 pub(crate) async fn run(
     configs: impl Stream<Item = Config> + Send,
     cache: Arc<TokenCache>,
     settings: Arc<ArcSwap<ServerConfig>>,
     stop: CancellationToken,
+    metrics: Metrics,
 ) {
     let mut configs = std::pin::pin!(configs);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             config = configs.next() => match config {
-                Some(config) => apply(&config, &cache, &settings),
+                Some(config) => {
+                    apply(&config, &cache, &settings);
+                    metrics.reload(true);
+                }
                 None => return,
             },
         }
@@ -215,7 +207,6 @@ pub(crate) fn apply(config: &Config, cache: &TokenCache, settings: &ArcSwap<Serv
     settings.store(Arc::new(server));
 
     let changes = cache.replace_profiles(&config.profiles);
-    APPLIED.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         added = ?changes.added,
         changed = ?changes.changed,

@@ -2,14 +2,7 @@
 //! on listeners the caller has bound, reloading the configuration file as it changes, until
 //! the shutdown future completes; then a delay while still serving, and a drain.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
@@ -19,8 +12,18 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
-    admin, auth::Authenticator, cache::TokenCache, config::Config, idp::IdpClient,
-    limit::RateLimiter, reload, service::TokenService, state::StateDir, store::SharedStore, tls,
+    admin::{self, Readiness},
+    auth::Authenticator,
+    cache::TokenCache,
+    config::Config,
+    idp::IdpClient,
+    limit::RateLimiter,
+    metrics::{self, Metrics},
+    reload,
+    service::TokenService,
+    state::StateDir,
+    store::SharedStore,
+    tls,
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -52,6 +55,9 @@ pub enum ServerError {
     /// The TLS files cannot be used.
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// A non-loopback address with no caller authentication and no explicit opt-out.
     #[error(
         "refusing to serve on {0} without caller authentication: anyone who can reach it \
@@ -98,7 +104,9 @@ pub async fn serve(
         .clone()
         .map(|tls| tls::Reloading::start(tls, accepting.clone()))
         .transpose()?;
-    let idp = IdpClient::new(config.server.idp_connect_timeout)?;
+    // Prometheus at `/metrics` always; OTLP too if the environment asks for it.
+    let metrics = Metrics::new(&metrics::Export::from_env())?;
+    let idp = IdpClient::new(config.server.idp_connect_timeout)?.with_metrics(metrics.clone());
     // Held until the server stops: the lock that keeps a second server off these chains.
     let state = config
         .server
@@ -118,12 +126,13 @@ pub async fn serve(
         &config.profiles,
         idp,
         state.as_ref(),
+        metrics.clone(),
         store,
     ));
     // The server settings in force; a reload may change the shutdown timings.
     let settings = Arc::new(ArcSwap::from_pointee(config.server.clone()));
     let streams = CancellationToken::new();
-    let ready = Arc::new(AtomicBool::new(true));
+    let readiness = Arc::new(Readiness::new(cache.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -145,19 +154,26 @@ pub async fn serve(
             config.server.reload_interval,
             config.digest,
             reload::hangups(),
+            metrics.clone(),
         );
         tokio::spawn(reload::run(
             configs,
             cache.clone(),
             settings.clone(),
             reload_stop.clone(),
+            metrics.clone(),
         ))
     });
 
     let admin_stop = CancellationToken::new();
-    let admin = listeners
-        .admin
-        .map(|listener| tokio::spawn(admin::serve(listener, ready.clone(), admin_stop.clone())));
+    let admin = listeners.admin.map(|listener| {
+        tokio::spawn(admin::serve(
+            listener,
+            readiness.clone(),
+            metrics.clone(),
+            admin_stop.clone(),
+        ))
+    });
 
     let (draining, drain_started) = oneshot::channel();
     let signal = {
@@ -165,6 +181,7 @@ pub async fn serve(
         let settings = settings.clone();
         let reload_stop = reload_stop.clone();
         let accepting = accepting.clone();
+        let readiness = readiness.clone();
         async move {
             shutdown.await;
             reload_stop.cancel();
@@ -173,7 +190,7 @@ pub async fn serve(
                 ?delay,
                 "shutting down: reporting not ready, still serving until load balancers have noticed"
             );
-            ready.store(false, Ordering::SeqCst);
+            readiness.stopping();
             health
                 .set_not_serving::<TokenServiceServer<TokenService>>()
                 .await;
@@ -194,6 +211,7 @@ pub async fn serve(
         auth,
         RateLimiter::new(&limits),
         limits.request_timeout,
+        metrics.clone(),
     );
     let incoming = tls::incoming(
         listeners.grpc,
@@ -226,6 +244,8 @@ pub async fn serve(
             }
         }
     };
+    // The listener was bound by our caller; from here on its connections are served.
+    readiness.serving();
     let result = tokio::select! {
         result = grpc => result.map_err(ServerError::from),
         grace = drain_deadline => {
@@ -244,6 +264,7 @@ pub async fn serve(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    metrics.shutdown().await;
     tracing::info!("stopped");
     result
 }

@@ -1,5 +1,6 @@
 //! The `tokenvend.v1.TokenService` implementation: request → caller check → profile →
-//! cache → reply, and an audit event for every token asked for.
+//! cache → reply, and for every token asked for an audit event, a count in the profile's
+//! metrics and, when tracing is on, a server span.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -7,14 +8,17 @@ use futures::Stream;
 use tokenvend::{pb, wire::EncodedToken};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tracing::{Instrument as _, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
-    audit::{self, Source},
+    audit,
     auth::{Authenticator, Caller, Peer},
-    cache::{CacheState, CachedToken, Need, Slot, TokenCache},
+    cache::{CacheResult, CacheState, CachedToken, Need, Slot, TokenCache},
     error::ServeError,
     limit::RateLimiter,
+    metrics::{Metrics, Rpc},
 };
 
 /// The gRPC service.
@@ -24,6 +28,7 @@ pub struct TokenService {
     auth: Authenticator,
     limiter: RateLimiter,
     request_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl TokenService {
@@ -35,6 +40,7 @@ impl TokenService {
         auth: Authenticator,
         limiter: RateLimiter,
         request_timeout: Duration,
+        metrics: Metrics,
     ) -> Self {
         Self {
             cache,
@@ -42,6 +48,7 @@ impl TokenService {
             auth,
             limiter,
             request_timeout,
+            metrics,
         }
     }
 
@@ -77,21 +84,31 @@ impl TokenService {
         deadline(metadata).map_or(self.request_timeout, |d| d.min(self.request_timeout))
     }
 
+    /// A call got no token: the audit event, the count, the span; and its status.
     fn refused(
         &self,
-        rpc: &'static str,
+        rpc: Rpc,
         caller: Option<&Caller>,
         profile: &str,
-        error: &ServeError,
-    ) {
-        let reason: &dyn std::fmt::Display = match error {
-            ServeError::NotFound(_) if self.cache.slot(profile).is_some() => {
+        error: ServeError,
+        span: &Span,
+    ) -> Status {
+        let slot = self.cache.slot(profile);
+        let reason: &dyn std::fmt::Display = match &error {
+            ServeError::NotFound(_) if slot.is_some() => {
                 &"the caller is not in the profile's `allow` list"
             }
             ServeError::NotFound(_) => &"no such profile",
             other => other,
         };
-        audit::refused(rpc, caller, profile, error, reason);
+        audit::refused(rpc.as_str(), caller, profile, &error, reason);
+        let outcome = error.outcome();
+        let status = Status::from(error);
+        let counters =
+            slot.map_or_else(|| self.metrics.unknown_profile(), |s| s.counters().clone());
+        counters.refused(rpc, outcome, status.code());
+        record_status(span, status.code());
+        status
     }
 
     async fn get(
@@ -99,17 +116,77 @@ impl TokenService {
         caller: &Caller,
         request: &pb::GetTokenRequest,
         deadline: Duration,
-    ) -> Result<(EncodedToken, audit::Fingerprint, Source), ServeError> {
+    ) -> Result<(EncodedToken, audit::Fingerprint, CacheResult), ServeError> {
         let slot = self.slot(caller, &request.profile)?;
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
             rejected: Some(request.rejected_token.as_str()).filter(|t| !t.is_empty()),
         };
-        if let Some((token, fingerprint)) = slot.cached(&need) {
-            return Ok((token, fingerprint, Source::Cache));
+        if let Some(hit) = slot.cached(&need) {
+            slot.counters().served(Rpc::GetToken);
+            return Ok(hit);
         }
-        let (token, source) = within(Some(deadline), slot.token(need)).await?;
-        Ok((token.encoded().clone(), token.fingerprint(), source))
+        let (token, result) = within(Some(deadline), slot.token(need)).await?;
+        slot.counters().served(Rpc::GetToken);
+        Ok((token.encoded().clone(), token.fingerprint(), result))
+    }
+}
+
+/// The server span of one call, a child of the caller's trace if it sent one. Disabled,
+/// and then nearly free, when tracing is off.
+fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        target: "tokenvend::rpc",
+        "rpc",
+        otel.name = method_name(method),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = "tokenvend.v1.TokenService",
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        tokenvend.profile = Empty,
+        tokenvend.cache = Empty,
+        tokenvend.caller = Empty,
+    );
+    if !span.is_disabled() {
+        // An absent or malformed `traceparent` leaves the span a root.
+        let _ = span.set_parent(crate::telemetry::remote_context(metadata));
+    }
+    span
+}
+
+fn method_name(method: &'static str) -> &'static str {
+    match method {
+        "GetToken" => "tokenvend.v1.TokenService/GetToken",
+        "WatchToken" => "tokenvend.v1.TokenService/WatchToken",
+        _ => "tokenvend.v1.TokenService/ListProfiles",
+    }
+}
+
+fn record_caller(span: &Span, caller: &Caller) {
+    if !span.is_disabled() {
+        span.record("tokenvend.caller", tracing::field::display(caller));
+    }
+}
+
+/// The status code, and whether the call failed on the server's side (the codes the
+/// gRPC semantic conventions count as server errors).
+fn record_status(span: &Span, code: Code) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("rpc.grpc.status_code", code as i64);
+    if matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    ) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -121,25 +198,33 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<EncodedToken>, Status> {
-        const RPC: &str = "GetToken";
+        const RPC: Rpc = Rpc::GetToken;
+        let span = server_span(RPC.as_str(), request.metadata());
         let deadline = self.deadline(request.metadata());
-        let caller = match self.caller(&request).await {
+        let profile = &request.get_ref().profile;
+        if !span.is_disabled() {
+            span.record("tokenvend.profile", profile.as_str());
+        }
+        let caller = match self.caller(&request).instrument(span.clone()).await {
             Ok(caller) => caller,
-            Err(error) => {
-                self.refused(RPC, None, &request.get_ref().profile, &error);
-                return Err(error.into());
-            }
+            Err(error) => return Err(self.refused(RPC, None, profile, error, &span)),
         };
+        record_caller(&span, &caller);
         let request = request.get_ref();
-        match self.get(&caller, request, deadline).await {
-            Ok((token, fingerprint, source)) => {
-                audit::served(RPC, &caller, &request.profile, source, fingerprint);
+        match self
+            .get(&caller, request, deadline)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((token, fingerprint, result)) => {
+                audit::served(RPC.as_str(), &caller, profile, result.into(), fingerprint);
+                if !span.is_disabled() {
+                    span.record("tokenvend.cache", result.as_str());
+                    record_status(&span, Code::Ok);
+                }
                 Ok(Response::new(token))
             }
-            Err(error) => {
-                self.refused(RPC, Some(&caller), &request.profile, &error);
-                Err(error.into())
-            }
+            Err(error) => Err(self.refused(RPC, Some(&caller), profile, error, &span)),
         }
     }
 
@@ -147,7 +232,17 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let span = server_span("ListProfiles", request.metadata());
+        let caller = match self.caller(&request).instrument(span.clone()).await {
+            Ok(caller) => caller,
+            Err(error) => {
+                let status = Status::from(error);
+                record_status(&span, status.code());
+                return Err(status);
+            }
+        };
+        record_caller(&span, &caller);
+        record_status(&span, Code::Ok);
         let profiles = self
             .cache
             .slots()
@@ -182,23 +277,41 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
-        const RPC: &str = "WatchToken";
+        const RPC: Rpc = Rpc::WatchToken;
+        let span = server_span(RPC.as_str(), request.metadata());
         let deadline = self.deadline(request.metadata());
         let profile = &request.get_ref().profile;
-        let caller = self.caller(&request).await.inspect_err(|error| {
-            self.refused(RPC, None, profile, error);
-        })?;
+        if !span.is_disabled() {
+            span.record("tokenvend.profile", profile.as_str());
+        }
+        let caller = match self.caller(&request).instrument(span.clone()).await {
+            Ok(caller) => caller,
+            Err(error) => return Err(self.refused(RPC, None, profile, error, &span)),
+        };
+        record_caller(&span, &caller);
         let first = async {
             let slot = self.slot(&caller, profile)?;
             // Subscribed before the first token is taken, so no refresh falls in between.
             let updates = slot.subscribe();
-            let (first, source) = within(Some(deadline), slot.token(Need::default())).await?;
-            Ok::<_, ServeError>((slot, updates, first, source))
+            let (first, result) = within(Some(deadline), slot.token(Need::default())).await?;
+            Ok::<_, ServeError>((slot, updates, first, result))
         };
-        let (slot, updates, first, source) = first.await.inspect_err(|error| {
-            self.refused(RPC, Some(&caller), profile, error);
-        })?;
-        audit::served(RPC, &caller, profile, source, first.fingerprint());
+        let (slot, updates, first, result) = match first.instrument(span.clone()).await {
+            Ok(first) => first,
+            Err(error) => return Err(self.refused(RPC, Some(&caller), profile, error, &span)),
+        };
+        slot.counters().served(RPC);
+        audit::served(
+            RPC.as_str(),
+            &caller,
+            profile,
+            result.into(),
+            first.fingerprint(),
+        );
+        if !span.is_disabled() {
+            span.record("tokenvend.cache", result.as_str());
+            record_status(&span, Code::Ok);
+        }
         let watch = Watch {
             updates,
             last: first,

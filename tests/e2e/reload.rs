@@ -130,7 +130,7 @@ async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
     );
 
     // Break the file: the running configuration keeps serving.
-    let (_, refused_before) = tokenvend_server::reload::counts();
+    let refused_before = reloads(&server, "refused").await;
     let requests_before = idp.count();
     file.update(&format!(
         "{HEADER}{kept}    scope: [typo]\n{}",
@@ -144,7 +144,7 @@ async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
     assert!(log.contains("ERROR"), "{log}");
     assert!(log.contains("new configuration refused"), "{log}");
     assert!(log.contains("unknown field `scope`"), "{log}");
-    assert!(tokenvend_server::reload::counts().1 > refused_before);
+    assert!(reloads(&server, "refused").await > refused_before);
     assert_eq!(profile_names(&server).await, ["added", "changed", "kept"]);
     assert_eq!(server.get("kept").await.unwrap().access_token, kept_token);
     assert_eq!(server.get("changed").await.unwrap().scopes, ["new.read"]);
@@ -173,4 +173,11 @@ async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
         "no secret in reload logs"
     );
     server.stop().await;
+}
+
+async fn reloads(server: &Server, result: &str) -> f64 {
+    server
+        .metrics()
+        .await
+        .value("tokenvend_config_reloads_total", &[("result", result)])
 }

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod metrics;
 pub mod redis;
 pub mod security;
 
@@ -135,6 +136,11 @@ impl Server {
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+
+    /// The server's `/metrics`, parsed.
+    pub async fn metrics(&self) -> metrics::Metrics {
+        metrics::Metrics::scrape(self.admin_addr).await
     }
 
     /// GetToken with only a profile.

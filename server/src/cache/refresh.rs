@@ -4,9 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::time::{Instant, sleep_until};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{Slot, Step, lock};
-use crate::config::Grant;
+use crate::{config::Grant, metrics::Trigger};
 
 /// Runs until the slot is retired (by a reload, or at shutdown).
 pub(super) async fn run(slot: Arc<Slot>) {
@@ -16,7 +18,8 @@ pub(super) async fn run(slot: Arc<Slot>) {
         tokio::select! {
             () = slot.retired.cancelled() => return,
             () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                refresh_due(&slot).await;
+                let span = refresh_span(&slot);
+                refresh_due(&slot).instrument(span).await;
             }
             changed = updates.changed() => if changed.is_err() { return },
         }
@@ -43,14 +46,38 @@ fn next_refresh(slot: &Slot) -> Option<Instant> {
     Some(ceiling.map_or(due, |free| free.max(due)))
 }
 
+/// A background refresh is a trace of its own (no caller waits on it), linked to the
+/// previous refresh of the same profile.
+fn refresh_span(slot: &Slot) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "tokenvend::refresh",
+        parent: None,
+        "tokenvend.refresh",
+        tokenvend.profile = %slot.profile.name,
+        tokenvend.trigger = "background",
+    );
+    if !span.is_disabled() {
+        let mut state = lock(&slot.state);
+        if let Some(previous) = state.refresh_span.take() {
+            span.add_link(previous);
+        }
+        state.refresh_span = Some(
+            opentelemetry::trace::TraceContextExt::span(&span.context())
+                .span_context()
+                .clone(),
+        );
+    }
+    span
+}
+
 async fn refresh_due(slot: &Arc<Slot>) {
     let idle_limit =
         (slot.profile.grant == Grant::RefreshToken).then_some(slot.profile.idle_refresh);
     let fresh = |token: &super::CachedToken, now: Instant| {
         now < token.refresh_at && idle_limit.is_none_or(|limit| now < token.issued + limit)
     };
-    match slot.join_or_start(fresh, Duration::ZERO) {
-        Ok(Step::Wait(flight)) => {
+    match slot.join_or_start(fresh, Duration::ZERO, Trigger::Background) {
+        Ok(Step::Started(flight) | Step::Joined(flight)) => {
             // The outcome is published and logged by the fetch itself.
             let _ = flight.await;
         }

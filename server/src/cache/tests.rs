@@ -112,6 +112,7 @@ async fn replacing_profiles_keeps_unchanged_slots_and_retires_the_others() {
         ],
         idp,
         None,
+        crate::metrics::Metrics::new(&crate::metrics::Export::default()).unwrap(),
     );
     let kept = cache.slot("kept").unwrap();
     let changed = cache.slot("changed").unwrap();
@@ -143,4 +144,64 @@ async fn replacing_profiles_keeps_unchanged_slots_and_retires_the_others() {
 
     cache.stop();
     assert!(cache.slot("kept").unwrap().retired().is_cancelled());
+}
+
+/// Counts the allocations of the current thread, to hold the hot path to none.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller upholds `alloc`'s contract, which is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
+
+#[tokio::test]
+async fn a_cache_hit_and_its_metrics_allocate_nothing() {
+    let idp = IdpClient::new(Duration::from_secs(1)).unwrap();
+    let metrics = crate::metrics::Metrics::new(&crate::metrics::Export::default()).unwrap();
+    let cache = TokenCache::new(&[profile("")], idp, None, metrics.clone());
+    let slot = cache.slot("p").unwrap();
+    let token = CachedToken::new(
+        slot.profile(),
+        issued("tok", Duration::from_secs(3600), None),
+        Instant::now(),
+    )
+    .unwrap();
+    slot.current.store(Some(Arc::new(token)));
+    let need = Need::default();
+    // The first call may set up lazily initialised state (thread locals, the clock).
+    assert!(slot.cached(&need).is_some());
+
+    let before = allocations();
+    let started = std::time::Instant::now();
+    const HITS: u32 = 100_000;
+    for _ in 0..HITS {
+        let (encoded, _, result) = slot.cached(&need).unwrap();
+        assert_eq!(result, CacheResult::Hit);
+        slot.counters().served(crate::metrics::Rpc::GetToken);
+        drop(encoded);
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(allocations() - before, 0, "allocations on {HITS} hits");
+    eprintln!("cache hit with its counts: {:?} each", elapsed / HITS);
+    assert!(metrics.prometheus_text().contains("result=\"hit\"} 100001"));
 }

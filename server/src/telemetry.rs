@@ -7,7 +7,7 @@
 //! lines: with no exporter nobody wants them, and `tracing` then skips them at the cost
 //! of one cached check, so the hot path pays nothing for tracing while it is off.
 
-use std::time::Duration;
+use std::{io::IsTerminal as _, time::Duration};
 
 use opentelemetry::{
     Context,
@@ -127,7 +127,12 @@ pub fn install(format: LogFormat, traces: Option<SdkTracerProvider>) -> Telemetr
     // Tracing spans are for the exporter; log lines keep the shape they always had.
     let not_a_trace_span =
         filter_fn(|meta| !(meta.is_span() && meta.target().starts_with(SPAN_TARGETS)));
-    let logs = fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: in a pod's log they are escape codes a log collector has
+    // to strip, and writing them is a third of the cost of the audit event each GetToken
+    // writes (callgrind: 22k → 15k instructions per call).
+    let logs = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().flatten_event(true).boxed(),

@@ -1,0 +1,55 @@
+//! `tokenvend-bench`: measures tokenvend against a bare tonic server on this machine and
+//! prints every figure as a ratio to the baseline measured in the same run (see
+//! BENCHMARKS.md). `scripts/bench` builds everything and runs `tokenvend-bench run`.
+
+mod baseline;
+mod h2load;
+mod idp;
+mod keys;
+mod load;
+mod process;
+mod run;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenvend-bench",
+    about = "Benchmarks tokenvend against a bare tonic server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every measurement and print the table.
+    Run(run::Options),
+    /// The baseline server (started by `run`).
+    Baseline {
+        /// Where to listen.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// A file holding the encoded `Token` to answer with.
+        #[arg(long)]
+        reply: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Run(options) => run::run(options).await,
+        Cmd::Baseline { listen, reply } => baseline::serve(listen, &reply).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenvend-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

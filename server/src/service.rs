@@ -79,6 +79,27 @@ impl TokenService {
             .ok_or_else(|| ServeError::NotFound(profile.to_owned()))
     }
 
+    /// What every token RPC starts with: its server span (in the caller's trace), its
+    /// deadline, and the caller, checked and within its rate.
+    async fn begin<T>(
+        &self,
+        rpc: Rpc,
+        request: &Request<T>,
+        profile: &str,
+    ) -> Result<(Span, Duration, Caller), Status> {
+        let span = server_span(rpc.as_str(), request.metadata());
+        let deadline = self.deadline(request.metadata());
+        if !span.is_disabled() {
+            span.record("tokenvend.profile", profile);
+        }
+        let caller = match self.caller(request).instrument(span.clone()).await {
+            Ok(caller) => caller,
+            Err(error) => return Err(self.refused(rpc, None, profile, error, &span)),
+        };
+        record_caller(&span, &caller);
+        Ok((span, deadline, caller))
+    }
+
     /// The caller's deadline, or the server's request timeout if it is sooner.
     fn deadline(&self, metadata: &MetadataMap) -> Duration {
         deadline(metadata).map_or(self.request_timeout, |d| d.min(self.request_timeout))
@@ -199,17 +220,8 @@ impl pb::token_service_server::TokenService for TokenService {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<EncodedToken>, Status> {
         const RPC: Rpc = Rpc::GetToken;
-        let span = server_span(RPC.as_str(), request.metadata());
-        let deadline = self.deadline(request.metadata());
         let profile = &request.get_ref().profile;
-        if !span.is_disabled() {
-            span.record("tokenvend.profile", profile.as_str());
-        }
-        let caller = match self.caller(&request).instrument(span.clone()).await {
-            Ok(caller) => caller,
-            Err(error) => return Err(self.refused(RPC, None, profile, error, &span)),
-        };
-        record_caller(&span, &caller);
+        let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
         let request = request.get_ref();
         match self
             .get(&caller, request, deadline)
@@ -278,17 +290,8 @@ impl pb::token_service_server::TokenService for TokenService {
         request: Request<pb::WatchTokenRequest>,
     ) -> Result<Response<TokenStream>, Status> {
         const RPC: Rpc = Rpc::WatchToken;
-        let span = server_span(RPC.as_str(), request.metadata());
-        let deadline = self.deadline(request.metadata());
         let profile = &request.get_ref().profile;
-        if !span.is_disabled() {
-            span.record("tokenvend.profile", profile.as_str());
-        }
-        let caller = match self.caller(&request).instrument(span.clone()).await {
-            Ok(caller) => caller,
-            Err(error) => return Err(self.refused(RPC, None, profile, error, &span)),
-        };
-        record_caller(&span, &caller);
+        let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
         let first = async {
             let slot = self.slot(&caller, profile)?;
             // Subscribed before the first token is taken, so no refresh falls in between.

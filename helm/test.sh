@@ -222,5 +222,8 @@ grep -q "without caller authentication" "$dir/serve.log" || { cat "$dir/serve.lo
 echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists)"
 dir=$(prepare "$out/full.yaml")
 check "$dir"
+# Readiness waits for `warm_up` profiles to hold a token, and their real providers cannot
+# be reached from here: the start check runs them without warm-up.
+dir=$(prepare "$out/full.yaml" 'for p in config["profiles"].values(): p.pop("warm_up", None)')
 serves "$dir"
 echo "helm chart: all checks passed"

@@ -13,7 +13,6 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use tokenvend::pb::GetTokenRequest;
 use tonic::Code;
 
 use crate::support::{Server, browser::authorize, seconds_left};
@@ -226,16 +225,9 @@ async fn private_key_jwt_with_an_es256_key_registered_as_a_jwk() {
 
     // The next token needs a new assertion: oidc-provider refuses a replayed `jti`.
     let second = server
-        .client
-        .clone()
-        .get_token(GetTokenRequest {
-            profile: "jwt".into(),
-            rejected_token: first.access_token.clone(),
-            ..Default::default()
-        })
+        .reject("jwt", &first.access_token)
         .await
-        .unwrap_or_else(|status| panic!("{status:?}"))
-        .into_inner();
+        .unwrap_or_else(|status| panic!("{status:?}"));
     assert_ne!(second.access_token, first.access_token);
     provider.assert_active(&second.access_token, "tv-jwt").await;
     server.stop().await;
@@ -317,16 +309,9 @@ async fn rotating_refresh_tokens_across_several_refreshes() {
         let before = stored_refresh_token(dir.path(), "code");
         provider.assert_active(&before, "tv-code").await;
         let fresh = server
-            .client
-            .clone()
-            .get_token(GetTokenRequest {
-                profile: "code".into(),
-                rejected_token: current.clone(),
-                ..Default::default()
-            })
+            .reject("code", &current)
             .await
-            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"))
-            .into_inner();
+            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"));
         assert!(
             !seen.contains(&fresh.access_token),
             "refresh {n}: a new access token"
@@ -373,16 +358,9 @@ async fn refreshes_ask_for_the_scope_granted_not_the_scope_configured() {
     let mut current = server.get("code").await.unwrap().access_token;
     for n in 0..2 {
         let fresh = server
-            .client
-            .clone()
-            .get_token(tokenvend::pb::GetTokenRequest {
-                profile: "code".into(),
-                rejected_token: current.clone(),
-                ..Default::default()
-            })
+            .reject("code", &current)
             .await
-            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"))
-            .into_inner();
+            .unwrap_or_else(|status| panic!("refresh {n}: {status:?}"));
         assert_ne!(fresh.access_token, current);
         provider.assert_active(&fresh.access_token, "tv-code").await;
         current = fresh.access_token;

@@ -229,16 +229,7 @@ async fn entra_by_discovery_with_a_certificate_bound_private_key_jwt() {
     assert_eq!(token.scopes, ["https://demo.jakamoapp.com/.default"]);
 
     // A second request signs a new assertion (Entra refuses a replayed jti).
-    let mut client = server.client.clone();
-    let token = client
-        .get_token(GetTokenRequest {
-            profile: "jakamo".into(),
-            rejected_token: "entra-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let token = server.reject("jakamo", "entra-1").await.unwrap();
     assert_eq!(token.access_token, "entra-2");
     assert_eq!(provider.requests(), 2);
     server.stop().await;
@@ -564,16 +555,9 @@ async fn jadu_authorized_once_then_rotating_refresh_tokens_survive_a_crash() {
     for n in 0..3 {
         let current = server.get("jadu").await.unwrap().access_token;
         let fresh = server
-            .client
-            .clone()
-            .get_token(GetTokenRequest {
-                profile: "jadu".into(),
-                rejected_token: current.clone(),
-                ..Default::default()
-            })
+            .reject("jadu", &current)
             .await
-            .unwrap_or_else(|s| panic!("refresh {n}: {s:?}"))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("refresh {n}: {s:?}"));
         assert_ne!(fresh.access_token, current);
     }
     let newest = provider

@@ -143,6 +143,19 @@ impl Server {
         metrics::Metrics::scrape(self.admin_addr).await
     }
 
+    /// GetToken reporting `token` as rejected by the resource API.
+    pub async fn reject(&self, profile: &str, token: &str) -> Result<Token, tonic::Status> {
+        self.client
+            .clone()
+            .get_token(GetTokenRequest {
+                profile: profile.to_owned(),
+                rejected_token: token.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// GetToken with only a profile.
     pub async fn get(&self, profile: &str) -> Result<Token, tonic::Status> {
         get(&mut self.client.clone(), profile).await

@@ -39,6 +39,30 @@ pub(crate) struct Options {
     /// The IdP's answer time for the miss figures, in milliseconds.
     #[arg(long, default_value_t = 50)]
     idp_ms: u64,
+    /// Measure only these parts (comma-separated; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// The parts of a run, each a group of rows in the table.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Part {
+    /// Cache-hit throughput: plain, TLS, ServiceAccount JWT, baseline.
+    Hits,
+    /// Latency at half the baseline's peak.
+    Latency,
+    /// Concurrent cold callers and single misses against a slow IdP.
+    Misses,
+    /// Start to SERVING and idle memory.
+    Startup,
+    /// Many profiles holding tokens: memory and hit throughput.
+    Scale,
+}
+
+impl Options {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 /// A server as the load generators see it.
@@ -215,286 +239,300 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
     let body = dir.join("request.bin");
     std::fs::write(&body, h2load::body("bench")).map_err(|e| e.to_string())?;
 
-    // Throughput: each round runs every variant, in an order rotated per round.
+    // Rows of the table, in the order measured.
+    let mut rows: Vec<String> = Vec::new();
+    let mib = |kib: f64| kib / 1024.0;
+    let secs = Duration::from_secs(o.seconds);
     let n = variants.len();
+
+    // Throughput: each round runs every variant, in an order rotated per round.
     let mut h2: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut rust: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let secs = Duration::from_secs(o.seconds);
-    for round in 0..o.rounds {
-        for k in 0..n {
-            let i = (k + round) % n;
-            let v = &variants[i];
-            let run = h2load::run(
-                v.target.port,
-                v.target.tls.is_some(),
-                v.target.bearer.as_deref(),
-                &body,
-                o.seconds,
-            )?;
-            if run.failed > 0 {
-                return Err(format!(
-                    "{}: h2load saw {} failed calls",
-                    v.name, run.failed
-                ));
+    if o.wants(Part::Hits) {
+        for round in 0..o.rounds {
+            for k in 0..n {
+                let i = (k + round) % n;
+                let v = &variants[i];
+                let run = h2load::run(
+                    v.target.port,
+                    v.target.tls.is_some(),
+                    v.target.bearer.as_deref(),
+                    &body,
+                    o.seconds,
+                )?;
+                if run.failed > 0 {
+                    return Err(format!(
+                        "{}: h2load saw {} failed calls",
+                        v.name, run.failed
+                    ));
+                }
+                h2[i].push(run.rate);
             }
-            h2[i].push(run.rate);
+            for k in 0..n {
+                let i = (k + round) % n;
+                let v = &variants[i];
+                let out = load::closed(&v.target, 4, 32, secs).await?;
+                check(v.name, &out)?;
+                rust[i].push(out.rate());
+            }
+            eprintln!(
+                "round {}: h2load {:?}",
+                round + 1,
+                h2.iter()
+                    .map(|r| r.last().copied().unwrap_or(0.0) as u64)
+                    .collect::<Vec<_>>()
+            );
         }
-        for k in 0..n {
-            let i = (k + round) % n;
-            let v = &variants[i];
-            let out = load::closed(&v.target, 4, 32, secs).await?;
-            check(v.name, &out)?;
-            rust[i].push(out.rate());
+        // Ratios are per round (paired), then the median.
+        let ratio_to = |runs: &[Vec<f64>], i: usize, j: usize| {
+            median(runs[i].iter().zip(&runs[j]).map(|(a, b)| a / b).collect())
+        };
+        rows.push(format!(
+            "| cache-hit throughput, h2load (calls/s) | {:.0} | {:.0} | {:.3} | ≥ 0.95 |",
+            median(h2[1].clone()),
+            median(h2[0].clone()),
+            ratio_to(&h2, 1, 0)
+        ));
+        rows.push(format!(
+            "| cache-hit throughput, Rust client (calls/s) | {:.0} | {:.0} | {:.3} | ≥ 0.95 |",
+            median(rust[1].clone()),
+            median(rust[0].clone()),
+            ratio_to(&rust, 1, 0)
+        ));
+        for (i, name) in [(2, "TLS"), (3, "SA-JWT caller auth")] {
+            rows.push(format!(
+                "| {name}: throughput, h2load / Rust (calls/s) | {:.0} / {:.0} | | {:.3} / {:.3} of baseline; {:.3} / {:.3} of plain tokenvend | |",
+                median(h2[i].clone()),
+                median(rust[i].clone()),
+                ratio_to(&h2, i, 0),
+                ratio_to(&rust, i, 0),
+                ratio_to(&h2, i, 1),
+                ratio_to(&rust, i, 1)
+            ));
         }
-        eprintln!(
-            "round {}: h2load {:?}",
-            round + 1,
-            h2.iter()
-                .map(|r| r.last().copied().unwrap_or(0.0) as u64)
-                .collect::<Vec<_>>()
-        );
     }
-    // Ratios are per round (paired), then the median.
-    let ratio = |runs: &[Vec<f64>], i: usize| {
-        median(runs[i].iter().zip(&runs[0]).map(|(a, b)| a / b).collect())
-    };
-    let ratio_to = |runs: &[Vec<f64>], i: usize, j: usize| {
-        median(runs[i].iter().zip(&runs[j]).map(|(a, b)| a / b).collect())
-    };
 
     // Latency at half the baseline's peak (as the Rust generator reaches it).
-    let rate = median(rust[0].clone()) / 2.0;
-    let mut lat: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
-    for round in 0..o.rounds {
-        for k in 0..n {
-            let i = (k + round) % n;
-            let out = load::open(&variants[i].target, 4, 64, rate, secs).await?;
-            check(variants[i].name, &out)?;
-            match &mut lat[i] {
-                Some(total) => {
-                    total.latency.add(&out.latency).map_err(|e| e.to_string())?;
-                    total.calls += out.calls;
+    if o.wants(Part::Latency) {
+        let peak = match rust[0].is_empty() {
+            false => median(rust[0].clone()),
+            true => {
+                let out = load::closed(&variants[0].target, 4, 32, secs).await?;
+                check(variants[0].name, &out)?;
+                out.rate()
+            }
+        };
+        let rate = peak / 2.0;
+        let mut lat: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+        for round in 0..o.rounds {
+            for k in 0..n {
+                let i = (k + round) % n;
+                let out = load::open(&variants[i].target, 4, 64, rate, secs).await?;
+                check(variants[i].name, &out)?;
+                match &mut lat[i] {
+                    Some(total) => {
+                        total.latency.add(&out.latency).map_err(|e| e.to_string())?;
+                        total.calls += out.calls;
+                    }
+                    slot @ None => *slot = Some(out),
                 }
-                slot @ None => *slot = Some(out),
             }
         }
+        let l = |i: usize| {
+            lat[i]
+                .as_ref()
+                .map_or((0.0, 0.0, 0.0), |o| (o.ms(0.5), o.ms(0.99), o.ms(0.999)))
+        };
+        let (b50, b99, b999) = l(0);
+        for (i, name) in [(1, "plain"), (2, "TLS"), (3, "SA-JWT")] {
+            let (p50, p99, p999) = l(i);
+            rows.push(format!(
+                "| latency at {rate:.0}/s, {name}: p50 / p99 / p99.9 (ms) | {p50:.3} / {p99:.3} / {p999:.3} | {b50:.3} / {b99:.3} / {b999:.3} | {:.2} (p99) | p99 ≤ 1 ms |",
+                p99 / b99
+            ));
+        }
     }
-    let rss_after_load = ours.rss_kib()?;
+    if o.wants(Part::Hits) || o.wants(Part::Latency) {
+        rows.push(format!(
+            "| RSS after the hit runs (MiB) | {:.1} | | | |",
+            mib(ours.rss_kib()? as f64)
+        ));
+    }
     drop(ours_tls);
     drop(ours_jwt);
 
     // Misses: N concurrent cold callers, then single misses against a slow IdP.
-    idp.set_delay(Duration::from_millis(o.idp_ms));
-    let before = idp.requests();
-    let cold = load::burst(
-        &Target {
-            profile: "cold".into(),
-            ..target(ours.port, None, None)
-        },
-        100,
-        o.callers,
-    )
-    .await?;
-    let cold_requests = idp.requests() - before;
-    let mut miss = load::burst(
-        &Target {
-            profile: "miss-0".into(),
-            ..target(ours.port, None, None)
-        },
-        1,
-        1,
-    )
-    .await?;
-    for i in 1..MISS_PROFILES {
-        let one = load::burst(
+    if o.wants(Part::Misses) {
+        idp.set_delay(Duration::from_millis(o.idp_ms));
+        let before = idp.requests();
+        let cold = load::burst(
             &Target {
-                profile: format!("miss-{i}"),
+                profile: "cold".into(),
+                ..target(ours.port, None, None)
+            },
+            100,
+            o.callers,
+        )
+        .await?;
+        let cold_requests = idp.requests() - before;
+        let mut miss = load::burst(
+            &Target {
+                profile: "miss-0".into(),
                 ..target(ours.port, None, None)
             },
             1,
             1,
         )
         .await?;
-        miss.latency.add(&one.latency).map_err(|e| e.to_string())?;
-        miss.calls += one.calls;
-        miss.errors += one.errors;
+        for i in 1..MISS_PROFILES {
+            let one = load::burst(
+                &Target {
+                    profile: format!("miss-{i}"),
+                    ..target(ours.port, None, None)
+                },
+                1,
+                1,
+            )
+            .await?;
+            miss.latency.add(&one.latency).map_err(|e| e.to_string())?;
+            miss.calls += one.calls;
+            miss.errors += one.errors;
+        }
+        idp.set_delay(Duration::ZERO);
+        rows.push(format!(
+            "| {} concurrent cold callers: IdP requests / calls served | {} / {} ({} errors) | | | 1 / {} |",
+            o.callers, cold_requests, cold.calls, cold.errors, o.callers
+        ));
+        rows.push(format!(
+            "| cold callers' latency p50 / p99 (ms), IdP {} ms | {:.1} / {:.1} | | | |",
+            o.idp_ms,
+            cold.ms(0.5),
+            cold.ms(0.99)
+        ));
+        rows.push(format!(
+            "| miss latency p50 / p99 (ms), IdP {} ms, {} misses | {:.1} / {:.1} | | p99 − IdP = {:.1} ms | ≤ IdP + 5 ms |",
+            o.idp_ms,
+            MISS_PROFILES,
+            miss.ms(0.5),
+            miss.ms(0.99),
+            miss.ms(0.99) - o.idp_ms as f64
+        ));
     }
-    idp.set_delay(Duration::ZERO);
     drop(ours);
 
     // Start-up and idle memory, alternating with the baseline.
-    let (mut up, mut up_base, mut first_token, mut idle_rss, mut base_rss) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..o.rounds.max(3) {
-        let mut s = serve(&idle, "tokenvend-idle.log")?;
-        up.push(s.serving().await?.as_secs_f64() * 1e3);
-        let t = Instant::now();
-        wait_token(&target(s.port, None, None)).await?;
-        first_token.push(up.last().copied().unwrap_or(0.0) + t.elapsed().as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        idle_rss.push(s.rss_kib()? as f64);
-        drop(s);
-        let mut b = Server::start(
-            &me,
-            &["baseline", "--reply", &reply_path],
-            &dir.join("baseline.log"),
-        )?;
-        up_base.push(b.serving().await?.as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        base_rss.push(b.rss_kib()? as f64);
+    if o.wants(Part::Startup) {
+        let (mut up, mut up_base, mut first_token, mut idle_rss, mut base_rss) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..o.rounds.max(3) {
+            let mut s = serve(&idle, "tokenvend-idle.log")?;
+            up.push(s.serving().await?.as_secs_f64() * 1e3);
+            let t = Instant::now();
+            wait_token(&target(s.port, None, None)).await?;
+            first_token.push(up.last().copied().unwrap_or(0.0) + t.elapsed().as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            idle_rss.push(s.rss_kib()? as f64);
+            drop(s);
+            let mut b = Server::start(
+                &me,
+                &["baseline", "--reply", &reply_path],
+                &dir.join("baseline.log"),
+            )?;
+            up_base.push(b.serving().await?.as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            base_rss.push(b.rss_kib()? as f64);
+        }
+        rows.push(format!(
+            "| RSS idle, 1 profile (MiB) | {:.1} | {:.1} | {:.2} | ≤ 20 MiB |",
+            mib(median(idle_rss.clone())),
+            mib(median(base_rss.clone())),
+            median(idle_rss.clone()) / median(base_rss.clone())
+        ));
+        rows.push(format!(
+            "| start to SERVING (ms) | {:.1} | {:.1} | {:.2} | |",
+            median(up.clone()),
+            median(up_base.clone()),
+            median(up.clone()) / median(up_base.clone())
+        ));
+        rows.push(format!(
+            "| start to first token served (ms) | {:.1} | | | |",
+            median(first_token.clone())
+        ));
     }
 
     // Scale: many profiles, every one holding a token.
-    let before = idp.requests();
-    let started = Instant::now();
-    let mut s = serve(&scale, "tokenvend-scale.log")?;
-    s.serving().await?;
-    while idp.requests() - before < o.profiles as u64 {
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!(
-                "only {} of {} profiles fetched a token",
-                idp.requests() - before,
-                o.profiles
-            ));
+    if o.wants(Part::Scale) {
+        let before = idp.requests();
+        let started = Instant::now();
+        let mut s = serve(&scale, "tokenvend-scale.log")?;
+        s.serving().await?;
+        while idp.requests() - before < o.profiles as u64 {
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(format!(
+                    "only {} of {} profiles fetched a token",
+                    idp.requests() - before,
+                    o.profiles
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let warm_all = started.elapsed();
-    let last = format!("p-{:05}", o.profiles - 1);
-    wait_token(&Target {
-        profile: last.clone(),
-        ..target(s.port, None, None)
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let scale_rss = s.rss_kib()?;
-    std::fs::write(dir.join("request-scale.bin"), h2load::body(&last))
-        .map_err(|e| e.to_string())?;
-    let (mut scale_hits, mut scale_base) = (vec![], vec![]);
-    for round in 0..o.rounds {
-        let runs = [(s.port, "request-scale.bin"), (base.port, "request.bin")];
-        for k in 0..2 {
-            let (port, file) = runs[(k + round) % 2];
-            let r = h2load::run(port, false, None, &dir.join(file), o.seconds)?.rate;
-            if port == s.port {
-                scale_hits.push(r)
-            } else {
-                scale_base.push(r)
+        let warm_all = started.elapsed();
+        let last = format!("p-{:05}", o.profiles - 1);
+        wait_token(&Target {
+            profile: last.clone(),
+            ..target(s.port, None, None)
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let scale_rss = s.rss_kib()?;
+        std::fs::write(dir.join("request-scale.bin"), h2load::body(&last))
+            .map_err(|e| e.to_string())?;
+        let (mut scale_hits, mut scale_base) = (vec![], vec![]);
+        for round in 0..o.rounds {
+            let runs = [(s.port, "request-scale.bin"), (base.port, "request.bin")];
+            for k in 0..2 {
+                let (port, file) = runs[(k + round) % 2];
+                let r = h2load::run(port, false, None, &dir.join(file), o.seconds)?.rate;
+                if port == s.port {
+                    scale_hits.push(r)
+                } else {
+                    scale_base.push(r)
+                }
             }
         }
+        let scale_ratio = median(
+            scale_hits
+                .iter()
+                .zip(&scale_base)
+                .map(|(a, b)| a / b)
+                .collect(),
+        );
+        drop(s);
+        rows.push(format!(
+            "| RSS with {} profiles holding tokens (MiB) | {:.1} | | | ≤ 64 MiB |",
+            o.profiles,
+            mib(scale_rss as f64)
+        ));
+        rows.push(format!(
+            "| cache-hit throughput with {} profiles, h2load | {:.0} | {:.0} | {:.3} | flat |",
+            o.profiles,
+            median(scale_hits.clone()),
+            median(scale_base.clone()),
+            scale_ratio
+        ));
+        rows.push(format!(
+            "| {} profiles: start to every token cached (s) | {:.2} | | | |",
+            o.profiles,
+            warm_all.as_secs_f64()
+        ));
     }
-    let scale_ratio = median(
-        scale_hits
-            .iter()
-            .zip(&scale_base)
-            .map(|(a, b)| a / b)
-            .collect(),
-    );
-    drop(s);
 
-    // The table.
-    let mib = |kib: f64| kib / 1024.0;
-    let l = |i: usize| {
-        lat[i]
-            .as_ref()
-            .map_or((0.0, 0.0, 0.0), |o| (o.ms(0.5), o.ms(0.99), o.ms(0.999)))
-    };
-    let (b50, b99, b999) = l(0);
     println!();
     println!("| figure | tokenvend | baseline | ratio | goal |");
     println!("|---|---:|---:|---:|---|");
-    println!(
-        "| cache-hit throughput, h2load (calls/s) | {:.0} | {:.0} | {:.3} | ≥ 0.95 |",
-        median(h2[1].clone()),
-        median(h2[0].clone()),
-        ratio(&h2, 1)
-    );
-    println!(
-        "| cache-hit throughput, Rust client (calls/s) | {:.0} | {:.0} | {:.3} | ≥ 0.95 |",
-        median(rust[1].clone()),
-        median(rust[0].clone()),
-        ratio(&rust, 1)
-    );
-    for (i, name) in [(1, "plain"), (2, "TLS"), (3, "SA-JWT")] {
-        let (p50, p99, p999) = l(i);
-        println!(
-            "| latency at {rate:.0}/s, {name}: p50 / p99 / p99.9 (ms) | {p50:.3} / {p99:.3} / {p999:.3} | {b50:.3} / {b99:.3} / {b999:.3} | {:.2} (p99) | p99 ≤ 1 ms |",
-            p99 / b99
-        );
+    for row in rows {
+        println!("{row}");
     }
-    println!(
-        "| TLS: throughput, h2load / Rust (calls/s) | {:.0} / {:.0} | | {:.3} / {:.3} of baseline; {:.3} / {:.3} of plain tokenvend | |",
-        median(h2[2].clone()),
-        median(rust[2].clone()),
-        ratio(&h2, 2),
-        ratio(&rust, 2),
-        ratio_to(&h2, 2, 1),
-        ratio_to(&rust, 2, 1)
-    );
-    println!(
-        "| SA-JWT caller auth: throughput, h2load / Rust (calls/s) | {:.0} / {:.0} | | {:.3} / {:.3} of baseline; {:.3} / {:.3} of plain tokenvend | |",
-        median(h2[3].clone()),
-        median(rust[3].clone()),
-        ratio(&h2, 3),
-        ratio(&rust, 3),
-        ratio_to(&h2, 3, 1),
-        ratio_to(&rust, 3, 1)
-    );
-    println!(
-        "| RSS idle, 1 profile (MiB) | {:.1} | {:.1} | {:.2} | ≤ 20 MiB |",
-        mib(median(idle_rss.clone())),
-        mib(median(base_rss.clone())),
-        median(idle_rss.clone()) / median(base_rss.clone())
-    );
-    println!(
-        "| RSS after the hit runs (MiB) | {:.1} | | | |",
-        mib(rss_after_load as f64)
-    );
-    println!(
-        "| RSS with {} profiles holding tokens (MiB) | {:.1} | | | ≤ 64 MiB |",
-        o.profiles,
-        mib(scale_rss as f64)
-    );
-    println!(
-        "| cache-hit throughput with {} profiles, h2load | {:.0} | {:.0} | {:.3} | flat |",
-        o.profiles,
-        median(scale_hits.clone()),
-        median(scale_base.clone()),
-        scale_ratio
-    );
-    println!(
-        "| {} profiles: start to every token cached (s) | {:.2} | | | |",
-        o.profiles,
-        warm_all.as_secs_f64()
-    );
-    println!(
-        "| start to SERVING (ms) | {:.1} | {:.1} | {:.2} | |",
-        median(up.clone()),
-        median(up_base.clone()),
-        median(up.clone()) / median(up_base.clone())
-    );
-    println!(
-        "| start to first token served (ms) | {:.1} | | | |",
-        median(first_token.clone())
-    );
-    println!(
-        "| {} concurrent cold callers: IdP requests / calls served | {} / {} ({} errors) | | | 1 / {} |",
-        o.callers, cold_requests, cold.calls, cold.errors, o.callers
-    );
-    println!(
-        "| cold callers' latency p50 / p99 (ms), IdP {} ms | {:.1} / {:.1} | | | |",
-        o.idp_ms,
-        cold.ms(0.5),
-        cold.ms(0.99)
-    );
-    println!(
-        "| miss latency p50 / p99 (ms), IdP {} ms, {} misses | {:.1} / {:.1} | | p99 − IdP = {:.1} ms | ≤ IdP + 5 ms |",
-        o.idp_ms,
-        MISS_PROFILES,
-        miss.ms(0.5),
-        miss.ms(0.99),
-        miss.ms(0.99) - o.idp_ms as f64
-    );
     Ok(())
 }
 

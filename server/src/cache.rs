@@ -28,7 +28,10 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 use tokenvend::{pb, wire::EncodedToken};
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Semaphore, watch},
+    time::Instant,
+};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument as _;
 
@@ -59,9 +62,17 @@ pub struct TokenCache {
     /// The store shared with other replicas, consulted on a miss (never on a hit).
     store: Option<SharedStore>,
     metrics: Metrics,
+    /// Permits for background fetches (warm-up, refresh ahead), shared by all profiles.
+    background: Arc<Semaphore>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
 }
+
+/// How many background fetches run at once. Ten thousand profiles warming up together
+/// would otherwise open ten thousand connections to a provider (which throttles them) and
+/// hold their buffers; 64 at a time warm 10,000 profiles in about 16 s against a provider
+/// answering in 100 ms. A caller's miss never waits for a permit.
+const BACKGROUND_FETCHES: usize = 64;
 
 /// What a reload changed, by profile name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -104,6 +115,7 @@ impl TokenCache {
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             store,
             metrics,
+            background: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         };
@@ -132,7 +144,7 @@ impl TokenCache {
             self.metrics.clone(),
             counters,
         ));
-        tokio::spawn(refresh::run(slot.clone()));
+        tokio::spawn(refresh::run(slot.clone(), self.background.clone()));
         slot
     }
 

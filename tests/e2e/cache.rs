@@ -191,3 +191,49 @@ async fn a_rejected_token_is_replaced_once_however_many_report_it() {
     assert_eq!(idp.count(), 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn warm_up_of_many_profiles_is_paced_and_a_callers_miss_does_not_wait_for_it() {
+    let idp = TestIdp::start(Behaviour::slow(3600, Duration::from_millis(100))).await;
+    let mut config = String::from("profiles:\n");
+    for i in 0..300 {
+        config += &crate::support::profile(&format!("warm-{i:03}"), &idp, "    warm_up: true\n");
+    }
+    config += &crate::support::profile("cold", &idp, "");
+    let server = Server::start(&config).await;
+
+    // 300 warm-ups at 64 at a time take five rounds of 100 ms; a caller's miss is not queued
+    // behind them.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let asked = Instant::now();
+    server.get("cold").await.unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_millis(450),
+        "the miss waited {:?} behind the warm-up",
+        asked.elapsed()
+    );
+
+    let started = Instant::now();
+    while idp.count() < 301 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "warm-up stalled at {}",
+            idp.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in [0, 150, 299] {
+        server.get(&format!("warm-{i:03}")).await.unwrap();
+    }
+    assert_eq!(
+        idp.count(),
+        301,
+        "every warm profile was served from its warm-up token"
+    );
+    assert!(
+        (2..=65).contains(&idp.peak_concurrency()),
+        "background fetches at once: {} (64 permits, and the caller's miss)",
+        idp.peak_concurrency()
+    );
+    server.stop().await;
+}

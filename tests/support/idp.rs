@@ -87,6 +87,26 @@ struct IdpState {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<Recorded>>,
     issued: AtomicUsize,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a IdpState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a IdpState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct TestIdp {
@@ -103,6 +123,8 @@ impl TestIdp {
             behaviour: Mutex::new(behaviour),
             requests: Mutex::default(),
             issued: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/token", post(token))
@@ -124,6 +146,11 @@ impl TestIdp {
     /// Token requests received so far.
     pub fn count(&self) -> usize {
         self.state.requests.lock().unwrap().len()
+    }
+
+    /// The most token requests the IdP was answering at the same time.
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -155,6 +182,7 @@ async fn token(
         traceparent: text(header::HeaderName::from_static("traceparent")),
     });
     let behaviour = state.behaviour.lock().unwrap().clone();
+    let _in_flight = InFlight::enter(&state);
     match behaviour {
         Behaviour::Issue { lifetime, delay } => {
             tokio::time::sleep(delay).await;

@@ -3,21 +3,29 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    sync::Semaphore,
+    time::{Instant, sleep_until},
+};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{Slot, Step, lock};
 use crate::{config::Grant, metrics::Trigger};
 
-/// Runs until the slot is retired (by a reload, or at shutdown).
-pub(super) async fn run(slot: Arc<Slot>) {
+/// Runs until the slot is retired (by a reload, or at shutdown). A refresh waits for one
+/// of the `permits` shared by all profiles.
+pub(super) async fn run(slot: Arc<Slot>, permits: Arc<Semaphore>) {
     let mut updates = slot.subscribe();
     loop {
         let wake = next_refresh(&slot);
         tokio::select! {
             () = slot.retired.cancelled() => return,
             () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                let _permit = tokio::select! {
+                    () = slot.retired.cancelled() => return,
+                    permit = permits.acquire() => permit,
+                };
                 let span = refresh_span(&slot);
                 refresh_due(&slot).instrument(span).await;
             }

@@ -22,10 +22,32 @@ pub struct Fingerprint([u8; 8]);
 impl Fingerprint {
     /// The fingerprint of a token.
     pub fn of(token: &str) -> Self {
-        let digest = Sha256::digest(token.as_bytes());
+        TokenDigest::of(token).fingerprint()
+    }
+}
+
+/// A token's SHA-256: how the cache recognises a token a caller reports as rejected
+/// without keeping a second copy of the token (the encoded reply holds the one copy).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of a token.
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The token's fingerprint: the first 8 bytes of the digest.
+    pub fn fingerprint(&self) -> Fingerprint {
         let mut bytes = [0; 8];
-        bytes.copy_from_slice(&digest[..8]);
-        Self(bytes)
+        bytes.copy_from_slice(&self.0[..8]);
+        Fingerprint(bytes)
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", self.fingerprint())
     }
 }
 

@@ -37,12 +37,11 @@ use tracing::Instrument as _;
 
 pub use crate::metrics::CacheResult;
 use crate::{
-    audit::Fingerprint,
+    audit::{Fingerprint, TokenDigest},
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
     metrics::{Metrics, ProfileMetrics, Trigger},
-    secret::Secret,
     source::TokenSource,
     state::{RefreshChain, StateDir},
     store::SharedStore,
@@ -213,7 +212,8 @@ impl TokenCache {
 
 /// A token as the cache holds it, with its reply encoded once.
 pub struct CachedToken {
-    access_token: Secret,
+    /// Recognises the token when a caller reports it rejected.
+    digest: TokenDigest,
     expires_at: SystemTime,
     /// The monotonic twin of `expires_at`: wall-clock jumps cannot stretch a token's life.
     expires: Instant,
@@ -221,7 +221,6 @@ pub struct CachedToken {
     issued: Instant,
     lifetime: Duration,
     encoded: EncodedToken,
-    fingerprint: Fingerprint,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -269,8 +268,7 @@ impl CachedToken {
                 .saturating_sub(jitter)
         });
         Ok(Self {
-            fingerprint: Fingerprint::of(issued.access_token.expose()),
-            access_token: issued.access_token,
+            digest: TokenDigest::of(issued.access_token.expose()),
             expires_at: issued.expires_at,
             expires: sent + issued.lifetime,
             refresh_at: sent + ahead,
@@ -287,7 +285,7 @@ impl CachedToken {
 
     /// The token's fingerprint, for audit events.
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        self.digest.fingerprint()
     }
 
     /// When the token expires.
@@ -314,7 +312,7 @@ impl CachedToken {
         let left = self.remaining(now);
         !left.is_zero()
             && left >= min_ttl
-            && rejected.is_none_or(|r| r != self.access_token.expose())
+            && rejected.is_none_or(|r| TokenDigest::of(r) != self.digest)
     }
 }
 
@@ -491,7 +489,7 @@ impl Slot {
             .filter(|t| t.serves(now, min_ttl, need.rejected))?;
         let result = token.freshness(now);
         self.counters.cache(result);
-        Some((token.encoded.clone(), token.fingerprint, result))
+        Some((token.encoded.clone(), token.fingerprint(), result))
     }
 
     /// A token that meets the need: the cached one, or a fresh one from the provider; and

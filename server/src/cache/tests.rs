@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::config::Config;
+use crate::{config::Config, secret::Secret};
 
 fn profile(extra: &str) -> Arc<Profile> {
     Config::from_yaml(&format!(

@@ -8,9 +8,9 @@
 //! - A ceiling on provider requests per profile per minute holds whatever callers ask
 //!   (`rejected_token`, `min_ttl`), so that no caller can drain the provider's quota. It
 //!   is checked only where a request would start, never on the hot path.
-//! - A refresher task per slot replaces the token in the background before it expires
-//!   (see [`refresh`]); while the provider fails, the still-valid token keeps being served
-//!   and requests are retried with backoff.
+//! - The refresher replaces each token in the background before it expires (see
+//!   [`refresh`]); while the provider fails, the still-valid token keeps being served and
+//!   requests are retried with backoff.
 
 mod refresh;
 
@@ -18,7 +18,7 @@ use std::{
     collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, SystemTime},
 };
 
@@ -29,7 +29,7 @@ use futures::{
 };
 use tokenvend::{pb, wire::EncodedToken};
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{Semaphore, mpsc, watch},
     time::Instant,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -61,8 +61,8 @@ pub struct TokenCache {
     /// The store shared with other replicas, consulted on a miss (never on a hit).
     store: Option<SharedStore>,
     metrics: Metrics,
-    /// Permits for background fetches (warm-up, refresh ahead), shared by all profiles.
-    background: Arc<Semaphore>,
+    /// Where slots ask the refresher to work out their next refresh again.
+    wakes: refresh::Wakes,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
 }
@@ -87,7 +87,7 @@ pub struct Changes {
 }
 
 impl TokenCache {
-    /// A cache for these profiles, with a refresher task for each. Refresh-token profiles
+    /// A cache for these profiles, and the refresher that keeps them. Refresh-token profiles
     /// keep their chains in `state`. Must be called within a Tokio runtime.
     pub fn new(
         profiles: &[Arc<Profile>],
@@ -107,6 +107,12 @@ impl TokenCache {
         store: Option<SharedStore>,
     ) -> Self {
         let stop = CancellationToken::new();
+        let (wakes, woken) = mpsc::unbounded_channel();
+        tokio::spawn(refresh::run(
+            woken,
+            Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
+            stop.clone(),
+        ));
         let cache = Self {
             slots: ArcSwap::default(),
             reloading: Mutex::default(),
@@ -114,7 +120,7 @@ impl TokenCache {
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             store,
             metrics,
-            background: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
+            wakes,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         };
@@ -140,10 +146,11 @@ impl TokenCache {
             profile.clone(),
             source,
             &self.stop,
+            self.wakes.clone(),
             self.metrics.clone(),
             counters,
         ));
-        tokio::spawn(refresh::run(slot.clone(), self.background.clone()));
+        slot.reschedule();
         slot
     }
 
@@ -352,7 +359,12 @@ pub struct Slot {
     // Guards the decision to start or join a fetch and the publication of its result, so
     // that a caller never misses both. Held for a few instructions, never across an await.
     state: Mutex<SlotState>,
-    updates: watch::Sender<Option<Arc<CachedToken>>>,
+    /// New tokens for `WatchToken` streams; made by the first of them (most profiles are
+    /// never watched, and a channel is 350 bytes). Set and sent to under `state`.
+    updates: OnceLock<watch::Sender<Option<Arc<CachedToken>>>>,
+    /// The refresher, and this slot's entry in its timetable.
+    wakes: refresh::Wakes,
+    scheduled: refresh::Scheduled,
     /// Cancels fetches: the whole cache is stopping.
     stop: CancellationToken,
     /// Cancelled when a reload replaces or removes the profile (and at shutdown): stops
@@ -440,6 +452,7 @@ impl Slot {
         profile: Arc<Profile>,
         source: TokenSource,
         stop: &CancellationToken,
+        wakes: refresh::Wakes,
         metrics: Metrics,
         counters: Arc<ProfileMetrics>,
     ) -> Self {
@@ -450,7 +463,9 @@ impl Slot {
             source,
             current: ArcSwapOption::empty(),
             state: Mutex::default(),
-            updates: watch::Sender::new(None),
+            updates: OnceLock::new(),
+            wakes,
+            scheduled: refresh::Scheduled::default(),
             stop: stop.clone(),
             retired: stop.child_token(),
         }
@@ -524,9 +539,20 @@ impl Slot {
         Ok((token, result))
     }
 
-    /// Updates of the current token, for `WatchToken` and the refresher.
+    /// Updates of the current token, for `WatchToken`.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<CachedToken>>> {
-        self.updates.subscribe()
+        // Under the lock that publication takes, so that no token is published between
+        // reading the current one and being able to send the next.
+        let _state = lock(&self.state);
+        self.updates
+            .get_or_init(|| watch::Sender::new(self.current.load_full()))
+            .subscribe()
+    }
+
+    /// Asks the refresher to work out this slot's next refresh again.
+    fn reschedule(self: &Arc<Self>) {
+        // Fails only once the refresher has stopped, at shutdown: nothing is left to do.
+        let _ = self.wakes.send(Arc::downgrade(self));
     }
 
     /// How the slot stands.
@@ -618,7 +644,7 @@ impl Slot {
     }
 
     /// Publishes a fetch's outcome and ends the flight, in one step under the lock.
-    fn finish(&self, outcome: FetchResult, trigger: Trigger) -> FetchResult {
+    fn finish(self: &Arc<Self>, outcome: FetchResult, trigger: Trigger) -> FetchResult {
         let failure = match &outcome {
             Ok(_) => Some(None),
             Err(FetchError::Idp(error)) => Some(Some(error.kind())),
@@ -638,9 +664,12 @@ impl Slot {
                 state.retry_at = None;
                 state.last_refresh = Some(SystemTime::now());
                 state.lifetime = Some(token.lifetime);
+                if let Some(updates) = self.updates.get() {
+                    updates.send_replace(Some(token.clone()));
+                }
                 drop(state);
+                self.reschedule();
                 self.counters.token_expires_at(Some(token.expires_at));
-                self.updates.send_replace(Some(token.clone()));
                 tracing::info!(
                     profile = %self.profile.name,
                     lifetime_s = token.lifetime.as_secs(),

@@ -199,7 +199,8 @@ pub struct Profile {
     /// For `grant: refresh_token`: the first refresh token, until a rotated one is stored.
     pub refresh_token: Option<SecretSource>,
     /// For `tokenvend authorize`: where the user approves, and where the code comes back.
-    pub authorize: Option<Authorize>,
+    /// Boxed: two URLs few profiles have would otherwise add 180 bytes to every profile.
+    pub authorize: Option<Box<Authorize>>,
     /// The scopes to request.
     pub scopes: Vec<String>,
     /// `audience` form field (Auth0, some Okta setups).
@@ -912,12 +913,12 @@ impl RawProfile {
             .transpose()?;
         let authorize = match (self.authorize_url, self.redirect_uri) {
             (None, None) => None,
-            (Some(url), Some(redirect)) => Some(Authorize {
+            (Some(url), Some(redirect)) => Some(Box::new(Authorize {
                 authorize_url: Url::parse(&url)
                     .map_err(|e| err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
                 redirect_uri: Url::parse(&redirect)
                     .map_err(|e| err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
-            }),
+            })),
             (Some(_), None) => {
                 return Err(err(
                     "redirect_uri",

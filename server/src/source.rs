@@ -22,9 +22,10 @@ pub struct TokenSource {
     idp: IdpClient,
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
-    chain: Option<Chain>,
+    // Boxed, as most profiles have neither: inline they made every slot 200 bytes larger.
+    chain: Option<Box<Chain>>,
     /// The store shared with other replicas, if any.
-    shared: Option<ProfileStore>,
+    shared: Option<Box<ProfileStore>>,
     /// The token this source last produced: the slot holds it, so a fetch means it no
     /// longer serves and the shared store must not hand it back. Locked only to copy.
     last: Mutex<Option<Fingerprint>>,
@@ -37,7 +38,7 @@ impl TokenSource {
             profile,
             idp,
             metadata: ArcSwapOption::empty(),
-            chain: chain.map(Chain::File),
+            chain: chain.map(|chain| Box::new(Chain::File(chain))),
             shared: None,
             last: Mutex::new(None),
         }
@@ -49,12 +50,12 @@ impl TokenSource {
         if let Some(store) = &shared
             && self.profile.grant == Grant::RefreshToken
         {
-            self.chain = Some(Chain::Shared {
+            self.chain = Some(Box::new(Chain::Shared {
                 store: store.clone(),
                 seed: self.profile.refresh_token.clone(),
-            });
+            }));
         }
-        self.shared = shared;
+        self.shared = shared.map(Box::new);
         self
     }
 

@@ -391,7 +391,8 @@ struct SlotState {
     recent: VecDeque<Instant>,
     /// The span of the last background refresh, linked from the next one so that a
     /// profile's refreshes can be followed from one to the next.
-    refresh_span: Option<opentelemetry::trace::SpanContext>,
+    /// Boxed: only profiles traced while OpenTelemetry export is on have one.
+    refresh_span: Option<Box<opentelemetry::trace::SpanContext>>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -258,7 +258,8 @@ pub enum ClientAuth {
     /// HTTP Basic with the form-urlencoded id and secret.
     SecretBasic(SecretSource),
     /// A JWT client assertion signed with the client's private key.
-    PrivateKeyJwt(PrivateKeyJwt),
+    /// Boxed: the key's settings would otherwise make every profile 60 bytes larger.
+    PrivateKeyJwt(Box<PrivateKeyJwt>),
 }
 
 /// The signing key of a `private_key_jwt` client.
@@ -895,7 +896,7 @@ impl RawProfile {
                 };
                 // Proves the key and certificate parse and fit the algorithm.
                 crate::assertion::Signer::load(&jwt).map_err(|e| err(e.key(), e.to_string()))?;
-                ClientAuth::PrivateKeyJwt(jwt)
+                ClientAuth::PrivateKeyJwt(Box::new(jwt))
             }
         };
         if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {

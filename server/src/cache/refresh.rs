@@ -173,13 +173,13 @@ fn refresh_span(slot: &Slot) -> tracing::Span {
     if !span.is_disabled() {
         let mut state = lock(&slot.state);
         if let Some(previous) = state.refresh_span.take() {
-            span.add_link(previous);
+            span.add_link(*previous);
         }
-        state.refresh_span = Some(
+        state.refresh_span = Some(Box::new(
             opentelemetry::trace::TraceContextExt::span(&span.context())
                 .span_context()
                 .clone(),
-        );
+        ));
     }
     span
 }

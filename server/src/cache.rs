@@ -315,21 +315,20 @@ impl CachedToken {
     }
 
     /// Whether this token may be served to a caller with these needs.
-    fn serves(&self, now: Instant, min_ttl: Duration, rejected: Option<&str>) -> bool {
+    fn serves(&self, now: Instant, min_ttl: Duration, rejected: Option<TokenDigest>) -> bool {
         let left = self.remaining(now);
-        !left.is_zero()
-            && left >= min_ttl
-            && rejected.is_none_or(|r| TokenDigest::of(r) != self.digest)
+        !left.is_zero() && left >= min_ttl && rejected.is_none_or(|r| r != self.digest)
     }
 }
 
 /// What a caller needs of a token.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Need<'a> {
+pub struct Need {
     /// The token must stay valid at least this long.
     pub min_ttl: Duration,
-    /// The token the resource API rejected: never serve it again.
-    pub rejected: Option<&'a str>,
+    /// The digest of the token the resource API rejected (hashed once per call, however
+    /// often it is compared): never serve that token again.
+    pub rejected: Option<TokenDigest>,
 }
 
 #[derive(Debug, Clone)]
@@ -496,7 +495,7 @@ impl Slot {
     /// The hot path: the cached token if it meets the need, with its fingerprint, and
     /// whether it is past its refresh time. Counts the lookup if it found one; a miss is
     /// counted by [`Slot::token`], which the caller goes on to.
-    pub fn cached(&self, need: &Need<'_>) -> Option<(EncodedToken, Fingerprint, CacheResult)> {
+    pub fn cached(&self, need: &Need) -> Option<(EncodedToken, Fingerprint, CacheResult)> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let now = Instant::now();
         let current = self.current.load();
@@ -512,7 +511,7 @@ impl Slot {
     /// how the cache answered.
     pub async fn token(
         self: &Arc<Self>,
-        need: Need<'_>,
+        need: Need,
     ) -> Result<(Arc<CachedToken>, CacheResult), ServeError> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);

@@ -13,7 +13,7 @@ use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
-    audit,
+    audit::{self, TokenDigest},
     auth::{Authenticator, Caller, Peer},
     cache::{CacheResult, CacheState, CachedToken, Need, Slot, TokenCache},
     error::ServeError,
@@ -141,7 +141,9 @@ impl TokenService {
         let slot = self.slot(caller, &request.profile)?;
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
-            rejected: Some(request.rejected_token.as_str()).filter(|t| !t.is_empty()),
+            rejected: Some(request.rejected_token.as_str())
+                .filter(|t| !t.is_empty())
+                .map(TokenDigest::of),
         };
         if let Some(hit) = slot.cached(&need) {
             slot.counters().served(Rpc::GetToken);

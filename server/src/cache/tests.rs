@@ -38,8 +38,8 @@ async fn a_token_serves_until_expiry_less_min_ttl_and_never_once_rejected() {
     assert!(token.serves(now, Duration::ZERO, None));
     assert!(token.serves(now, Duration::from_secs(100), None));
     assert!(!token.serves(now, Duration::from_secs(101), None));
-    assert!(!token.serves(now, Duration::ZERO, Some("tok")));
-    assert!(token.serves(now, Duration::ZERO, Some("older")));
+    assert!(!token.serves(now, Duration::ZERO, Some(TokenDigest::of("tok"))));
+    assert!(token.serves(now, Duration::ZERO, Some(TokenDigest::of("older"))));
     assert!(!token.serves(now + Duration::from_secs(100), Duration::ZERO, None));
 }
 

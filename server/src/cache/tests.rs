@@ -205,3 +205,40 @@ async fn a_cache_hit_and_its_metrics_allocate_nothing() {
     eprintln!("cache hit with its counts: {:?} each", elapsed / HITS);
     assert!(metrics.prometheus_text().contains("result=\"hit\"} 100001"));
 }
+
+#[tokio::test]
+async fn slots_cost_no_task_each_while_they_wait_to_refresh() {
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let profiles: Vec<_> = (0..1000)
+        .map(|i| {
+            Config::from_yaml(&format!(
+                "profiles:\n  p{i}:\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: {{ value: s }}\n"
+            ))
+            .unwrap()
+            .profiles
+            .remove(0)
+        })
+        .collect();
+    let cache = TokenCache::new(
+        &profiles,
+        IdpClient::new(Duration::from_secs(1)).unwrap(),
+        None,
+        crate::metrics::Metrics::new(&crate::metrics::Export::default()).unwrap(),
+    );
+    tokio::task::yield_now().await;
+    // The refresher, one task for all of them.
+    assert_eq!(tasks(), before + 1);
+    drop(cache);
+    for _ in 0..100 {
+        if tasks() == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the refresher outlived its cache: {} tasks", tasks());
+}

@@ -322,7 +322,7 @@ impl pb::token_service_server::TokenService for TokenService {
             last: first,
             sent_first: false,
             stop: self.stop.clone(),
-            retired: slot.retired().clone(),
+            slot,
         };
         // The stream is dropped when the client leaves, which ends the watch quietly.
         let stream = futures::stream::unfold(watch, |mut watch| async move {
@@ -339,9 +339,9 @@ struct Watch {
     last: Arc<CachedToken>,
     sent_first: bool,
     stop: CancellationToken,
-    /// A reload replaced or removed the profile: the stream ends, and a client that
+    /// Once a reload replaces or removes the profile, the stream ends, and a client that
     /// watches again gets the new configuration's token (or NOT_FOUND).
-    retired: CancellationToken,
+    slot: Arc<Slot>,
 }
 
 impl Watch {
@@ -351,9 +351,13 @@ impl Watch {
             return Some(self.last.encoded().clone());
         }
         loop {
+            // Checked before each wait: retiring wakes the watchers already subscribed, not one
+            // that subscribed after it.
+            if self.slot.is_retired() {
+                return None;
+            }
             tokio::select! {
                 () = self.stop.cancelled() => return None,
-                () = self.retired.cancelled() => return None,
                 changed = self.updates.changed() => changed.ok()?,
             }
             let Some(token) = self.updates.borrow_and_update().clone() else {

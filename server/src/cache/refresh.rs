@@ -92,7 +92,7 @@ pub(super) async fn run(
             () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let Some(Reverse(entry)) = timetable.pop() else { continue };
                 let Some(slot) = entry.slot.upgrade() else { continue };
-                if slot.scheduled.0.load(Ordering::Relaxed) != entry.id || slot.retired.is_cancelled() {
+                if slot.scheduled.0.load(Ordering::Relaxed) != entry.id || slot.is_retired() {
                     continue;
                 }
                 // Worked out again: the slot may have changed since the entry was made.
@@ -111,7 +111,7 @@ pub(super) async fn run(
                         Err(_) => return,
                     },
                 };
-                if slot.retired.is_cancelled() {
+                if slot.is_retired() {
                     continue;
                 }
                 tokio::spawn(async move {
@@ -127,7 +127,7 @@ pub(super) async fn run(
 
 /// Enters a slot in the timetable at its next refresh, replacing its previous entry.
 fn schedule(timetable: &mut BinaryHeap<Reverse<Entry>>, slot: &Arc<Slot>, id: u64) {
-    if slot.retired.is_cancelled() {
+    if slot.is_retired() {
         return;
     }
     slot.scheduled.0.store(id, Ordering::Relaxed);

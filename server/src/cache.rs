@@ -50,11 +50,16 @@ use crate::{
     store::SharedStore,
 };
 
+/// Profiles by name. Hashed with foldhash, not SipHash: every call looks a name up, and
+/// the keys come from the configuration, not from callers, so there is no flooding to
+/// resist.
+type Slots = HashMap<Arc<str>, Arc<Slot>, foldhash::fast::RandomState>;
+
 /// The tokens of all profiles. Dropping it stops every background task it started.
 pub struct TokenCache {
     /// The profile map, swapped whole when the configuration is reloaded. Readers take a
     /// lock-free snapshot, so the hot path never waits for a reload.
-    slots: ArcSwap<HashMap<Arc<str>, Arc<Slot>>>,
+    slots: ArcSwap<Slots>,
     /// Serialises reloads, so that two of them cannot both build from the same old map;
     /// held only while a new map is built and stored, never across an await.
     reloading: Mutex<()>,
@@ -181,7 +186,7 @@ impl TokenCache {
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.slots.load_full();
         let mut changes = Changes::default();
-        let mut slots = HashMap::with_capacity(profiles.len());
+        let mut slots = Slots::with_capacity_and_hasher(profiles.len(), Default::default());
         for profile in profiles {
             let name = profile.name.clone();
             let slot = match old.get(&name) {

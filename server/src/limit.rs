@@ -1,9 +1,10 @@
 //! Per-caller rate limiting: a token bucket per caller identity (GCRA form: one atomic
-//! timestamp per caller), kept in a moka cache that forgets idle callers.
+//! timestamp per caller), in a map that forgets callers whose bucket is full again.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -11,9 +12,21 @@ use std::{
 
 use crate::{auth::Caller, config::Limits};
 
+/// The most callers with a bucket of their own; callers past it share one, so that a flood
+/// of new identities (anonymous callers are told apart by address) cannot grow the map
+/// without bound.
+const MAX_CALLERS: usize = 100_000;
+
 /// Token buckets for every caller seen recently.
+///
+/// A read-locked map rather than a cache with idle expiry: it is looked up on every call,
+/// and the cache's bookkeeping of each read cost more than the rest of the check. A
+/// bucket that is full again is forgotten without loss, so the map is swept of full
+/// buckets whenever it has doubled since the last sweep.
 pub struct RateLimiter {
-    buckets: moka::sync::Cache<Caller, Arc<Bucket>>,
+    buckets: RwLock<Buckets>,
+    /// Shared by the callers that found the map full.
+    overflow: Bucket,
     /// Nanoseconds between two calls at the sustained rate.
     interval: u64,
     /// How far ahead of now a bucket's schedule may run: the burst.
@@ -22,33 +35,67 @@ pub struct RateLimiter {
 }
 
 /// The "theoretical arrival time" of the caller's next call, in nanoseconds since the
-/// limiter's epoch. A full bucket is a time in the past.
+/// limiter's epoch. A time at or before now is a full bucket.
 struct Bucket(AtomicU64);
+
+#[derive(Default)]
+struct Buckets {
+    map: HashMap<Caller, Bucket, foldhash::fast::RandomState>,
+    /// The map's size that triggers the next sweep.
+    sweep_at: usize,
+    /// When the last sweep was, in the limiter's nanoseconds: a full map is swept at most
+    /// once a second, not for every new caller.
+    swept: u64,
+}
+
+/// The map's size below which it is not swept.
+const FIRST_SWEEP: usize = 1024;
+const SECOND: u64 = 1_000_000_000;
 
 impl RateLimiter {
     /// A limiter for these limits.
     pub fn new(limits: &Limits) -> Self {
         let interval = (1e9 / limits.rate).max(1.0) as u64;
-        let tolerance = interval.saturating_mul(u64::from(limits.burst));
-        // A bucket idle for its whole tolerance is full again; forgetting it is lossless.
-        let idle = Duration::from_nanos(tolerance).max(Duration::from_secs(10));
         Self {
-            buckets: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(idle)
-                .build(),
+            buckets: RwLock::new(Buckets {
+                sweep_at: FIRST_SWEEP,
+                ..Buckets::default()
+            }),
+            overflow: Bucket(AtomicU64::new(0)),
             interval,
-            tolerance,
+            tolerance: interval.saturating_mul(u64::from(limits.burst)),
             epoch: Instant::now(),
         }
     }
 
     /// Takes one call from the caller's bucket, or says how long until one is there.
     pub fn check(&self, caller: &Caller) -> Result<(), Duration> {
-        let bucket = self
-            .buckets
-            .get_with_by_ref(caller, || Arc::new(Bucket(AtomicU64::new(0))));
         let now = self.epoch.elapsed().as_nanos() as u64;
+        {
+            let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(bucket) = buckets.map.get(caller) {
+                return self.take(bucket, now);
+            }
+        }
+        let mut guard = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let buckets = &mut *guard;
+        let len = buckets.map.len();
+        if len >= buckets.sweep_at && (len < MAX_CALLERS || now >= buckets.swept + SECOND) {
+            buckets.map.retain(|_, b| b.0.load(Ordering::Relaxed) > now);
+            buckets.sweep_at = (buckets.map.len() * 2).clamp(FIRST_SWEEP, MAX_CALLERS);
+            buckets.swept = now;
+        }
+        if buckets.map.len() >= MAX_CALLERS && !buckets.map.contains_key(caller) {
+            return self.take(&self.overflow, now);
+        }
+        let bucket = buckets
+            .map
+            .entry(caller.clone())
+            .or_insert_with(|| Bucket(AtomicU64::new(0)));
+        self.take(bucket, now)
+    }
+
+    fn take(&self, bucket: &Bucket, now: u64) -> Result<(), Duration> {
         let mut tat = bucket.0.load(Ordering::Relaxed);
         loop {
             let next = tat.max(now) + self.interval;
@@ -64,6 +111,12 @@ impl RateLimiter {
                 Err(actual) => tat = actual,
             }
         }
+    }
+
+    /// How many callers have a bucket of their own.
+    #[cfg(test)]
+    fn callers(&self) -> usize {
+        self.buckets.read().unwrap().map.len()
     }
 }
 
@@ -89,5 +142,39 @@ mod tests {
         limiter.check(&b).unwrap();
         std::thread::sleep(wait + Duration::from_millis(5));
         limiter.check(&a).unwrap();
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_and_a_flood_of_callers_shares_one() {
+        let limits = Limits {
+            rate: 1e9,
+            burst: 1,
+            ..Limits::default()
+        };
+        let limiter = RateLimiter::new(&limits);
+        let caller = |i: usize| Caller::Identified(format!("c{i}").into());
+        // At one call a nanosecond, every bucket is full again by the time the next
+        // caller arrives: the map never holds more than one sweep's worth.
+        for i in 0..10 * FIRST_SWEEP {
+            limiter.check(&caller(i)).unwrap();
+        }
+        assert!(limiter.callers() <= FIRST_SWEEP, "{}", limiter.callers());
+
+        // Buckets that are not full are kept, up to the cap; past it callers share one.
+        let limits = Limits {
+            rate: 0.001,
+            burst: 1,
+            ..Limits::default()
+        };
+        let limiter = RateLimiter::new(&limits);
+        for i in 0..MAX_CALLERS {
+            limiter.check(&caller(i)).unwrap();
+        }
+        assert_eq!(limiter.callers(), MAX_CALLERS);
+        limiter.check(&caller(MAX_CALLERS)).unwrap();
+        limiter.check(&caller(MAX_CALLERS + 1)).unwrap_err();
+        assert_eq!(limiter.callers(), MAX_CALLERS);
+        // A caller already in the map keeps its own bucket.
+        limiter.check(&caller(0)).unwrap_err();
     }
 }

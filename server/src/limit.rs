@@ -124,14 +124,17 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn with_rate(rate: f64, burst: u32) -> RateLimiter {
+        RateLimiter::new(&Limits {
+            rate,
+            burst,
+            ..Limits::default()
+        })
+    }
+
     #[test]
     fn a_burst_passes_then_the_rate_holds_per_caller() {
-        let limits = Limits {
-            rate: 10.0,
-            burst: 3,
-            ..Limits::default()
-        };
-        let limiter = RateLimiter::new(&limits);
+        let limiter = with_rate(10.0, 3);
         let a = Caller::Identified("a".into());
         let b = Caller::Identified("b".into());
         for _ in 0..3 {
@@ -146,12 +149,7 @@ mod tests {
 
     #[test]
     fn full_buckets_are_forgotten_and_a_flood_of_callers_shares_one() {
-        let limits = Limits {
-            rate: 1e9,
-            burst: 1,
-            ..Limits::default()
-        };
-        let limiter = RateLimiter::new(&limits);
+        let limiter = with_rate(1e9, 1);
         let caller = |i: usize| Caller::Identified(format!("c{i}").into());
         // At one call a nanosecond, every bucket is full again by the time the next
         // caller arrives: the map never holds more than one sweep's worth.
@@ -161,12 +159,7 @@ mod tests {
         assert!(limiter.callers() <= FIRST_SWEEP, "{}", limiter.callers());
 
         // Buckets that are not full are kept, up to the cap; past it callers share one.
-        let limits = Limits {
-            rate: 0.001,
-            burst: 1,
-            ..Limits::default()
-        };
-        let limiter = RateLimiter::new(&limits);
+        let limiter = with_rate(0.001, 1);
         for i in 0..MAX_CALLERS {
             limiter.check(&caller(i)).unwrap();
         }

@@ -401,7 +401,7 @@ struct SlotState {
     lifetime: Option<Duration>,
     /// When the provider requests of the last minute started, oldest first; at most
     /// `idp_requests_per_minute` of them.
-    recent: VecDeque<Instant>,
+    recent: Recent,
     /// The span of the last background refresh, linked from the next one so that a
     /// profile's refreshes can be followed from one to the next.
     /// Boxed: only profiles traced while OpenTelemetry export is on have one.
@@ -409,6 +409,41 @@ struct SlotState {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// A queue of times that holds its oldest one inline. Most profiles make one request per
+/// token lifetime, so the queue holds one time for good, and a heap block for it would
+/// cost 80 bytes a profile.
+#[derive(Default)]
+struct Recent {
+    first: Option<Instant>,
+    rest: VecDeque<Instant>,
+}
+
+impl Recent {
+    fn front(&self) -> Option<&Instant> {
+        self.first.as_ref()
+    }
+
+    fn pop_front(&mut self) {
+        self.first = self.rest.pop_front();
+        if self.rest.is_empty() {
+            // A burst's block is given back once the burst has aged out.
+            self.rest = VecDeque::new();
+        }
+    }
+
+    fn push_back(&mut self, time: Instant) {
+        if self.first.is_none() {
+            self.first = Some(time);
+        } else {
+            self.rest.push_back(time);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+}
 
 impl SlotState {
     /// How long until the ceiling allows another provider request, if it does not now.

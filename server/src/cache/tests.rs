@@ -242,3 +242,26 @@ async fn slots_cost_no_task_each_while_they_wait_to_refresh() {
     }
     panic!("the refresher outlived its cache: {} tasks", tasks());
 }
+
+#[test]
+fn the_ceiling_counts_the_requests_of_the_last_minute() {
+    let mut state = SlotState::default();
+    let start = Instant::now();
+    let second = Duration::from_secs(1);
+    for i in 0..3 {
+        assert_eq!(state.ceiling_wait(start + i * second, 3), None);
+        state.recent.push_back(start + i * second);
+    }
+    // The fourth waits until the first is a minute old, then the second, and so on.
+    let now = start + 10 * second;
+    assert_eq!(state.ceiling_wait(now, 3), Some(MINUTE - 10 * second));
+    assert_eq!(state.ceiling_free_at(3), Some(start + MINUTE));
+    assert_eq!(state.ceiling_wait(start + MINUTE, 3), None);
+    assert_eq!(state.recent.len(), 2);
+    state.recent.push_back(start + MINUTE);
+    assert_eq!(state.ceiling_free_at(3), Some(start + second + MINUTE));
+    // Once every request has aged out, nothing is held back and nothing is kept.
+    assert_eq!(state.ceiling_wait(start + 3 * MINUTE, 3), None);
+    assert_eq!(state.recent.len(), 0);
+    assert_eq!(state.recent.rest.capacity(), 0);
+}

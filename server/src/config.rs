@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -474,12 +473,38 @@ impl Config {
     }
 }
 
-/// The hash a watcher compares to tell whether a configuration file changed. SipHash with
-/// fixed keys: stable within the process, which is all a comparison needs.
+/// The hash a watcher compares to tell whether a configuration file changed.
 pub(crate) fn digest(text: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
+    let mut digest = Digest::default();
+    digest.update(text);
+    digest.finish()
+}
+
+/// [`digest`] fed in pieces, so that a file can be compared without being held whole.
+/// SHA-256 rather than SipHash: its result does not depend on how the input is split.
+#[derive(Default)]
+pub(crate) struct Digest(sha2::Sha256);
+
+impl Digest {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    pub(crate) fn finish(self) -> u64 {
+        let hash = sha2::Digest::finalize(self.0);
+        u64::from_le_bytes(hash[..8].try_into().expect("SHA-256 is 32 bytes"))
+    }
+}
+
+impl std::io::Write for Digest {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The exact key comes from serde_path_to_error; serde_yaml's own message starts with the

@@ -4,9 +4,12 @@
 //!
 //! The file is polled by content, not watched with inotify: a Kubernetes ConfigMap volume
 //! is updated by swapping a `..data` symlink, which changes no watched file's inode, and
-//! a poll of a few kilobytes every couple of seconds costs nothing. SIGHUP reloads at once.
+//! a poll every couple of seconds hashes the file through a small buffer, which costs
+//! little even for a large file. SIGHUP reloads at once.
 
 use std::{
+    fs::File,
+    io,
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
@@ -93,8 +96,10 @@ impl Watcher {
                 Some(()) = self.triggers.next() => true,
                 else => return None,
             };
-            let text = match tokio::fs::read(&self.path).await {
-                Ok(text) => text,
+            let unless = if forced { None } else { self.last };
+            let (digest, text) = match read_changed(self.path.clone(), unless).await {
+                Ok(Some(changed)) => changed,
+                Ok(None) => continue,
                 Err(e) => {
                     if self.last.take().is_some() || forced {
                         self.refused(&ConfigError {
@@ -105,10 +110,6 @@ impl Watcher {
                     continue;
                 }
             };
-            let digest = config::digest(&text);
-            if self.last == Some(digest) && !forced {
-                continue;
-            }
             self.last = Some(digest);
             match parse(&self.path, text) {
                 Ok(config) => return Some(config),
@@ -134,6 +135,26 @@ async fn tick(ticks: &mut Option<Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The file's content and digest, or `None` if its digest is `unless`. An unchanged file is
+/// hashed through a small buffer: reading a large configuration whole at every poll
+/// left a file-sized block resident in the allocator (1.6 MiB at 10,000 profiles).
+async fn read_changed(path: PathBuf, unless: Option<u64>) -> io::Result<Option<(u64, Vec<u8>)>> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(last) = unless {
+            let mut digest = config::Digest::default();
+            io::copy(&mut File::open(&path)?, &mut digest)?;
+            if digest.finish() == last {
+                return Ok(None);
+            }
+        }
+        // Hashed again as read: the file may have changed since.
+        let text = std::fs::read(&path)?;
+        Ok(Some((config::digest(&text), text)))
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigError> {
@@ -214,4 +235,38 @@ pub(crate) fn apply(config: &Config, cache: &TokenCache, settings: &ArcSwap<Serv
         unchanged = changes.unchanged.len(),
         "configuration reloaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unchanged_file_is_not_read_and_a_changed_one_is() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_owned();
+        std::fs::write(&path, "profiles: {}\n").unwrap();
+
+        let (first, text) = read_changed(path.clone(), None).await.unwrap().unwrap();
+        assert_eq!(text, b"profiles: {}\n");
+        assert_eq!(first, config::digest(&text));
+        assert!(
+            read_changed(path.clone(), Some(first))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        std::fs::write(&path, "profiles: {}\nserver: {}\n").unwrap();
+        let (second, text) = read_changed(path.clone(), Some(first))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(text, b"profiles: {}\nserver: {}\n");
+        assert_ne!(second, first);
+
+        drop(file);
+        let error = read_changed(path, Some(second)).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
 }

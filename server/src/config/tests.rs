@@ -212,6 +212,17 @@ fn load_remembers_the_path_for_reloading() {
 }
 
 #[test]
+fn a_digest_fed_in_pieces_is_the_digest_of_the_whole() {
+    let text = profile_yaml("    scopes: [a, b]\n");
+    let mut pieces = Digest::default();
+    for chunk in text.as_bytes().chunks(7) {
+        pieces.update(chunk);
+    }
+    assert_eq!(pieces.finish(), digest(text.as_bytes()));
+    assert_ne!(digest(text.as_bytes()), digest(profile_yaml("").as_bytes()));
+}
+
+#[test]
 fn profiles_compare_by_configuration_and_secret_source() {
     let profile = |extra: &str| {
         Config::from_yaml(&profile_yaml(extra))

@@ -268,14 +268,18 @@ impl CachedToken {
             })?;
             headers.insert(name.as_str().to_owned(), value.expose().to_owned());
         }
-        let encoded = EncodedToken::encode(&pb::Token {
-            access_token: issued.access_token.expose().to_owned(),
-            token_type: issued.token_type,
-            expires_at: Some(issued.expires_at.into()),
-            scopes: issued.scopes,
-            headers,
-            profile: profile.name.to_string(),
-        });
+        let access_token = issued.access_token.expose();
+        let encoded = EncodedToken::encode_sharing(
+            &pb::Token {
+                access_token: access_token.to_owned(),
+                token_type: issued.token_type,
+                expires_at: Some(issued.expires_at.into()),
+                scopes: issued.scopes,
+                headers,
+                profile: profile.name.to_string(),
+            },
+            access_token,
+        );
 
         // Refresh ahead at the configured fraction of the lifetime, less up to 5% of it so
         // that profiles started together do not refresh together. A provider that says

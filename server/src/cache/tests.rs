@@ -73,7 +73,7 @@ async fn the_encoded_reply_carries_authorization_and_companion_headers() {
         Instant::now(),
     )
     .unwrap();
-    let reply = pb::Token::decode(token.encoded().as_bytes()).unwrap();
+    let reply = pb::Token::decode(token.encoded().to_bytes()).unwrap();
     assert_eq!(reply.headers["authorization"], "Bearer tok");
     assert_eq!(reply.headers["x-api-key"], "the-api-key");
     assert_eq!(reply.profile, "p");

@@ -136,11 +136,18 @@ impl Visit for TextFields<'_> {
             self.line.push('=');
         }
         let _ = write!(self.line, "{value:?}");
-        if self.line[start..].contains(char::is_control) {
+        if has_control(&self.line[start..]) {
             let written = self.line.split_off(start);
             let _ = write!(self.line, "{}", written.escape_debug());
         }
     }
+}
+
+/// Whether `text` has a control character. The bytes are scanned first, since the
+/// answer is almost always no: C0 and DEL are single bytes, and the C1 controls
+/// (U+0080 to U+009F) all start with 0xC2.
+fn has_control(text: &str) -> bool {
+    text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && text.contains(char::is_control)
 }
 
 /// Fields as members of the JSON object, after `timestamp` and `level`, as the JSON

@@ -150,6 +150,22 @@ fn a_caller_name_cannot_forge_a_line() {
 }
 
 #[test]
+fn c1_controls_are_escaped_and_other_letters_kept() {
+    // U+0085 (next line) ends a line for some readers.
+    let text = ours(LogFormat::Text, "caf\u{e9}\u{85}x \u{a0}\u{9f}");
+    assert!(
+        text.contains("caller=caf\u{e9}\\u{85}x \\u{a0}\\u{9f} "),
+        "{text}"
+    );
+    for text in [CALLER, "caf\u{e9}", "\u{a0}\u{e9}"] {
+        assert!(!has_control(text), "{text:?}");
+    }
+    for text in ["\u{0}", "a\u{7f}", "\u{80}", "\u{9f}", "\u{e9}\u{85}", "\t"] {
+        assert!(has_control(text), "{text:?}");
+    }
+}
+
+#[test]
 fn dates_are_utc_and_gregorian() {
     for (secs, expected) in [
         (0, "1970-01-01T00:00:00"),

@@ -221,9 +221,7 @@ pub async fn serve(
     );
     let grpc = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
-        // Finds connections whose peer vanished, so they stop holding a connection slot.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // No HTTP/2 PING keepalive: the accept loop sets TCP keepalive (tls::KEEPALIVE).
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

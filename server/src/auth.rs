@@ -141,7 +141,12 @@ impl Authenticator {
         if let Some(verifier) = &self.service_accounts
             && let Some(token) = bearer(metadata)
         {
-            return verifier.verify(token).await.map(Caller::Identified);
+            // Boxed: verifying (and perhaps fetching keys) is a large future, and every
+            // call's future, including the anonymous and mTLS ones, would otherwise carry
+            // its size and copy it at each await (~1.5 KB).
+            return Box::pin(verifier.verify(token))
+                .await
+                .map(Caller::Identified);
         }
         if let Some(identity) = peer.and_then(|p| p.identity.as_ref()) {
             return Ok(Caller::Identified(identity.clone()));

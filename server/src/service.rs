@@ -149,7 +149,9 @@ impl TokenService {
             slot.counters().served(Rpc::GetToken);
             return Ok(hit);
         }
-        let (token, result) = within(Some(deadline), slot.token(need)).await?;
+        // Boxed: a miss waits on the provider anyway, and an inline future the size of the
+        // fetch's would be carried, and copied, by every hit.
+        let (token, result) = Box::pin(within(Some(deadline), slot.token(need))).await?;
         slot.counters().served(Rpc::GetToken);
         Ok((token.encoded().clone(), token.fingerprint(), result))
     }

@@ -107,15 +107,18 @@ pub(crate) fn served(
     source: Source,
     fingerprint: Fingerprint,
 ) {
+    // The message as a `message` field: a string reaches the writer as one, where a
+    // message argument arrives as `fmt::Arguments` and goes through the formatter.
+    // Every log layer prints the two the same way.
     tracing::info!(
         target: TARGET,
+        message = "token served",
         rpc,
         caller = %caller,
         profile,
         outcome = "served",
         source = source.as_str(),
         token_sha256 = %fingerprint,
-        "token served"
     );
 }
 

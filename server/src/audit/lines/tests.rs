@@ -52,13 +52,13 @@ impl fmt::Display for Shown {
 fn events(caller: &'static str) {
     tracing::info!(
         target: "tokenvend::audit",
+        message = "token served",
         rpc = "GetToken",
         caller = %Shown(caller),
         profile = "orders-api",
         outcome = "served",
         source = "cache",
         token_sha256 = %Shown("0123456789abcdef"),
-        "token served"
     );
     tracing::info!(
         target: "tokenvend::audit",

@@ -43,7 +43,7 @@ impl pb::token_service_server::TokenService for Bare {
     }
 }
 
-/// Serves until killed. `reply` holds an encoded `tokenvend.v1.Token`.
+/// Serves until killed, interrupted or terminated. `reply` holds an encoded `tokenvend.v1.Token`.
 pub(crate) async fn serve(listen: SocketAddr, reply: &Path) -> Result<(), String> {
     let bytes = std::fs::read(reply).map_err(|e| format!("{}: {e}", reply.display()))?;
     let token = <pb::Token as prost::Message>::decode(bytes.as_slice())
@@ -53,7 +53,20 @@ pub(crate) async fn serve(listen: SocketAddr, reply: &Path) -> Result<(), String
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(TokenServiceServer::new(Bare(EncodedToken::encode(&token))))
-        .serve(listen)
+        // SIGTERM (as the harness stops servers) and Ctrl-C end it cleanly, so that an
+        // instrumented build (PGO) writes its profile on the way out.
+        .serve_with_shutdown(listen, async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        })
         .await
         .map_err(|e| e.to_string())
 }

@@ -23,12 +23,21 @@ pub(crate) fn body(profile: &str) -> Vec<u8> {
     framed
 }
 
+/// How long an h2load run lasts.
+#[derive(Clone, Copy)]
+pub(crate) enum Length {
+    /// This many seconds, after a 1 s warm-up.
+    Seconds(u64),
+    /// This many calls, from the first.
+    Calls(u64),
+}
+
 pub(crate) fn run(
     port: u16,
     tls: bool,
     bearer: Option<&str>,
     body: &Path,
-    seconds: u64,
+    length: Length,
 ) -> Result<Run, String> {
     let scheme = if tls { "https" } else { "http" };
     let mut command = Command::new("h2load");
@@ -36,12 +45,16 @@ pub(crate) fn run(
         "--clients=4",
         "--max-concurrent-streams=32",
         "--threads=1",
-        "--warm-up-time=1",
-        &format!("--duration={seconds}"),
         "--header=content-type: application/grpc",
         "--header=te: trailers",
         &format!("--data={}", body.display()),
     ]);
+    match length {
+        Length::Seconds(seconds) => {
+            command.args(["--warm-up-time=1", &format!("--duration={seconds}")])
+        }
+        Length::Calls(calls) => command.arg(format!("--requests={calls}")),
+    };
     if let Some(token) = bearer {
         command.arg(format!("--header=authorization: Bearer {token}"));
     }

@@ -5,6 +5,7 @@
 mod baseline;
 mod h2load;
 mod idp;
+mod instructions;
 mod keys;
 mod load;
 mod process;
@@ -39,12 +40,26 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Cmd::Run(options) => run::run(options).await,
-        Cmd::Baseline { listen, reply } => baseline::serve(listen, &reply).await,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Pinning comes before the runtime, which then sizes itself for the CPUs left: two
+    // worker threads time-sliced on one CPU would add milliseconds to the latency tail.
+    let pinned = match &cli.command {
+        Cmd::Run(options) => options.pin(),
+        Cmd::Baseline { .. } => Ok(None),
     };
+    let result = pinned.and_then(|server_cpu| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            match cli.command {
+                Cmd::Run(options) => run::run(options, server_cpu).await,
+                Cmd::Baseline { listen, reply } => baseline::serve(listen, &reply).await,
+            }
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -12,7 +12,17 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// A server process. Dropping it kills it.
+/// How servers are started.
+#[derive(Default)]
+pub(crate) struct Launch {
+    /// Run servers on this CPU only (`taskset`); they size their runtimes for one.
+    pub(crate) cpu: Option<usize>,
+    /// Where an instrumented build writes its profile (`LLVM_PROFILE_FILE`), one file per
+    /// process named for its role: the training run of a PGO build.
+    pub(crate) profiles: Option<PathBuf>,
+}
+
+/// A server process. Dropping it stops it.
 pub(crate) struct Server {
     child: Child,
     pub(crate) port: u16,
@@ -27,12 +37,29 @@ pub(crate) fn free_port() -> Result<u16, String> {
 
 impl Server {
     /// Starts `program args…` with `--listen 127.0.0.1:<free port>` appended; its stderr
-    /// (tokenvend's log) goes to `log`.
-    pub(crate) fn start(program: &Path, args: &[&str], log: &Path) -> Result<Self, String> {
+    /// (tokenvend's log) goes to `log`; `role` names its profile files (see [`Launch`]).
+    pub(crate) fn start(
+        launch: &Launch,
+        role: &str,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Self, String> {
         let port = free_port()?;
         let log = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let started = Instant::now();
-        let child = Command::new(program)
+        let mut command = match launch.cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["--cpu-list", &cpu.to_string()]).arg(program);
+                taskset
+            }
+            None => Command::new(program),
+        };
+        if let Some(dir) = &launch.profiles {
+            command.env("LLVM_PROFILE_FILE", dir.join(format!("{role}-%p.profraw")));
+        }
+        let child = command
             .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
@@ -84,7 +111,22 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server with SIGTERM, as Kubernetes would, so that an instrumented build
+    /// writes its profile (PGO); kills it if it has not exited within 30 s (callgrind writes its counts on the way out).
     fn drop(&mut self) {
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if terminated {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

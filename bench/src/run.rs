@@ -8,11 +8,12 @@ use std::{
 };
 
 use crate::{
-    h2load,
+    h2load::{self, Length},
     idp::Idp,
+    instructions::{self, Counted},
     keys,
     load::{self, Outcome, Target},
-    process::Server,
+    process::{Launch, Server},
 };
 
 /// Options of `tokenvend-bench run`.
@@ -42,6 +43,18 @@ pub(crate) struct Options {
     /// Measure only these parts (comma-separated; default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// The program to run as the baseline server (`<it> baseline …`); default: this
+    /// harness. For a baseline built another way, such as with PGO.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Give every server `LLVM_PROFILE_FILE=<dir>/<role>-%p.profraw`: with instrumented
+    /// builds, a run is the training run of a PGO build (scripts/build-pgo).
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
+    /// Run every server on the last CPU and the harness (load generators, IdP) on the
+    /// others, so that the server under test does not share its CPU with the load.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// The parts of a run, each a group of rows in the table.
@@ -57,9 +70,17 @@ pub(crate) enum Part {
     Startup,
     /// Many profiles holding tokens: memory and hit throughput.
     Scale,
+    /// Instructions per cache hit, by callgrind: the figure machine noise does not move.
+    Instructions,
 }
 
 impl Options {
+    /// With `--pin`, moves this process off the last CPU and returns that CPU, for the
+    /// servers. Call it before any other thread starts.
+    pub(crate) fn pin(&self) -> Result<Option<usize>, String> {
+        self.pin.then(pin_harness).transpose()
+    }
+
     fn wants(&self, part: Part) -> bool {
         self.only.is_empty() || self.only.contains(&part)
     }
@@ -108,23 +129,43 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub(crate) async fn run(o: Options) -> Result<(), String> {
+pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), String> {
     std::fs::create_dir_all(&o.dir).map_err(|e| e.to_string())?;
     let dir = o.dir.canonicalize().map_err(|e| e.to_string())?;
     let tokenvend = o
         .tokenvend
         .canonicalize()
         .map_err(|e| format!("{}: {e}", o.tokenvend.display()))?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me = match &o.baseline {
+        Some(path) => path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let profiles = match &o.profile_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            Some(d.canonicalize().map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let launch = Launch {
+        cpu: server_cpu,
+        profiles,
+    };
     let idp = Idp::start().await.map_err(|e| e.to_string())?;
     let url = idp.token_url();
     let cert = keys::write_server_cert(&dir)?;
     let bearer = keys::write_jwks_and_token(&dir)?;
     println!(
-        "# tokenvend-bench: {} rounds of {} s, {} logical CPUs",
+        "# tokenvend-bench: {} rounds of {} s, {} logical CPUs{}",
         o.rounds,
         o.seconds,
-        cpus()
+        server_cpu.map_or_else(cpus, |cpu| cpu + 1),
+        match server_cpu {
+            Some(cpu) => format!("; servers on CPU {cpu}, load generators on the others"),
+            None => "; servers and load generators share them".into(),
+        }
     );
 
     // Configurations.
@@ -178,6 +219,8 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
 
     let serve = |config: &str, log: &str| {
         Server::start(
+            &launch,
+            "tokenvend",
             &tokenvend,
             &["serve", "--config", config, "--admin-listen", "127.0.0.1:0"],
             &dir.join(log),
@@ -205,6 +248,8 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
     std::fs::write(&reply_path, &reply).map_err(|e| e.to_string())?;
     let reply_path = reply_path.display().to_string();
     let mut base = Server::start(
+        &launch,
+        "baseline",
         &me,
         &["baseline", "--reply", &reply_path],
         &dir.join("baseline.log"),
@@ -258,7 +303,7 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
                     v.target.tls.is_some(),
                     v.target.bearer.as_deref(),
                     &body,
-                    o.seconds,
+                    Length::Seconds(o.seconds),
                 )?;
                 if run.failed > 0 {
                     return Err(format!(
@@ -434,6 +479,8 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
             idle_rss.push(s.rss_kib()? as f64);
             drop(s);
             let mut b = Server::start(
+                &launch,
+                "baseline",
                 &me,
                 &["baseline", "--reply", &reply_path],
                 &dir.join("baseline.log"),
@@ -458,6 +505,53 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
             "| start to first token served (ms) | {:.1} | | | |",
             median(first_token.clone())
         ));
+    }
+
+    // Instructions per hit, each server under callgrind for a short and a long run.
+    if o.wants(Part::Instructions) {
+        if instructions::available() {
+            let ready = |port| {
+                let t = target(port, None, None);
+                async move { wait_token(&t).await }
+            };
+            let counted = |role, program, args| Counted {
+                role,
+                program,
+                args,
+            };
+            let base_args = ["baseline", "--reply", reply_path.as_str()];
+            let ours_args = [
+                "serve",
+                "--config",
+                idle.as_str(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ];
+            let base_count = instructions::per_hit(
+                &launch,
+                &counted("callgrind-baseline", &me, &base_args),
+                &dir,
+                &body,
+                ready,
+            )
+            .await?;
+            let ours_count = instructions::per_hit(
+                &launch,
+                &counted("callgrind-tokenvend", &tokenvend, &ours_args),
+                &dir,
+                &body,
+                ready,
+            )
+            .await?;
+            rows.push(format!(
+                "| instructions per cache hit, whole process (callgrind) | {:.0} | {:.0} | {:.3} | |",
+                ours_count,
+                base_count,
+                ours_count / base_count
+            ));
+        } else {
+            eprintln!("valgrind is not installed: no instruction counts");
+        }
     }
 
     // Scale: many profiles, every one holding a token.
@@ -492,7 +586,14 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
             let runs = [(s.port, "request-scale.bin"), (base.port, "request.bin")];
             for k in 0..2 {
                 let (port, file) = runs[(k + round) % 2];
-                let r = h2load::run(port, false, None, &dir.join(file), o.seconds)?.rate;
+                let r = h2load::run(
+                    port,
+                    false,
+                    None,
+                    &dir.join(file),
+                    Length::Seconds(o.seconds),
+                )?
+                .rate;
                 if port == s.port {
                     scale_hits.push(r)
                 } else {
@@ -560,4 +661,24 @@ async fn wait_token(target: &Target) -> Result<(), String> {
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Moves this process (and so the threads and h2load runs it starts later) off the last
+/// CPU, and returns that CPU for the servers.
+fn pin_harness() -> Result<usize, String> {
+    let n = cpus();
+    if n < 2 {
+        return Err("--pin needs at least two CPUs".into());
+    }
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list"])
+        .arg(format!("0-{}", n - 2))
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset failed: {status}"));
+    }
+    Ok(n - 1)
 }

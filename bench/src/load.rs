@@ -236,6 +236,37 @@ pub(crate) async fn burst(
     collect(tasks, Instant::now()).await
 }
 
+/// `calls` token requests, one after another, straight to the IdP at `token_url` over one
+/// kept-alive connection: what a service that fetched its own tokens would wait.
+pub(crate) async fn direct(token_url: &str, calls: usize) -> Result<Outcome, String> {
+    let client = reqwest::Client::new();
+    let mut outcome = Outcome {
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+    };
+    let start = Instant::now();
+    for _ in 0..calls {
+        let sent = Instant::now();
+        let reply = client
+            .post(token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&client_id=bench&client_secret=bench-secret")
+            .send()
+            .await;
+        let ok = match reply {
+            Ok(reply) if reply.status().is_success() => reply.bytes().await.is_ok(),
+            _ => false,
+        };
+        let _ = outcome.latency.record(sent.elapsed().as_micros() as u64);
+        outcome.calls += u64::from(ok);
+        outcome.errors += u64::from(!ok);
+    }
+    outcome.elapsed = start.elapsed();
+    Ok(outcome)
+}
+
 /// One call, for its latency and its encoded reply.
 pub(crate) async fn once(
     client: &mut Client,

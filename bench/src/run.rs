@@ -466,7 +466,7 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
             cold.ms(0.99)
         ));
         rows.push(format!(
-            "| miss latency p50 / p99 (ms), IdP {} ms, {} misses; baseline: the same requests straight to the IdP | {:.1} / {:.1} | {:.1} / {:.1} | p99 + {:.1} ms | ≤ IdP + 5 ms |",
+            "| miss latency p50 / p99 (ms), IdP {} ms, {} misses; baseline: the same requests straight to the IdP | {:.1} / {:.1} | {:.1} / {:.1} | p99 {:+.1} ms | ≤ IdP + 5 ms |",
             o.idp_ms,
             MISS_PROFILES,
             miss.ms(0.5),

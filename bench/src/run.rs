@@ -527,11 +527,6 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
                 let t = target(port, None, None);
                 async move { wait_token(&t).await }
             };
-            let counted = |role, program, args| Counted {
-                role,
-                program,
-                args,
-            };
             let base_args = ["baseline", "--reply", reply_path.as_str()];
             let ours_args = [
                 "serve",
@@ -540,22 +535,20 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
                 "--admin-listen",
                 "127.0.0.1:0",
             ];
-            let base_count = instructions::per_hit(
-                &launch,
-                &counted("callgrind-baseline", &me, &base_args),
-                &dir,
-                &body,
-                ready,
-            )
-            .await?;
-            let ours_count = instructions::per_hit(
-                &launch,
-                &counted("callgrind-tokenvend", &tokenvend, &ours_args),
-                &dir,
-                &body,
-                ready,
-            )
-            .await?;
+            let servers = [
+                ("callgrind-baseline", &me, &base_args[..]),
+                ("callgrind-tokenvend", &tokenvend, &ours_args[..]),
+            ];
+            let mut counts = Vec::with_capacity(servers.len());
+            for (role, program, args) in servers {
+                let server = Counted {
+                    role,
+                    program,
+                    args,
+                };
+                counts.push(instructions::per_hit(&launch, &server, &dir, &body, ready).await?);
+            }
+            let (base_count, ours_count) = (counts[0], counts[1]);
             rows.push(format!(
                 "| instructions per cache hit, whole process (callgrind) | {:.0} | {:.0} | {:.3} | |",
                 ours_count,

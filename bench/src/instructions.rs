@@ -82,3 +82,23 @@ pub(crate) fn available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_totals_line_of_a_callgrind_file() {
+        let dir = std::env::temp_dir().join(format!("tokenvend-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("callgrind.out");
+        // The header's `summary:` comes first; `totals:` closes the file.
+        std::fs::write(
+            &out,
+            "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 1149970312\n\nfn=(1) main\n5 12\n\ntotals: 1149970498\n",
+        )
+        .unwrap();
+        assert_eq!(super::total(&out).unwrap(), 1_149_970_498);
+        std::fs::write(&out, "events: Ir\nsummary: 1\n").unwrap();
+        assert!(super::total(&out).unwrap_err().contains("no totals line"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

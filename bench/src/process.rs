@@ -13,7 +13,6 @@ use tonic_health::pb::{
 };
 
 /// How servers are started.
-#[derive(Default)]
 pub(crate) struct Launch {
     /// Run servers on this CPU only (`taskset`); they size their runtimes for one.
     pub(crate) cpu: Option<usize>,
@@ -111,8 +110,9 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// Stops the server with SIGTERM, as Kubernetes would, so that an instrumented build
-    /// writes its profile (PGO); kills it if it has not exited within 30 s (callgrind writes its counts on the way out).
+    /// Stops the server with SIGTERM, as Kubernetes would, so that callgrind and an
+    /// instrumented (PGO) build write their output on the way out; kills it if it has not
+    /// exited within 30 s.
     fn drop(&mut self) {
         let terminated = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

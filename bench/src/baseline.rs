@@ -43,7 +43,8 @@ impl pb::token_service_server::TokenService for Bare {
     }
 }
 
-/// Serves until killed, interrupted or terminated. `reply` holds an encoded `tokenvend.v1.Token`.
+/// Serves until killed, interrupted or terminated. `reply` holds an encoded
+/// `tokenvend.v1.Token`.
 pub(crate) async fn serve(listen: SocketAddr, reply: &Path) -> Result<(), String> {
     let bytes = std::fs::read(reply).map_err(|e| format!("{}: {e}", reply.display()))?;
     let token = <pb::Token as prost::Message>::decode(bytes.as_slice())

@@ -15,8 +15,8 @@ use crate::{
 const SHORT: u64 = 20_000;
 const LONG: u64 = 60_000;
 
-/// A server to count: how to start it, and a call that must succeed before counting
-/// (tokenvend's first token).
+/// A server to count: the program, its arguments (without `--listen`), and the role that
+/// names its callgrind files.
 pub(crate) struct Counted<'a> {
     pub(crate) role: &'a str,
     pub(crate) program: &'a Path,
@@ -24,7 +24,8 @@ pub(crate) struct Counted<'a> {
 }
 
 /// Instructions per cache hit of `server`, the whole process counted (every thread:
-/// HTTP/2, the service, the log writer).
+/// HTTP/2, the service, the log writer). `ready` must succeed before counting starts
+/// (tokenvend's first token is in its cache).
 pub(crate) async fn per_hit<F, R>(
     launch: &Launch,
     server: &Counted<'_>,

@@ -1,7 +1,6 @@
 //! Caller authentication: who is calling — from the connection's client certificate or a
 //! Kubernetes ServiceAccount token — and which profiles they may use.
 
-mod allow;
 pub mod jwt;
 
 use std::{
@@ -11,8 +10,6 @@ use std::{
 };
 
 use tonic::metadata::MetadataMap;
-
-pub use allow::Pattern;
 
 use crate::config::{Profile, ServerConfig};
 

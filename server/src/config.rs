@@ -1,5 +1,10 @@
 //! Configuration: the YAML file parsed into typed structs, validated once at load into a
 //! form that cannot be invalid later. Every error names the key it is about.
+//!
+//! This is data at the bottom of the house: nothing here reads a secret, a key, a
+//! certificate or any file but the configuration itself. Whether the things it names can
+//! be used is decided where they are built, in [`crate::app`], which `serve`, `check` and
+//! a reload share.
 
 use std::{
     collections::BTreeMap,
@@ -10,19 +15,20 @@ use std::{
     time::Duration,
 };
 
+mod allow;
+mod profile;
+mod server;
 mod store;
 
 use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
+pub use allow::Pattern;
 pub(crate) use store::decode_key;
 pub use store::{EncryptionKey, RedisConfig};
 
-use crate::{
-    auth::Pattern,
-    secret::{RawSecretSource, SecretSource},
-};
+use crate::secret::{RawSecretSource, SecretSource};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -71,7 +77,7 @@ pub struct ServerConfig {
 }
 
 /// TLS for the gRPC port. The files are read again when they change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// The server's certificate chain (PEM).
     pub cert: PathBuf,
@@ -84,7 +90,7 @@ pub struct TlsConfig {
 }
 
 /// Caller authentication.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Serve callers nobody authenticated on a non-loopback address, on purpose.
     pub allow_unauthenticated: bool,
@@ -93,7 +99,7 @@ pub struct AuthConfig {
 }
 
 /// Verification of Kubernetes projected ServiceAccount tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccountConfig {
     /// The cluster's token issuer; a token's `iss` must equal it.
     pub issuer: String,
@@ -346,7 +352,7 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ClientSecretPost => "client_secret_post",
             Self::ClientSecretBasic => "client_secret_basic",
@@ -375,7 +381,7 @@ impl Default for Retry {
 }
 
 /// A configuration error: the key it is about and what is wrong.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub struct ConfigError {
     /// The dotted path of the key, such as `profiles.jama.token_url`; empty for the file.
     pub key: String,
@@ -394,7 +400,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -402,9 +408,65 @@ impl ConfigError {
     }
 }
 
+/// Collects the errors of independent checks, so that one pass reports them all.
+#[derive(Default)]
+struct Found(Vec<ConfigError>);
+
+impl Found {
+    fn take<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
+/// Every error found in a configuration: at least one, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first error found.
+    pub fn first(&self) -> &ConfigError {
+        // Built only from a non-empty list (`From<Vec<_>>` guarantees one).
+        &self.0[0]
+    }
+
+    /// Every error found.
+    pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
+        self.0.iter()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        Self(vec![error])
+    }
+}
+
+impl From<Vec<ConfigError>> for ConfigErrors {
+    fn from(mut errors: Vec<ConfigError>) -> Self {
+        if errors.is_empty() {
+            errors.push(ConfigError::new("", "invalid configuration"));
+        }
+        Self(errors)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            fmt::Display::fmt(error, f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 impl Config {
     /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("", format!("cannot read {}: {}", path.display(), e.kind()))
         })?;
@@ -423,35 +485,30 @@ impl Config {
         }
     }
 
-    /// Parses and validates a configuration. Secrets are read once to prove they are there.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+    /// Parses and validates a configuration: its shape, every section, every profile,
+    /// reporting each error found. Nothing it names is read here (see [`crate::app`]).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
         let raw: RawConfig =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
                 .map_err(yaml_error)?;
-        let server = raw.server.validate()?;
-        if server.authenticates_callers()
-            && let Some(name) = raw
-                .profiles
-                .iter()
-                .find(|(_, p)| p.allow.is_none())
-                .map(|(n, _)| n)
-        {
-            tracing::warn!(
-                profile = %name,
-                "profile has no `allow` list: every authenticated caller may use it"
-            );
-        }
+        let mut errors = Vec::new();
+        let server = raw
+            .server
+            .validate()
+            .map_err(|mut e| errors.append(&mut e))
+            .ok();
         if raw.profiles.is_empty() {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "profiles",
                 "at least one profile is required",
             ));
         }
-        let profiles: Vec<Arc<Profile>> = raw
-            .profiles
-            .into_iter()
-            .map(|(name, profile)| profile.validate(&name).map(Arc::new))
-            .collect::<Result<_, _>>()?;
+        let profiles = profile::validate_all(raw.profiles)
+            .map_err(|mut e| errors.append(&mut e))
+            .ok();
+        let (Some(server), Some(profiles), true) = (server, profiles, errors.is_empty()) else {
+            return Err(errors.into());
+        };
         if server.state_dir.is_none()
             && server.store.is_none()
             && let Some(chained) = profiles.iter().find(|p| p.grant == Grant::RefreshToken)
@@ -462,7 +519,8 @@ impl Config {
                     "(or server.store) is required: profile `{}` rotates refresh tokens, which must survive a restart",
                     chained.name
                 ),
-            ));
+            )
+            .into());
         }
         Ok(Self {
             server,
@@ -470,6 +528,20 @@ impl Config {
             path: None,
             digest: digest(text.as_bytes()),
         })
+    }
+
+    /// Warnings about a configuration that is valid but probably not what was meant.
+    pub(crate) fn warnings(&self) -> Vec<ConfigError> {
+        let mut warnings = Vec::new();
+        if self.server.authenticates_callers() {
+            for profile in self.profiles.iter().filter(|p| p.allow.is_none()) {
+                warnings.push(ConfigError::new(
+                    format!("profiles.{}.allow", profile.name),
+                    "is not set: every authenticated caller may use the profile",
+                ));
+            }
+        }
+        warnings
     }
 }
 
@@ -524,582 +596,15 @@ fn yaml_error(error: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigErr
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    server: RawServer,
+    server: server::RawServer,
     #[serde(default)]
-    profiles: BTreeMap<String, RawProfile>,
+    profiles: BTreeMap<String, profile::RawProfile>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    shutdown_grace: Option<Dur>,
-    shutdown_delay: Option<Dur>,
-    reload_interval: Option<Dur>,
-    idp_connect_timeout: Option<Dur>,
-    state_dir: Option<PathBuf>,
-    store: Option<store::RawStore>,
-    tls: Option<RawTls>,
-    #[serde(default)]
-    auth: RawAuth,
-    #[serde(default)]
-    limits: RawLimits,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-    reload_interval: Option<Dur>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    #[serde(default)]
-    allow_unauthenticated: bool,
-    service_account: Option<RawServiceAccount>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServiceAccount {
-    issuer: String,
-    audience: Option<String>,
-    jwks_url: Option<String>,
-    jwks_file: Option<PathBuf>,
-    jwks_ca: Option<PathBuf>,
-    jwks_token_file: Option<PathBuf>,
-    leeway: Option<Dur>,
-    refetch_interval: Option<Dur>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    rate: Option<f64>,
-    burst: Option<u32>,
-    max_connections: Option<usize>,
-    max_concurrent_streams: Option<u32>,
-    max_request_bytes: Option<usize>,
-    request_timeout: Option<Dur>,
-}
-
-impl RawTls {
-    fn validate(self) -> Result<TlsConfig, ConfigError> {
-        let tls = TlsConfig {
-            cert: self.cert,
-            key: self.key,
-            client_ca: self.client_ca,
-            reload_interval: nonzero(
-                "server.tls.reload_interval",
-                self.reload_interval,
-                Duration::from_secs(10),
-            )?,
-        };
-        // Loaded once here so that a bad file stops the start, with its key named.
-        crate::tls::server_config(&tls).map_err(|e| ConfigError::new(e.key, e.message))?;
-        Ok(tls)
-    }
-}
-
-impl RawServiceAccount {
-    fn validate(self) -> Result<ServiceAccountConfig, ConfigError> {
-        let key = |k: &str| format!("server.auth.service_account.{k}");
-        let issuer = Url::parse(&self.issuer).map_err(|e| {
-            ConfigError::new(
-                key("issuer"),
-                format!("`{}` is not a URL: {e}", self.issuer),
-            )
-        })?;
-        let jwks = match (self.jwks_url, self.jwks_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    key("jwks_file"),
-                    "give `jwks_url` or `jwks_file`, not both",
-                ));
-            }
-            (Some(url), None) => JwksSource::Url(
-                parse_endpoint_url(&url).map_err(|m| ConfigError::new(key("jwks_url"), m))?,
-            ),
-            (None, Some(file)) => {
-                crate::auth::jwt::KeySet::read_file(&file)
-                    .map_err(|m| ConfigError::new(key("jwks_file"), m))?;
-                JwksSource::File(file)
-            }
-            (None, None) => JwksSource::Discovery(
-                parse_endpoint_url(issuer.as_str())
-                    .map_err(|m| ConfigError::new(key("issuer"), m))?,
-            ),
-        };
-        for (k, path) in [
-            ("jwks_ca", &self.jwks_ca),
-            ("jwks_token_file", &self.jwks_token_file),
-        ] {
-            if let Some(path) = path {
-                std::fs::metadata(path).map_err(|e| {
-                    ConfigError::new(
-                        key(k),
-                        format!("cannot read {}: {}", path.display(), e.kind()),
-                    )
-                })?;
-            }
-        }
-        let audience = self.audience.unwrap_or_else(|| "tokenvend".to_owned());
-        if audience.is_empty() {
-            return Err(ConfigError::new(key("audience"), "must not be empty"));
-        }
-        Ok(ServiceAccountConfig {
-            // Kept as written: `iss` is compared as a string, and `Url` would add a `/`.
-            issuer: self.issuer,
-            audience,
-            jwks,
-            jwks_ca: self.jwks_ca,
-            jwks_token_file: self.jwks_token_file,
-            leeway: self.leeway.map_or(Duration::from_secs(30), |d| d.0),
-            refetch_interval: nonzero(
-                &key("refetch_interval"),
-                self.refetch_interval,
-                Duration::from_secs(10),
-            )?,
-        })
-    }
-}
-
-impl RawLimits {
-    fn validate(self) -> Result<Limits, ConfigError> {
-        let d = Limits::default();
-        let positive = |k: &str, v: Option<usize>, default: usize| match v {
-            Some(0) => Err(ConfigError::new(
-                format!("server.limits.{k}"),
-                "must be at least 1",
-            )),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        };
-        let rate = self.rate.unwrap_or(d.rate);
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(ConfigError::new(
-                "server.limits.rate",
-                "give calls per second per caller, above zero",
-            ));
-        }
-        Ok(Limits {
-            rate,
-            burst: positive("burst", self.burst.map(|b| b as usize), d.burst as usize)? as u32,
-            max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
-            max_concurrent_streams: positive(
-                "max_concurrent_streams",
-                self.max_concurrent_streams.map(|b| b as usize),
-                d.max_concurrent_streams as usize,
-            )? as u32,
-            max_request_bytes: positive(
-                "max_request_bytes",
-                self.max_request_bytes,
-                d.max_request_bytes,
-            )?,
-            request_timeout: nonzero(
-                "server.limits.request_timeout",
-                self.request_timeout,
-                d.request_timeout,
-            )?,
-        })
-    }
-}
-
-impl RawServer {
-    fn validate(self) -> Result<ServerConfig, ConfigError> {
-        let defaults = ServerConfig::default();
-        let addr = |key: &str, value: Option<String>, default| match value {
-            None => Ok(default),
-            Some(text) => text.parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(
-                    format!("server.{key}"),
-                    format!("`{text}` is not an address like 0.0.0.0:50051"),
-                )
-            }),
-        };
-        Ok(ServerConfig {
-            listen: addr("listen", self.listen, defaults.listen)?,
-            admin_listen: addr("admin_listen", self.admin_listen, defaults.admin_listen)?,
-            shutdown_grace: self.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
-            shutdown_delay: self.shutdown_delay.map_or(defaults.shutdown_delay, |d| d.0),
-            reload_interval: self
-                .reload_interval
-                .map_or(defaults.reload_interval, |d| d.0),
-            idp_connect_timeout: nonzero(
-                "server.idp_connect_timeout",
-                self.idp_connect_timeout,
-                defaults.idp_connect_timeout,
-            )?,
-            state_dir: self.state_dir,
-            store: self
-                .store
-                .map(store::RawStore::validate)
-                .transpose()?
-                .flatten(),
-            tls: self.tls.map(RawTls::validate).transpose()?,
-            auth: AuthConfig {
-                allow_unauthenticated: self.auth.allow_unauthenticated,
-                service_account: self
-                    .auth
-                    .service_account
-                    .map(RawServiceAccount::validate)
-                    .transpose()?,
-            },
-            limits: self.limits.validate()?,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProfile {
-    token_url: Option<String>,
-    issuer: Option<String>,
-    grant: Option<Grant>,
-    client_id: Option<String>,
-    client_secret: Option<RawSecretSource>,
-    auth_method: Option<AuthMethod>,
-    private_key: Option<RawSecretSource>,
-    signing_alg: Option<SigningAlgorithm>,
-    key_id: Option<String>,
-    certificate: Option<RawSecretSource>,
-    refresh_token: Option<RawSecretSource>,
-    authorize_url: Option<String>,
-    redirect_uri: Option<String>,
-    idle_refresh: Option<Dur>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-    #[serde(default)]
-    headers: BTreeMap<String, RawSecretSource>,
-    refresh_ahead: Option<RawRefreshAhead>,
-    min_ttl: Option<Dur>,
-    #[serde(alias = "default_expires_in")]
-    default_lifetime: Option<Dur>,
-    timeout: Option<Dur>,
-    #[serde(default)]
-    warm_up: bool,
-    retry: Option<RawRetry>,
-    allow: Option<Vec<String>>,
-    idp_requests_per_minute: Option<u32>,
-}
-
-/// `refresh_ahead: 0.8` (a fraction of the lifetime) or `refresh_ahead: 5m` (before expiry).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawRefreshAhead {
-    Fraction(f64),
-    Before(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    initial: Option<Dur>,
-    max: Option<Dur>,
-}
-
-/// Form fields that tokenvend sets itself; a profile cannot override them through `params`.
-const RESERVED_PARAMS: &[&str] = &[
-    "grant_type",
-    "client_id",
-    "client_secret",
-    "client_assertion",
-    "client_assertion_type",
-    "scope",
-    "refresh_token",
-    "code",
-    "code_verifier",
-    "redirect_uri",
-    "audience",
-    "resource",
-];
-
-impl RawProfile {
-    fn validate(self, name: &str) -> Result<Profile, ConfigError> {
-        let key = |k: &str| format!("profiles.{name}.{k}");
-        let err = |k: &str, message: String| ConfigError::new(key(k), message);
-
-        if name.is_empty()
-            || name.len() > 128
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(ConfigError::new(
-                format!("profiles.{name}"),
-                "a profile name is 1-128 characters of letters, digits, `-`, `_` and `.`",
-            ));
-        }
-
-        let endpoint = match (self.token_url, self.issuer) {
-            (Some(url), None) => {
-                Endpoint::TokenUrl(parse_endpoint_url(&url).map_err(|m| err("token_url", m))?)
-            }
-            (None, Some(issuer)) => {
-                Endpoint::Issuer(parse_endpoint_url(&issuer).map_err(|m| err("issuer", m))?)
-            }
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "issuer",
-                    "give `token_url` or `issuer`, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(err(
-                    "token_url",
-                    "is required (or `issuer`, to find it by discovery)".into(),
-                ));
-            }
-        };
-        let client_id = match self.client_id {
-            Some(id) if !id.is_empty() => id,
-            _ => return Err(err("client_id", "is required".into())),
-        };
-
-        let uses_key_options =
-            self.signing_alg.is_some() || self.key_id.is_some() || self.certificate.is_some();
-        let auth_method = self.auth_method.unwrap_or(if self.private_key.is_some() {
-            AuthMethod::PrivateKeyJwt
-        } else {
-            AuthMethod::ClientSecretPost
-        });
-        let client_auth = match auth_method {
-            AuthMethod::ClientSecretPost | AuthMethod::ClientSecretBasic => {
-                if self.private_key.is_some() {
-                    return Err(err(
-                        "private_key",
-                        format!(
-                            "is only used with `auth_method: private_key_jwt`, not `{}`",
-                            auth_method.as_str()
-                        ),
-                    ));
-                }
-                let secret = match self.client_secret {
-                    Some(raw) => load_checked(raw, &key("client_secret"))?,
-                    None => return Err(err("client_secret", "is required".into())),
-                };
-                if auth_method == AuthMethod::ClientSecretBasic {
-                    ClientAuth::SecretBasic(secret)
-                } else {
-                    ClientAuth::SecretPost(secret)
-                }
-            }
-            AuthMethod::PrivateKeyJwt => {
-                if self.client_secret.is_some() {
-                    return Err(err(
-                        "client_secret",
-                        "is not used with `auth_method: private_key_jwt`; remove it".into(),
-                    ));
-                }
-                let private_key = match self.private_key {
-                    Some(raw) => load_checked(raw, &key("private_key"))?,
-                    None => {
-                        return Err(err(
-                            "private_key",
-                            "is required with `auth_method: private_key_jwt`".into(),
-                        ));
-                    }
-                };
-                let certificate = self
-                    .certificate
-                    .map(|raw| load_checked(raw, &key("certificate")))
-                    .transpose()?;
-                let jwt = PrivateKeyJwt {
-                    private_key,
-                    algorithm: self.signing_alg.unwrap_or(SigningAlgorithm::RS256),
-                    key_id: self.key_id.filter(|k| !k.is_empty()),
-                    certificate,
-                };
-                // Proves the key and certificate parse and fit the algorithm.
-                crate::assertion::Signer::load(&jwt).map_err(|e| err(e.key(), e.to_string()))?;
-                ClientAuth::PrivateKeyJwt(Box::new(jwt))
-            }
-        };
-        if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
-            return Err(err(
-                "auth_method",
-                "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`"
-                    .into(),
-            ));
-        }
-
-        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
-        let refresh_token = self
-            .refresh_token
-            .map(|raw| load_checked(raw, &key("refresh_token")))
-            .transpose()?;
-        let authorize = match (self.authorize_url, self.redirect_uri) {
-            (None, None) => None,
-            (Some(url), Some(redirect)) => Some(Box::new(Authorize {
-                authorize_url: Url::parse(&url)
-                    .map_err(|e| err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
-                redirect_uri: Url::parse(&redirect)
-                    .map_err(|e| err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
-            })),
-            (Some(_), None) => {
-                return Err(err(
-                    "redirect_uri",
-                    "is required with `authorize_url`".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "authorize_url",
-                    "is required with `redirect_uri`".into(),
-                ));
-            }
-        };
-        if grant == Grant::ClientCredentials && (refresh_token.is_some() || authorize.is_some()) {
-            let k = if refresh_token.is_some() {
-                "refresh_token"
-            } else {
-                "authorize_url"
-            };
-            return Err(err(k, "is only used with `grant: refresh_token`".into()));
-        }
-
-        if let Some(scope) = self.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
-            return Err(err(
-                "scopes",
-                format!("`{scope}` is not one scope: list each scope as its own item"),
-            ));
-        }
-        if let Some(param) = self
-            .params
-            .keys()
-            .find(|p| RESERVED_PARAMS.contains(&p.as_str()))
-        {
-            return Err(err(
-                &format!("params.{param}"),
-                "is set by tokenvend; use the profile's own key for it".into(),
-            ));
-        }
-
-        let mut headers = Vec::with_capacity(self.headers.len());
-        for (header, raw) in self.headers {
-            let header_key = key(&format!("headers.{header}"));
-            let name = HeaderName::try_from(header.as_str())
-                .map_err(|_| ConfigError::new(&header_key, "is not a valid header name"))?;
-            if name == http::header::AUTHORIZATION {
-                return Err(ConfigError::new(
-                    header_key,
-                    "is set by tokenvend from the token",
-                ));
-            }
-            let source = load_checked(raw, &header_key)?;
-            let value = source
-                .load()
-                .map_err(|e| ConfigError::new(&header_key, e.to_string()))?;
-            if http::HeaderValue::try_from(value.expose()).is_err() {
-                return Err(ConfigError::new(
-                    header_key,
-                    "holds characters a header value cannot carry (a newline?)",
-                ));
-            }
-            headers.push((name, source));
-        }
-
-        let refresh_ahead = match self.refresh_ahead {
-            None => RefreshAhead::Fraction(0.8),
-            Some(RawRefreshAhead::Fraction(f)) if (0.1..=0.95).contains(&f) => {
-                RefreshAhead::Fraction(f)
-            }
-            Some(RawRefreshAhead::Fraction(f)) => {
-                return Err(err(
-                    "refresh_ahead",
-                    format!(
-                        "{f} is out of range: give a fraction of the lifetime between 0.1 and \
-                         0.95 (default 0.8), or a duration before expiry such as 5m"
-                    ),
-                ));
-            }
-            Some(RawRefreshAhead::Before(text)) => match humantime::parse_duration(&text) {
-                Ok(d) if !d.is_zero() => RefreshAhead::Before(d),
-                _ => {
-                    return Err(err(
-                        "refresh_ahead",
-                        format!("`{text}` is neither a fraction like 0.8 nor a duration like 5m"),
-                    ));
-                }
-            },
-        };
-
-        let retry_defaults = Retry::default();
-        let retry = match self.retry {
-            None => retry_defaults,
-            Some(raw) => Retry {
-                initial: nonzero(&key("retry.initial"), raw.initial, retry_defaults.initial)?,
-                max: nonzero(&key("retry.max"), raw.max, retry_defaults.max)?,
-            },
-        };
-        if retry.initial > retry.max {
-            return Err(err("retry.initial", "is longer than `retry.max`".into()));
-        }
-
-        let allow = match self.allow {
-            None => None,
-            Some(patterns) => Some(
-                patterns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| Pattern::parse(p).map_err(|m| err(&format!("allow[{i}]"), m)))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
-        let idp_requests_per_minute = match self.idp_requests_per_minute {
-            Some(0) => return Err(err("idp_requests_per_minute", "must be at least 1".into())),
-            Some(n) => n,
-            None => 60,
-        };
-
-        Ok(Profile {
-            name: name.into(),
-            grant,
-            endpoint,
-            client_id,
-            client_auth,
-            refresh_token,
-            authorize,
-            scopes: self.scopes,
-            audience: self.audience.filter(|a| !a.is_empty()),
-            resource: self.resource.filter(|r| !r.is_empty()),
-            params: self.params,
-            headers,
-            refresh_ahead,
-            min_ttl: self.min_ttl.map_or(Duration::ZERO, |d| d.0),
-            default_lifetime: nonzero(
-                &key("default_lifetime"),
-                self.default_lifetime,
-                Duration::from_secs(3600),
-            )?,
-            timeout: nonzero(&key("timeout"), self.timeout, Duration::from_secs(10))?,
-            warm_up: self.warm_up,
-            idle_refresh: nonzero(
-                &key("idle_refresh"),
-                self.idle_refresh,
-                Duration::from_secs(24 * 3600),
-            )?,
-            retry,
-            allow,
-            idp_requests_per_minute,
-        })
-    }
-}
-
-fn load_checked(raw: RawSecretSource, key: &str) -> Result<SecretSource, ConfigError> {
+/// A secret's source, as written. Its value is read where it is used, not here; an
+/// inline value is allowed and warned about, since it sits in a file many can read.
+fn secret_source(raw: RawSecretSource, key: &str) -> Result<SecretSource, ConfigError> {
     let source = raw.into_source().map_err(|m| ConfigError::new(key, m))?;
-    source
-        .load()
-        .map_err(|e| ConfigError::new(key, e.to_string()))?;
     if matches!(source, SecretSource::Value(_)) {
         tracing::warn!(
             key,

@@ -88,6 +88,17 @@ impl DevIssuer {
         format!("http://{}", self.addr)
     }
 
+    /// What `serve --dev` runs: the demo profile, on loopback only (it has an open profile
+    /// and no caller checks), stopping at once on Ctrl-C (no load balancer to wait for).
+    pub fn demo_config(&self) -> Config {
+        self.config(ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            shutdown_delay: Duration::ZERO,
+            ..ServerConfig::default()
+        })
+    }
+
     /// A configuration with one profile, `demo`, that gets its tokens from this issuer.
     pub fn config(&self, server: ServerConfig) -> Config {
         let token_url = Url::parse(&format!("{}/token", self.url()))

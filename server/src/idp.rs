@@ -25,10 +25,24 @@ pub use response::IssuedToken;
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// A client for token endpoints; cheap to clone (it shares one connection pool).
+///
+/// The HTTP client is shared by every clone and can be replaced while they run, so that a
+/// reload that changes `server.idp_connect_timeout` reaches every profile at its next
+/// request, without rebuilding the profiles that hold a clone.
 #[derive(Clone, Debug)]
 pub struct IdpClient {
-    http: reqwest::Client,
+    http: std::sync::Arc<arc_swap::ArcSwap<reqwest::Client>>,
     metrics: Option<Metrics>,
+}
+
+/// Redirects are not followed: a token endpoint that redirects is misconfigured, and
+/// following would resend credentials.
+fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// Why a token request failed. The text never holds a secret or a token.
@@ -163,18 +177,25 @@ fn is_transient_status(status: u16) -> bool {
 }
 
 impl IdpClient {
-    /// A client with the given connect timeout. Redirects are not followed: a token
-    /// endpoint that redirects is misconfigured, and following would resend credentials.
+    /// A client with the given connect timeout.
     pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            http,
+            http: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(http_client(
+                connect_timeout,
+            )?)),
             metrics: None,
         })
+    }
+
+    /// Replaces the HTTP client of this client and all its clones with one that waits
+    /// `connect_timeout` for a connection. Requests under way finish on the old one.
+    pub(crate) fn set_connect_timeout(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(), reqwest::Error> {
+        self.http
+            .store(std::sync::Arc::new(http_client(connect_timeout)?));
+        Ok(())
     }
 
     /// The same client, recording each token request in `metrics`.
@@ -282,6 +303,7 @@ impl IdpClient {
         let host = url.host_str().unwrap_or_default().to_owned();
         let mut request = self
             .http
+            .load()
             .post(url.clone())
             .timeout(timeout)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -310,6 +332,7 @@ impl IdpClient {
         let host = url.host_str().unwrap_or_default().to_owned();
         let response = self
             .http
+            .load()
             .get(url.clone())
             .timeout(timeout)
             .header(header::ACCEPT, "application/json")

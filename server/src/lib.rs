@@ -5,11 +5,13 @@
 //! it all on listeners the caller bound; `main.rs` only parses the command line.
 
 mod admin;
+pub mod app;
 pub mod assertion;
 pub mod audit;
 pub mod auth;
 pub mod authorize;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;

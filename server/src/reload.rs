@@ -16,23 +16,22 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt as _, stream};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::TokenCache,
-    config::{self, Config, ConfigError, ServerConfig},
+    app::Live,
+    config::{self, Config, ConfigError, ConfigErrors},
     metrics::Metrics,
 };
 
 /// A stream of nothing, one item per reload request (SIGHUP).
-pub type Triggers = Pin<Box<dyn Stream<Item = ()> + Send>>;
+pub(crate) type Triggers = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 /// SIGHUP, as a stream. Empty where there are no Unix signals, or if the handler cannot be
 /// installed (then polling alone reloads, and a warning says so).
-pub fn hangups() -> Triggers {
+pub(crate) fn hangups() -> Triggers {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -48,38 +47,32 @@ pub fn hangups() -> Triggers {
     Box::pin(stream::pending())
 }
 
-/// The valid configurations to switch to: one each time the file at `path` has new
-/// content (checked every `interval`; zero turns polling off) and one at each trigger.
-/// `digest` is that of the configuration already running, so that only a change counts.
-/// A version that is invalid or unreadable is logged once, with its key, counted in
-/// `tokenvend.config.reloads` as refused, and skipped.
-pub fn watch(
+/// Watches the file at `path` for new content: checked every `interval` (zero turns
+/// polling off) and at each trigger. `digest` is that of the configuration already
+/// running, so that only a change counts.
+pub(crate) fn watch(
     path: PathBuf,
     interval: Duration,
     digest: u64,
     triggers: Triggers,
     metrics: Metrics,
-) -> impl Stream<Item = Config> + Send {
-    let ticks = (!interval.is_zero()).then(|| {
-        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticks
-    });
-    let watcher = Watcher {
+) -> Watcher {
+    let mut watcher = Watcher {
         path,
-        ticks,
+        interval: Duration::ZERO,
+        ticks: None,
         triggers,
         last: Some(digest),
         metrics,
     };
-    stream::unfold(watcher, |mut watcher| async move {
-        let config = watcher.next().await?;
-        Some((config, watcher))
-    })
+    watcher.set_interval(interval);
+    watcher
 }
 
-struct Watcher {
+/// The file being watched, and how.
+pub(crate) struct Watcher {
     path: PathBuf,
+    interval: Duration,
     ticks: Option<Interval>,
     triggers: Triggers,
     /// The digest of the last content seen; `None` after a failed read, so that a file
@@ -89,7 +82,23 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn next(&mut self) -> Option<Config> {
+    /// Polls every `interval` from now on (zero: only at triggers).
+    pub(crate) fn set_interval(&mut self, interval: Duration) {
+        if interval == self.interval {
+            return;
+        }
+        self.interval = interval;
+        self.ticks = (!interval.is_zero()).then(|| {
+            let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticks
+        });
+    }
+
+    /// The next version of the file that parses. One that is unreadable or invalid is
+    /// refused (logged with its keys, counted) and skipped. `None` when the triggers end
+    /// and there is no polling.
+    pub(crate) async fn next(&mut self) -> Option<Config> {
         loop {
             let forced = tokio::select! {
                 () = tick(&mut self.ticks) => false,
@@ -102,10 +111,10 @@ impl Watcher {
                 Ok(None) => continue,
                 Err(e) => {
                     if self.last.take().is_some() || forced {
-                        self.refused(&ConfigError {
-                            key: String::new(),
-                            message: format!("cannot read {}: {}", self.path.display(), e.kind()),
-                        });
+                        self.refused(&ConfigErrors::from(ConfigError::new(
+                            "",
+                            format!("cannot read {}: {}", self.path.display(), e.kind()),
+                        )));
                     }
                     continue;
                 }
@@ -113,13 +122,20 @@ impl Watcher {
             self.last = Some(digest);
             match parse(&self.path, text) {
                 Ok(config) => return Some(config),
-                Err(error) => self.refused(&error),
+                Err(errors) => self.refused(&errors),
             }
         }
     }
 
-    fn refused(&self, error: &ConfigError) {
-        self.metrics.reload(false);
+    fn refused(&self, errors: &ConfigErrors) {
+        refused(&self.metrics, errors);
+    }
+}
+
+/// A new configuration is refused: each error with its key, and a count.
+fn refused(metrics: &Metrics, errors: &ConfigErrors) {
+    metrics.reload(false);
+    for error in errors.iter() {
         tracing::error!(
             key = %error.key,
             %error,
@@ -157,84 +173,36 @@ async fn read_changed(path: PathBuf, unless: Option<u64>) -> io::Result<Option<(
     .map_err(io::Error::other)?
 }
 
-fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigError> {
-    let text = String::from_utf8(text).map_err(|_| ConfigError {
-        key: String::new(),
-        message: format!("{} is not UTF-8 text", path.display()),
-    })?;
+fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigErrors> {
+    let text = String::from_utf8(text)
+        .map_err(|_| ConfigError::new("", format!("{} is not UTF-8 text", path.display())))?;
     let mut config = Config::from_yaml(&text)?;
     config.path = Some(path.to_owned());
     Ok(config)
 }
 
-/// Applies each configuration from `configs` until `stop` is cancelled.
-pub(crate) async fn run(
-    configs: impl Stream<Item = Config> + Send,
-    cache: Arc<TokenCache>,
-    settings: Arc<ArcSwap<ServerConfig>>,
-    stop: CancellationToken,
-    metrics: Metrics,
-) {
-    let mut configs = std::pin::pin!(configs);
+/// Builds and applies each new version of the file until `stop` is cancelled.
+pub(crate) async fn run(mut watcher: Watcher, live: Arc<Live>, stop: CancellationToken) {
     loop {
-        tokio::select! {
+        let config = tokio::select! {
             () = stop.cancelled() => return,
-            config = configs.next() => match config {
-                Some(config) => {
-                    apply(&config, &cache, &settings);
-                    metrics.reload(true);
-                }
+            config = watcher.next() => match config {
+                Some(config) => config,
                 None => return,
             },
+        };
+        // Building reads secrets and key files: off the runtime's worker threads.
+        let applying = live.clone();
+        let result = tokio::task::spawn_blocking(move || applying.reload(config)).await;
+        match result {
+            Ok(Ok(())) => {
+                live.metrics.reload(true);
+                watcher.set_interval(live.settings.load().reload_interval);
+            }
+            Ok(Err(errors)) => refused(&live.metrics, &errors),
+            Err(error) => tracing::error!(%error, "reload failed"),
         }
     }
-}
-
-/// Swaps in a validated configuration: the profile map in one atomic step, and the server
-/// settings that can change while running. Those bound at start are kept, with a warning.
-pub(crate) fn apply(config: &Config, cache: &TokenCache, settings: &ArcSwap<ServerConfig>) {
-    let running = settings.load_full();
-    let mut server = config.server.clone();
-    let restart_needed = |key: &str, changed: bool| {
-        if changed {
-            tracing::warn!(
-                key,
-                "changed in the configuration; takes effect after a restart"
-            );
-        }
-    };
-    restart_needed("server.listen", server.listen != running.listen);
-    restart_needed(
-        "server.admin_listen",
-        server.admin_listen != running.admin_listen,
-    );
-    restart_needed(
-        "server.idp_connect_timeout",
-        server.idp_connect_timeout != running.idp_connect_timeout,
-    );
-    restart_needed(
-        "server.reload_interval",
-        server.reload_interval != running.reload_interval,
-    );
-    // The state directory is locked at start; a running server cannot move its chains.
-    restart_needed("server.state_dir", server.state_dir != running.state_dir);
-    restart_needed("server.store", server.store != running.store);
-    server.listen = running.listen;
-    server.admin_listen = running.admin_listen;
-    server.idp_connect_timeout = running.idp_connect_timeout;
-    server.reload_interval = running.reload_interval;
-    server.state_dir = running.state_dir.clone();
-    server.store = running.store.clone();
-    settings.store(Arc::new(server));
-
-    let changes = cache.replace_profiles(&config.profiles);
-    tracing::info!(
-        added = ?changes.added,
-        changed = ?changes.changed,
-        removed = ?changes.removed,
-        unchanged = changes.unchanged.len(),
-        "configuration reloaded"
-    );
 }
 
 #[cfg(test)]

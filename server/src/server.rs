@@ -2,28 +2,30 @@
 //! on listeners the caller has bound, reloading the configuration file as it changes, until
 //! the shutdown future completes; then a delay while still serving, and a drain.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
     admin::{self, Readiness},
-    auth::Authenticator,
+    app::{App, Live},
     cache::TokenCache,
-    config::Config,
+    config::{Config, ConfigErrors},
     idp::IdpClient,
-    limit::RateLimiter,
     metrics::{self, Metrics},
     reload,
-    service::TokenService,
+    service::{LiveService, TokenService},
     state::StateDir,
     store::SharedStore,
-    tls,
+    tls::{self, ConnectionLimit},
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -37,6 +39,9 @@ pub struct Listeners {
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration cannot be built: every error found, each with its key.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
     /// The HTTP client for identity providers could not be built.
     #[error("cannot build the identity provider client: {0}")]
     HttpClient(#[from] reqwest::Error),
@@ -52,27 +57,17 @@ pub enum ServerError {
     /// The listener's address cannot be read.
     #[error("cannot read the gRPC listener's address: {0}")]
     Listener(#[from] std::io::Error),
-    /// The TLS files cannot be used.
-    #[error("{0}")]
-    Tls(#[from] tls::TlsError),
     /// Metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
-    /// A non-loopback address with no caller authentication and no explicit opt-out.
-    #[error(
-        "refusing to serve on {0} without caller authentication: anyone who can reach it \
-         would get every token. Configure `server.auth.service_account` or mutual TLS \
-         (`server.tls.client_ca`), listen on loopback, or set \
-         `server.auth.allow_unauthenticated: true` if a network policy guards the port"
-    )]
-    Unauthenticated(SocketAddr),
     /// The shared store's settings cannot be used (its password or keys cannot be read).
     #[error("{0}")]
     Store(String),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
-/// from a file (see [`crate::reload`]).
+/// from a file (see [`crate::reload`]). The configuration is built first ([`App::build`]),
+/// as `tokenvend check` builds it: what one refuses, the other does.
 ///
 /// On shutdown, readiness fails first: health turns NOT_SERVING and `/readyz` 503, while
 /// the server goes on accepting and serving calls for `server.shutdown_delay`, the time
@@ -85,25 +80,38 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listeners.grpc.local_addr()?;
-    if !config.server.authenticates_callers() && !addr.ip().is_loopback() {
-        if !config.server.auth.allow_unauthenticated {
-            return Err(ServerError::Unauthenticated(addr));
-        }
-        tracing::warn!(
-            %addr,
-            "serving without caller authentication (server.auth.allow_unauthenticated): \
-             anyone who can reach this port gets every token"
-        );
+    let app = App::build(config, addr)?;
+    for warning in app.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
     }
+    run(listeners, app, shutdown).await
+}
+
+/// Runs a built application.
+///
+/// Every task it starts is spawned on one tracker and stopped through one root
+/// cancellation token, so that when it returns nothing it started is still running.
+/// `drain`, a child of the root, ends the accept loop and `WatchToken` streams first.
+async fn run(
+    listeners: Listeners,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let config = app.config();
+    let grpc_addr = listeners.grpc.local_addr()?;
     let limits = config.server.limits;
-    let auth = Authenticator::new(&config.server)?;
-    let accepting = CancellationToken::new();
-    let tls = config
-        .server
-        .tls
-        .clone()
-        .map(|tls| tls::Reloading::start(tls, accepting.clone()))
-        .transpose()?;
+    let root = CancellationToken::new();
+    let drain = root.child_token();
+    let tasks = TaskTracker::new();
+    let tls = match (&config.server.tls, app.tls()) {
+        (Some(files), Some(built)) => Some(tls::Reloading::start(
+            files.clone(),
+            built,
+            root.child_token(),
+            &tasks,
+        )),
+        _ => None,
+    };
     // Prometheus at `/metrics` always; OTLP too if the environment asks for it.
     let metrics = Metrics::new(&metrics::Export::from_env())?;
     let idp = IdpClient::new(config.server.idp_connect_timeout)?.with_metrics(metrics.clone());
@@ -124,15 +132,41 @@ pub async fn serve(
         .map_err(ServerError::Store)?;
     let cache = Arc::new(TokenCache::with_store(
         &config.profiles,
-        idp,
+        idp.clone(),
         state.as_ref(),
         metrics.clone(),
         store,
     ));
-    // The server settings in force; a reload may change the shutdown timings.
-    let settings = Arc::new(ArcSwap::from_pointee(config.server.clone()));
-    let streams = CancellationToken::new();
     let readiness = Arc::new(Readiness::new(cache.clone()));
+    let connections = ConnectionLimit::new(limits.max_connections);
+    let streams = drain.child_token();
+    let service = LiveService::new(
+        TokenService::new(
+            cache.clone(),
+            streams.clone(),
+            app.auth(),
+            app.limiter(),
+            limits.request_timeout,
+            metrics.clone(),
+        ),
+        limits.max_request_bytes,
+    );
+    let live = Arc::new(Live {
+        settings: ArcSwap::from_pointee(config.server.clone()),
+        service: service.clone(),
+        tls: tls.clone(),
+        connections: connections.clone(),
+        cache: cache.clone(),
+        idp,
+        auth: ArcSwap::new(app.auth()),
+        limiter: ArcSwap::new(app.limiter()),
+        grpc: grpc_addr,
+        streams,
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+        stop: root.clone(),
+        applying: Mutex::new(()),
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -147,45 +181,36 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let reload_stop = CancellationToken::new();
-    let reloader = config.path.clone().map(|path| {
-        let configs = reload::watch(
+    // A reload stops at the shutdown signal, so that nothing changes while draining.
+    let reloads = root.child_token();
+    if let Some(path) = config.path.clone() {
+        let watcher = reload::watch(
             path,
             config.server.reload_interval,
             config.digest,
             reload::hangups(),
             metrics.clone(),
         );
-        tokio::spawn(reload::run(
-            configs,
-            cache.clone(),
-            settings.clone(),
-            reload_stop.clone(),
-            metrics.clone(),
-        ))
-    });
-
-    let admin_stop = CancellationToken::new();
-    let admin = listeners.admin.map(|listener| {
-        tokio::spawn(admin::serve(
+        tasks.spawn(reload::run(watcher, live.clone(), reloads.clone()));
+    }
+    if let Some(listener) = listeners.admin {
+        tasks.spawn(admin::serve(
             listener,
             readiness.clone(),
             metrics.clone(),
-            admin_stop.clone(),
-        ))
-    });
+            root.child_token(),
+        ));
+    }
 
     let (draining, drain_started) = oneshot::channel();
     let signal = {
-        let streams = streams.clone();
-        let settings = settings.clone();
-        let reload_stop = reload_stop.clone();
-        let accepting = accepting.clone();
+        let live = live.clone();
+        let drain = drain.clone();
         let readiness = readiness.clone();
         async move {
             shutdown.await;
-            reload_stop.cancel();
-            let delay = settings.load().shutdown_delay;
+            reloads.cancel();
+            let delay = live.settings.load().shutdown_delay;
             tracing::info!(
                 ?delay,
                 "shutting down: reporting not ready, still serving until load balancers have noticed"
@@ -199,42 +224,26 @@ pub async fn serve(
                 .await;
             tokio::time::sleep(delay).await;
             tracing::info!("no new calls; draining in-flight ones");
-            accepting.cancel();
-            streams.cancel();
+            drain.cancel();
             let _ = draining.send(());
         }
     };
 
-    let service = TokenService::new(
-        cache.clone(),
-        streams,
-        auth,
-        RateLimiter::new(&limits),
-        limits.request_timeout,
-        metrics.clone(),
-    );
-    let incoming = tls::incoming(
-        listeners.grpc,
-        tls,
-        limits.max_connections,
-        accepting.clone(),
-    );
+    let incoming = tls::incoming(listeners.grpc, tls, connections, drain.clone(), &tasks);
     let grpc = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // No HTTP/2 PING keepalive: the accept loop sets TCP keepalive (tls::KEEPALIVE).
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            TokenServiceServer::new(service).max_decoding_message_size(limits.max_request_bytes),
-        )
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = {
-        let settings = settings.clone();
+        let live = live.clone();
         async move {
             match drain_started.await {
                 Ok(()) => {
-                    let grace = settings.load().shutdown_grace;
+                    let grace = live.settings.load().shutdown_grace;
                     tokio::time::sleep(grace).await;
                     grace
                 }
@@ -252,16 +261,10 @@ pub async fn serve(
         }
     };
 
-    reload_stop.cancel();
-    if let Some(reloader) = reloader {
-        let _ = reloader.await;
-    }
+    root.cancel();
+    tasks.close();
+    tasks.wait().await;
     cache.stop();
-    accepting.cancel();
-    admin_stop.cancel();
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
     metrics.shutdown().await;
     tracing::info!("stopped");
     result

@@ -4,8 +4,12 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use futures::Stream;
-use tokenvend::{pb, wire::EncodedToken};
+use tokenvend::{
+    pb::{self, token_service_server::TokenServiceServer},
+    wire::EncodedToken,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
@@ -22,11 +26,11 @@ use crate::{
 };
 
 /// The gRPC service.
-pub struct TokenService {
+pub(crate) struct TokenService {
     cache: Arc<TokenCache>,
     stop: CancellationToken,
-    auth: Authenticator,
-    limiter: RateLimiter,
+    auth: Arc<Authenticator>,
+    limiter: Arc<RateLimiter>,
     request_timeout: Duration,
     metrics: Metrics,
 }
@@ -34,11 +38,11 @@ pub struct TokenService {
 impl TokenService {
     /// A service over this cache. Cancelling `stop` ends every `WatchToken` stream, so
     /// that a shutdown is not held up by clients that would watch forever.
-    pub fn new(
+    pub(crate) fn new(
         cache: Arc<TokenCache>,
         stop: CancellationToken,
-        auth: Authenticator,
-        limiter: RateLimiter,
+        auth: Arc<Authenticator>,
+        limiter: Arc<RateLimiter>,
         request_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
@@ -154,6 +158,56 @@ impl TokenService {
         let (token, result) = Box::pin(within(Some(deadline), slot.token(need))).await?;
         slot.counters().served(Rpc::GetToken);
         Ok((token.encoded().clone(), token.fingerprint(), result))
+    }
+}
+
+/// The gRPC service as a running server serves it: replaced whole by a reload (caller
+/// authentication, rate limits, request timeout, the largest request), while calls under
+/// way finish on the one they started with.
+#[derive(Clone)]
+pub(crate) struct LiveService(Arc<ArcSwap<TokenServiceServer<TokenService>>>);
+
+impl LiveService {
+    pub(crate) fn new(service: TokenService, max_request_bytes: usize) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(Self::server(
+            service,
+            max_request_bytes,
+        ))))
+    }
+
+    pub(crate) fn replace(&self, service: TokenService, max_request_bytes: usize) {
+        self.0
+            .store(Arc::new(Self::server(service, max_request_bytes)));
+    }
+
+    fn server(service: TokenService, max_request_bytes: usize) -> TokenServiceServer<TokenService> {
+        TokenServiceServer::new(service).max_decoding_message_size(max_request_bytes)
+    }
+}
+
+impl tonic::server::NamedService for LiveService {
+    const NAME: &'static str =
+        <TokenServiceServer<TokenService> as tonic::server::NamedService>::NAME;
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LiveService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = <TokenServiceServer<TokenService> as tonic::codegen::Service<
+        http::Request<tonic::body::Body>,
+    >>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The generated server is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // A clone of the current server: two reference counts, no copy of the service.
+        TokenServiceServer::clone(&self.0.load()).call(request)
     }
 }
 

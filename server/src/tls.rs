@@ -23,7 +23,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use x509_cert::{
     Certificate,
     der::{Decode, oid::AssociatedOid},
@@ -115,36 +115,45 @@ fn digest(tls: &TlsConfig) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// The current rustls configuration, replaced when the files change.
+/// The current rustls configuration, replaced when the files change or a reload names
+/// other files.
 pub(crate) struct Reloading {
     current: ArcSwap<ServerConfig>,
+    files: ArcSwap<TlsConfig>,
 }
 
 impl Reloading {
-    /// Loads the files and starts watching them until `stop`.
-    pub(crate) fn start(tls: TlsConfig, stop: CancellationToken) -> Result<Arc<Self>, TlsError> {
-        let mut seen = digest(&tls);
+    /// Serves `config` (built from `tls` by [`server_config`]) and watches the files until
+    /// `stop`.
+    pub(crate) fn start(
+        tls: TlsConfig,
+        config: Arc<ServerConfig>,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Self> {
         let this = Arc::new(Self {
-            current: ArcSwap::new(server_config(&tls)?),
+            current: ArcSwap::new(config),
+            files: ArcSwap::from_pointee(tls),
         });
         let reloading = this.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(tls.reload_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tasks.spawn(async move {
+            let mut seen = digest(&reloading.files.load());
             loop {
+                // Read each round: a reload may change the files and the interval.
+                let files = reloading.files.load_full();
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
+                    () = tokio::time::sleep(files.reload_interval) => {}
                 }
-                let now = digest(&tls);
+                let now = digest(&files);
                 if now == seen {
                     continue;
                 }
-                match server_config(&tls) {
+                match server_config(&files) {
                     Ok(config) => {
                         reloading.current.store(config);
                         seen = now;
-                        tracing::info!(cert = %tls.cert.display(), "TLS files changed; reloaded");
+                        tracing::info!(cert = %files.cert.display(), "TLS files changed; reloaded");
                     }
                     // Half-written files during a rotation: keep serving the old ones.
                     Err(error) => {
@@ -153,7 +162,54 @@ impl Reloading {
                 }
             }
         });
-        Ok(this)
+        this
+    }
+
+    /// Serves other files from now on (a reload changed `server.tls`); `config` is built
+    /// from them already, so a reload that names unusable files is refused before this.
+    pub(crate) fn replace(&self, tls: TlsConfig, config: Arc<ServerConfig>) {
+        self.current.store(config);
+        self.files.store(Arc::new(tls));
+    }
+}
+
+/// The most connections open at once on the gRPC port, changeable while it runs.
+pub(crate) struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    /// The limit in force. Locked only by a reload, to resize.
+    max: std::sync::Mutex<usize>,
+}
+
+impl ConnectionLimit {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max: std::sync::Mutex::new(max),
+        })
+    }
+
+    /// Changes the limit. A larger one takes effect at once; a smaller one as connections
+    /// close (no open connection is cut), by a task that holds back the surplus slots until
+    /// `stop`.
+    pub(crate) fn resize(&self, max: usize, tasks: &TaskTracker, stop: CancellationToken) {
+        let mut current = self.max.lock().unwrap_or_else(|e| e.into_inner());
+        if max > *current {
+            self.slots.add_permits(max - *current);
+        } else if max < *current {
+            let surplus = u32::try_from(*current - max).unwrap_or(u32::MAX);
+            let slots = self.slots.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    permits = slots.acquire_many_owned(surplus) => {
+                        if let Ok(permits) = permits {
+                            permits.forget();
+                        }
+                    }
+                }
+            });
+        }
+        *current = max;
     }
 }
 
@@ -250,12 +306,13 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Reloading>>,
-    max_connections: usize,
+    limit: Arc<ConnectionLimit>,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(32);
-    let slots = Arc::new(Semaphore::new(max_connections));
-    tokio::spawn(async move {
+    let slots = limit.slots.clone();
+    tasks.spawn(async move {
         // Dropped when the loop ends, which aborts handshakes still running.
         let mut handshakes = JoinSet::new();
         loop {
@@ -364,7 +421,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let mut conns = incoming(listener, None, 4, stop.clone());
+        let tasks = TaskTracker::new();
+        let mut conns = incoming(
+            listener,
+            None,
+            ConnectionLimit::new(4),
+            stop.clone(),
+            &tasks,
+        );
         let _client = TcpStream::connect(address).await.unwrap();
         let conn = conns.next().await.unwrap().unwrap();
         let Io::Plain(tcp) = &conn.io else {

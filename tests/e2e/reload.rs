@@ -181,3 +181,99 @@ async fn reloads(server: &Server, result: &str) -> f64 {
         .await
         .value("tokenvend_config_reloads_total", &[("result", result)])
 }
+
+/// The `server:` section of these tests, with `extra` lines inside it.
+fn server_section(extra: &str) -> String {
+    format!("server:\n  shutdown_delay: 0s\n  reload_interval: 50ms\n{extra}profiles:\n")
+}
+
+#[tokio::test]
+async fn a_reload_of_server_limits_takes_effect() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let demo = profile("demo", &idp, "");
+    let mut file = ConfigFile::new(&format!("{}{demo}", server_section("")));
+    let server = Server::start_file(&file).await;
+    for _ in 0..20 {
+        server.get("demo").await.expect("within the default rate");
+    }
+
+    // One call, then one every 1000 s: the next call is over the rate.
+    file.update(&format!(
+        "{}{demo}",
+        server_section("  limits: { rate: 0.001, burst: 1 }\n")
+    ));
+    let status = eventually(Duration::from_secs(10), "the new rate", || async {
+        server
+            .get("demo")
+            .await
+            .err()
+            .filter(|s| s.code() == Code::ResourceExhausted)
+    })
+    .await;
+    assert!(status.message().contains("too many calls"), "{status:?}");
+
+    // A request larger than the new `max_request_bytes` is refused by the codec.
+    file.update(&format!(
+        "{}{demo}",
+        server_section("  limits: { max_request_bytes: 64 }\n")
+    ));
+    let long = "x".repeat(200);
+    let status = eventually(Duration::from_secs(10), "the new message limit", || async {
+        server
+            .get(&long)
+            .await
+            .err()
+            .filter(|s| s.message().contains("message length too large"))
+    })
+    .await;
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // The rate is the default again: the earlier limit went with its file.
+    for _ in 0..5 {
+        server.get("demo").await.expect("the default rate is back");
+    }
+    assert_eq!(reloads(&server, "refused").await, 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_of_server_auth_takes_effect() {
+    use crate::support::security::{SaIssuer, with_bearer};
+    use tokenvend::pb::GetTokenRequest;
+
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let issuer = SaIssuer::start().await;
+    let demo = profile(
+        "demo",
+        &idp,
+        "    allow: [\"system:serviceaccount:orders:*\"]\n",
+    );
+    let mut file = ConfigFile::new(&format!("{}{demo}", server_section("")));
+    let server = Server::start_file(&file).await;
+    // No caller authentication on loopback: anonymous callers are served, but the
+    // profile's `allow` list lets only named ones use it.
+    assert_eq!(server.get("demo").await.unwrap_err().code(), Code::NotFound);
+
+    file.update(&format!("{}{demo}", server_section(&issuer.auth_yaml())));
+    let request = || {
+        with_bearer(
+            GetTokenRequest {
+                profile: "demo".into(),
+                ..Default::default()
+            },
+            &issuer.token("orders", "api"),
+        )
+    };
+    eventually(
+        Duration::from_secs(10),
+        "ServiceAccount callers",
+        || async { server.client.clone().get_token(request()).await.ok() },
+    )
+    .await;
+    assert_eq!(
+        server.get("demo").await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "a caller with no credentials is now refused"
+    );
+    assert_eq!(reloads(&server, "refused").await, 0.0);
+    server.stop().await;
+}

@@ -113,7 +113,7 @@ impl RawRedis {
         }
         let password = self
             .password
-            .map(|raw| super::load_checked(raw, &format!("{KEY}.password")))
+            .map(|raw| super::secret_source(raw, &format!("{KEY}.password")))
             .transpose()?;
         if self.encryption_keys.is_empty() {
             return Err(ConfigError::new(
@@ -144,8 +144,7 @@ impl RawRedis {
                     format!("`{}` is used twice", raw.id),
                 ));
             }
-            let source = super::load_checked(raw.key, &format!("{key}.key"))?;
-            decode_key(&source).map_err(|m| ConfigError::new(format!("{key}.key"), m))?;
+            let source = super::secret_source(raw.key, &format!("{key}.key"))?;
             encryption_keys.push(EncryptionKey {
                 id: raw.id,
                 key: source,

@@ -1,0 +1,373 @@
+//! From configuration to a running application: the one place where the data of
+//! [`crate::config`] meets the world. [`App::build`] reads every secret, key, certificate
+//! and key set the configuration names and builds the live objects from them; `serve`,
+//! `check` and a reload all go through it, so they cannot disagree about what is valid.
+//! [`Live::apply`] swaps a new build into a running server, section by section, and
+//! [`keep_restart_only`] is the one list of settings that only a restart changes.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    assertion::Signer,
+    auth::{Authenticator, jwt::KeySet},
+    cache::TokenCache,
+    config::{
+        ClientAuth, Config, ConfigError, ConfigErrors, JwksSource, Profile, ServerConfig,
+        decode_key,
+    },
+    idp::IdpClient,
+    limit::RateLimiter,
+    metrics::Metrics,
+    service::{LiveService, TokenService},
+    tls::{self, ConnectionLimit},
+};
+
+#[cfg(test)]
+mod tests;
+
+/// A configuration with everything it names loaded and built, ready to serve or to swap
+/// into a running server.
+pub struct App {
+    config: Config,
+    auth: Arc<Authenticator>,
+    limiter: Arc<RateLimiter>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    warnings: Vec<ConfigError>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Loads what `config` names and builds the live objects, for a gRPC port on `grpc`
+    /// (which decides whether callers must authenticate). Reports every error found,
+    /// each with its key.
+    pub fn build(config: Config, grpc: SocketAddr) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        for profile in &config.profiles {
+            check_profile(profile, &mut errors);
+        }
+        let server = &config.server;
+        let tls = match &server.tls {
+            None => None,
+            Some(files) => tls::server_config(files)
+                .map_err(|e| errors.push(ConfigError::new(e.key, e.message)))
+                .ok(),
+        };
+        check_service_account(server, &mut errors);
+        check_store(server, &mut errors);
+        let mut warnings = config.warnings();
+        match check_listener(server, grpc) {
+            Ok(None) => {}
+            Ok(Some(warning)) => warnings.push(warning),
+            Err(error) => errors.push(error),
+        }
+        let auth = Authenticator::new(server)
+            .map_err(|e| {
+                errors.push(ConfigError::new(
+                    "server.auth.service_account",
+                    format!("cannot build the key set client: {e}"),
+                ));
+            })
+            .ok();
+        let (Some(auth), true) = (auth, errors.is_empty()) else {
+            return Err(errors.into());
+        };
+        Ok(Self {
+            limiter: Arc::new(RateLimiter::new(&server.limits)),
+            auth: Arc::new(auth),
+            tls,
+            warnings,
+            config,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Settings that are valid but probably not meant, each with its key.
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.warnings
+    }
+
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.clone()
+    }
+
+    pub(crate) fn auth(&self) -> Arc<Authenticator> {
+        self.auth.clone()
+    }
+
+    pub(crate) fn limiter(&self) -> Arc<RateLimiter> {
+        self.limiter.clone()
+    }
+}
+
+/// Every secret of a profile can be read now, and its key, certificate and header values
+/// can be used. They are read again at each use (a rotated file is picked up then); this
+/// is so that a missing one stops the start, or the reload, with its key named.
+fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
+    let key = |k: &str| format!("profiles.{}.{k}", profile.name);
+    match &profile.client_auth {
+        ClientAuth::SecretPost(secret) | ClientAuth::SecretBasic(secret) => {
+            if let Err(e) = secret.load() {
+                errors.push(ConfigError::new(key("client_secret"), e.to_string()));
+            }
+        }
+        ClientAuth::PrivateKeyJwt(jwt) => {
+            if let Err(e) = Signer::load(jwt) {
+                errors.push(ConfigError::new(key(e.key()), e.to_string()));
+            }
+        }
+    }
+    if let Some(seed) = &profile.refresh_token
+        && let Err(e) = seed.load()
+    {
+        errors.push(ConfigError::new(key("refresh_token"), e.to_string()));
+    }
+    for (name, source) in &profile.headers {
+        let header_key = key(&format!("headers.{name}"));
+        match source.load() {
+            Err(e) => errors.push(ConfigError::new(header_key, e.to_string())),
+            Ok(value) => {
+                if http::HeaderValue::try_from(value.expose()).is_err() {
+                    errors.push(ConfigError::new(
+                        header_key,
+                        "holds characters a header value cannot carry (a newline?)",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_service_account(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
+    let Some(sa) = &server.auth.service_account else {
+        return;
+    };
+    let key = |k: &str| format!("server.auth.service_account.{k}");
+    if let JwksSource::File(file) = &sa.jwks
+        && let Err(m) = KeySet::read_file(file)
+    {
+        errors.push(ConfigError::new(key("jwks_file"), m.to_string()));
+    }
+    for (k, path) in [
+        ("jwks_ca", &sa.jwks_ca),
+        ("jwks_token_file", &sa.jwks_token_file),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::metadata(path)
+        {
+            errors.push(ConfigError::new(
+                key(k),
+                format!("cannot read {}: {}", path.display(), e.kind()),
+            ));
+        }
+    }
+}
+
+fn check_store(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
+    const KEY: &str = "server.store.redis";
+    let Some(redis) = &server.store else {
+        return;
+    };
+    if let Some(password) = &redis.password
+        && let Err(e) = password.load()
+    {
+        errors.push(ConfigError::new(format!("{KEY}.password"), e.to_string()));
+    }
+    for (i, key) in redis.encryption_keys.iter().enumerate() {
+        if let Err(m) = decode_key(&key.key) {
+            errors.push(ConfigError::new(
+                format!("{KEY}.encryption_keys[{i}].key"),
+                m,
+            ));
+        }
+    }
+}
+
+/// A port that anyone on the network can reach hands out every token unless callers
+/// prove who they are: refused, unless the configuration says a network policy guards it.
+fn check_listener(
+    server: &ServerConfig,
+    grpc: SocketAddr,
+) -> Result<Option<ConfigError>, ConfigError> {
+    if server.authenticates_callers() || grpc.ip().is_loopback() {
+        return Ok(None);
+    }
+    if !server.auth.allow_unauthenticated {
+        return Err(ConfigError::new(
+            "server.auth",
+            format!(
+                "refusing to serve on {grpc} without caller authentication: anyone who can \
+                 reach it would get every token. Configure `server.auth.service_account` or \
+                 mutual TLS (`server.tls.client_ca`), listen on loopback, or set \
+                 `server.auth.allow_unauthenticated: true` if a network policy guards the port"
+            ),
+        ));
+    }
+    Ok(Some(ConfigError::new(
+        "server.auth.allow_unauthenticated",
+        format!(
+            "serving {grpc} without caller authentication: anyone who can reach it gets every token"
+        ),
+    )))
+}
+
+/// The settings a running server cannot change: copied from `running` into `new`, so that
+/// a reload builds what will actually run. Returns the keys that differed, to be named in
+/// a warning. Everything else in the configuration takes effect on reload.
+///
+/// - `server.listen`, `server.admin_listen`: the sockets are bound once.
+/// - `server.state_dir`: locked at start; a running server cannot move its chains.
+/// - `server.store`: the shared store's connection and the chains in it.
+/// - `server.tls` turned on or off (its files may change): the listener's kind.
+/// - `server.limits.max_concurrent_streams`: an HTTP/2 setting fixed when the server starts.
+pub fn keep_restart_only(new: &mut ServerConfig, running: &ServerConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut keep = |key, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    keep("server.listen", new.listen != running.listen);
+    new.listen = running.listen;
+    keep(
+        "server.admin_listen",
+        new.admin_listen != running.admin_listen,
+    );
+    new.admin_listen = running.admin_listen;
+    keep("server.state_dir", new.state_dir != running.state_dir);
+    new.state_dir.clone_from(&running.state_dir);
+    keep("server.store", new.store != running.store);
+    new.store.clone_from(&running.store);
+    if new.tls.is_some() != running.tls.is_some() {
+        keep("server.tls", true);
+        new.tls.clone_from(&running.tls);
+    }
+    keep(
+        "server.limits.max_concurrent_streams",
+        new.limits.max_concurrent_streams != running.limits.max_concurrent_streams,
+    );
+    new.limits.max_concurrent_streams = running.limits.max_concurrent_streams;
+    changed
+}
+
+/// The handles of a running server through which a reload changes it.
+pub(crate) struct Live {
+    /// The server settings in force (the shutdown timings are read from here).
+    pub(crate) settings: ArcSwap<ServerConfig>,
+    pub(crate) service: LiveService,
+    pub(crate) tls: Option<Arc<tls::Reloading>>,
+    pub(crate) connections: Arc<ConnectionLimit>,
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) idp: IdpClient,
+    pub(crate) auth: ArcSwap<Authenticator>,
+    pub(crate) limiter: ArcSwap<RateLimiter>,
+    pub(crate) grpc: SocketAddr,
+    /// Ends `WatchToken` streams at shutdown; every service built shares it.
+    pub(crate) streams: CancellationToken,
+    pub(crate) metrics: Metrics,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) stop: CancellationToken,
+    /// Reloads run one at a time (SIGHUP and polling may race).
+    pub(crate) applying: Mutex<()>,
+}
+
+impl Live {
+    /// The gRPC service for these settings.
+    pub(crate) fn token_service(
+        &self,
+        auth: Arc<Authenticator>,
+        limiter: Arc<RateLimiter>,
+        server: &ServerConfig,
+    ) -> TokenService {
+        TokenService::new(
+            self.cache.clone(),
+            self.streams.clone(),
+            auth,
+            limiter,
+            server.limits.request_timeout,
+            self.metrics.clone(),
+        )
+    }
+
+    /// Builds `config` as this server would run it and swaps it in; on an error nothing
+    /// changes and the errors are returned.
+    pub(crate) fn reload(&self, mut config: Config) -> Result<(), ConfigErrors> {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.settings.load_full();
+        let restart = keep_restart_only(&mut config.server, &running);
+        let app = App::build(config, self.grpc)?;
+        for key in restart {
+            tracing::warn!(
+                key,
+                "changed in the configuration; takes effect after a restart"
+            );
+        }
+        for warning in app.warnings() {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
+        self.apply(app, &running);
+        Ok(())
+    }
+
+    /// Swaps each section of a built configuration in. Caller authentication and the
+    /// rate limiter are kept when their settings did not change, so that verified tokens,
+    /// fetched keys and callers' buckets survive a reload that is about something else.
+    fn apply(&self, app: App, running: &ServerConfig) {
+        let server = &app.config.server;
+        if server.idp_connect_timeout != running.idp_connect_timeout
+            && let Err(error) = self.idp.set_connect_timeout(server.idp_connect_timeout)
+        {
+            tracing::error!(%error, key = "server.idp_connect_timeout", "cannot build the identity provider client; keeping the old timeout");
+        }
+        if let (Some(reloading), Some(files), Some(config)) = (&self.tls, &server.tls, app.tls())
+            && server.tls != running.tls
+        {
+            reloading.replace(files.clone(), config);
+        }
+        if server.limits.max_connections != running.limits.max_connections {
+            self.connections.resize(
+                server.limits.max_connections,
+                &self.tasks,
+                self.stop.clone(),
+            );
+        }
+        let client_ca = |s: &ServerConfig| s.tls.as_ref().and_then(|t| t.client_ca.clone());
+        if server.auth != running.auth || client_ca(server) != client_ca(running) {
+            self.auth.store(app.auth());
+        }
+        if server.limits.rate != running.limits.rate || server.limits.burst != running.limits.burst
+        {
+            self.limiter.store(app.limiter());
+        }
+        let service = self.token_service(self.auth.load_full(), self.limiter.load_full(), server);
+        self.service
+            .replace(service, server.limits.max_request_bytes);
+        self.settings.store(Arc::new(server.clone()));
+
+        let changes = self.cache.replace_profiles(&app.config.profiles);
+        tracing::info!(
+            added = ?changes.added,
+            changed = ?changes.changed,
+            removed = ?changes.removed,
+            unchanged = changes.unchanged.len(),
+            "configuration reloaded"
+        );
+    }
+}

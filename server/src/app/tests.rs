@@ -1,0 +1,172 @@
+use std::{net::SocketAddr, time::Duration};
+
+use super::*;
+
+fn profile_yaml(extra: &str) -> String {
+    format!(
+        "profiles:\n  jama:\n    token_url: https://example.jamacloud.com/rest/oauth/token\n    client_id: abc\n    client_secret: {{ value: s3cret }}\n{extra}"
+    )
+}
+
+const LOOPBACK: &str = "127.0.0.1:50051";
+const ANY: &str = "0.0.0.0:50051";
+
+fn build(yaml: &str, grpc: &str) -> Result<App, ConfigErrors> {
+    let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
+    App::build(config, grpc.parse::<SocketAddr>().unwrap())
+}
+
+fn error(yaml: &str) -> ConfigError {
+    build(yaml, LOOPBACK).unwrap_err().first().clone()
+}
+
+#[test]
+fn missing_secrets_name_profile_key_and_source() {
+    let yaml = "profiles:\n  jakamo:\n    token_url: https://login.example.com/t\n    client_id: a\n    client_secret: { env: TOKENVEND_TEST_NOT_SET_ANYWHERE }\n";
+    assert_eq!(
+        error(yaml).to_string(),
+        "profiles.jakamo.client_secret: environment variable TOKENVEND_TEST_NOT_SET_ANYWHERE is not set"
+    );
+    let yaml = profile_yaml("    headers: { X-Api-Key: { file: /nonexistent/key } }\n");
+    let e = error(&yaml);
+    // Header names are case-insensitive; the key names the header as it is sent.
+    assert_eq!(e.key, "profiles.jama.headers.x-api-key");
+    assert!(e.message.contains("/nonexistent/key"), "{e}");
+}
+
+#[test]
+fn header_values_must_be_sendable() {
+    let yaml = profile_yaml("    headers: { X-Api-Key: { value: \"a\\nb\" } }\n");
+    assert_eq!(error(&yaml).key, "profiles.jama.headers.x-api-key");
+}
+
+#[test]
+fn private_key_jwt_needs_a_usable_key() {
+    let yaml = "profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n    auth_method: private_key_jwt\n    private_key: { value: not-a-pem }\n";
+    let e = error(yaml);
+    assert_eq!(e.key, "profiles.p.private_key");
+    assert!(e.message.contains("RSA private key"), "{e}");
+    assert!(!e.message.contains("not-a-pem"));
+}
+
+#[test]
+fn tls_files_key_sets_and_store_keys_are_read() {
+    let e = error(&format!(
+        "server:\n  tls: {{ cert: /nonexistent.pem, key: /nonexistent.key }}\n{}",
+        profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.tls.cert");
+    let e = error(&format!(
+        "server:\n  auth:\n    service_account: {{ issuer: https://k8s.example, jwks_file: /nonexistent.json }}\n{}",
+        profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.auth.service_account.jwks_file");
+    let e = error(&format!(
+        "server:\n  store:\n    redis:\n      url: redis://r:6379\n      encryption_keys: [{{ id: k, key: {{ value: c2hvcnQ= }} }}]\n{}",
+        profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.store.redis.encryption_keys[0].key");
+    assert!(e.message.contains("32 bytes"), "{e}");
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let yaml = "server:\n  tls: { cert: /nonexistent.pem, key: /nonexistent.key }\nprofiles:\n  a:\n    token_url: https://x/t\n    client_id: a\n    client_secret: { env: TOKENVEND_TEST_NOT_SET_A }\n  b:\n    token_url: https://x/t\n    client_id: b\n    client_secret: { value: s }\n    headers: { X-Key: { env: TOKENVEND_TEST_NOT_SET_B } }\n";
+    let errors = build(yaml, ANY).unwrap_err();
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "profiles.a.client_secret",
+            "profiles.b.headers.x-key",
+            "server.tls.cert",
+            "server.auth",
+        ],
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_reachable_port_without_caller_authentication_is_refused() {
+    let e = build(&profile_yaml(""), ANY).unwrap_err();
+    assert_eq!(e.first().key, "server.auth");
+    assert!(e.first().message.contains("0.0.0.0:50051"), "{e}");
+    // Loopback: nobody else can reach it.
+    build(&profile_yaml(""), LOOPBACK).unwrap();
+    build(&profile_yaml(""), "[::1]:50051").unwrap();
+    // Said on purpose: served, with a warning naming the key.
+    let app = build(
+        &format!(
+            "server:\n  auth: {{ allow_unauthenticated: true }}\n{}",
+            profile_yaml("")
+        ),
+        ANY,
+    )
+    .unwrap();
+    let keys: Vec<_> = app.warnings().iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["server.auth.allow_unauthenticated"]);
+    // Callers that authenticate: no warning about the port, one about the open profile.
+    let jwks = tempfile::NamedTempFile::new().unwrap();
+    let key = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let point = key.verifying_key().to_encoded_point(false);
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    std::fs::write(
+        jwks.path(),
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k", "use": "sig", "alg": "ES256",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let app = build(
+        &format!(
+            "server:\n  auth:\n    service_account: {{ issuer: https://k8s.example, jwks_file: {} }}\n{}",
+            jwks.path().display(),
+            profile_yaml("")
+        ),
+        ANY,
+    )
+    .unwrap();
+    let keys: Vec<_> = app.warnings().iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["profiles.jama.allow"]);
+}
+
+#[test]
+fn restart_only_settings_are_kept_and_named() {
+    let running = Config::from_yaml(&format!(
+        "server:\n  listen: 127.0.0.1:1\n  state_dir: /a\n  limits: {{ max_concurrent_streams: 8, rate: 5 }}\n{}",
+        profile_yaml("")
+    ))
+    .unwrap()
+    .server;
+    let mut new = Config::from_yaml(&format!(
+        "server:\n  listen: 127.0.0.1:2\n  admin_listen: 127.0.0.1:3\n  state_dir: /b\n  tls: {{ cert: /c, key: /k }}\n  shutdown_grace: 1s\n  limits: {{ max_concurrent_streams: 9, rate: 7 }}\n{}",
+        profile_yaml("")
+    ))
+    .unwrap()
+    .server;
+    let changed = keep_restart_only(&mut new, &running);
+    assert_eq!(
+        changed,
+        [
+            "server.listen",
+            "server.admin_listen",
+            "server.state_dir",
+            "server.tls",
+            "server.limits.max_concurrent_streams",
+        ]
+    );
+    assert_eq!(new.listen, running.listen);
+    assert_eq!(new.admin_listen, running.admin_listen);
+    assert_eq!(new.state_dir, running.state_dir);
+    assert_eq!(new.tls, None);
+    assert_eq!(new.limits.max_concurrent_streams, 8);
+    // What a reload changes is left as the new file says.
+    assert_eq!(new.limits.rate, 7.0);
+    assert_eq!(new.shutdown_grace, Duration::from_secs(1));
+    assert!(keep_restart_only(&mut new.clone(), &new).is_empty());
+}

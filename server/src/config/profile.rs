@@ -1,0 +1,488 @@
+//! `profiles.<name>`: the YAML of one profile, validated concern by concern (endpoint,
+//! client authentication, grant, request shape, headers, timing, retry, callers). Each
+//! concern reports its own error, so one pass names every broken key of a profile.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::HeaderName;
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, Pattern,
+    PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero, parse_endpoint_url,
+    secret_source,
+};
+use crate::secret::{RawSecretSource, SecretSource};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProfile {
+    token_url: Option<String>,
+    issuer: Option<String>,
+    grant: Option<Grant>,
+    client_id: Option<String>,
+    client_secret: Option<RawSecretSource>,
+    auth_method: Option<AuthMethod>,
+    private_key: Option<RawSecretSource>,
+    signing_alg: Option<SigningAlgorithm>,
+    key_id: Option<String>,
+    certificate: Option<RawSecretSource>,
+    refresh_token: Option<RawSecretSource>,
+    authorize_url: Option<String>,
+    redirect_uri: Option<String>,
+    idle_refresh: Option<Dur>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resource: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, RawSecretSource>,
+    refresh_ahead: Option<RawRefreshAhead>,
+    min_ttl: Option<Dur>,
+    #[serde(alias = "default_expires_in")]
+    default_lifetime: Option<Dur>,
+    timeout: Option<Dur>,
+    #[serde(default)]
+    warm_up: bool,
+    retry: Option<RawRetry>,
+    allow: Option<Vec<String>>,
+    idp_requests_per_minute: Option<u32>,
+}
+
+/// `refresh_ahead: 0.8` (a fraction of the lifetime) or `refresh_ahead: 5m` (before expiry).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRefreshAhead {
+    Fraction(f64),
+    Before(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<Dur>,
+    max: Option<Dur>,
+}
+
+/// Form fields that tokenvend sets itself; a profile cannot override them through `params`.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "scope",
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "audience",
+    "resource",
+];
+
+/// Names keys of one profile.
+struct Keys<'a>(&'a str);
+
+impl Keys<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("profiles.{}.{k}", self.0)
+    }
+
+    fn err(&self, k: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.key(k), message)
+    }
+}
+
+impl RawProfile {
+    pub(super) fn validate(self, name: &str) -> Result<Profile, Vec<ConfigError>> {
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(vec![ConfigError::new(
+                format!("profiles.{name}"),
+                "a profile name is 1-128 characters of letters, digits, `-`, `_` and `.`",
+            )]);
+        }
+        let keys = Keys(name);
+        let mut found = Found::default();
+        let endpoint = found.take(endpoint(&keys, self.token_url, self.issuer));
+        let client_id = found.take(match self.client_id {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => Err(keys.err("client_id", "is required")),
+        });
+        let client_auth = found.take(client_auth(
+            &keys,
+            ClientAuthKeys {
+                auth_method: self.auth_method,
+                client_secret: self.client_secret,
+                private_key: self.private_key,
+                signing_alg: self.signing_alg,
+                key_id: self.key_id,
+                certificate: self.certificate,
+            },
+        ));
+        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
+        let chain = found.take(chain(
+            &keys,
+            grant,
+            self.refresh_token,
+            self.authorize_url,
+            self.redirect_uri,
+        ));
+        let shape = found.take(request_shape(&keys, &self.scopes, &self.params));
+        let headers = found.take(headers(&keys, self.headers));
+        let timing = found.take(timing(
+            &keys,
+            RawTiming {
+                refresh_ahead: self.refresh_ahead,
+                min_ttl: self.min_ttl,
+                default_lifetime: self.default_lifetime,
+                timeout: self.timeout,
+                idle_refresh: self.idle_refresh,
+                idp_requests_per_minute: self.idp_requests_per_minute,
+            },
+        ));
+        let retry = found.take(retry(&keys, self.retry));
+        let allow = found.take(allow(&keys, self.allow));
+        let (
+            Some(endpoint),
+            Some(client_id),
+            Some(client_auth),
+            Some((refresh_token, authorize)),
+            Some(headers),
+            Some(timing),
+            Some(retry),
+            Some(allow),
+            Some(()),
+        ) = (
+            endpoint,
+            client_id,
+            client_auth,
+            chain,
+            headers,
+            timing,
+            retry,
+            allow,
+            shape,
+        )
+        else {
+            return Err(found.0);
+        };
+        Ok(Profile {
+            name: name.into(),
+            grant,
+            endpoint,
+            client_id,
+            client_auth,
+            refresh_token,
+            authorize,
+            scopes: self.scopes,
+            audience: self.audience.filter(|a| !a.is_empty()),
+            resource: self.resource.filter(|r| !r.is_empty()),
+            params: self.params,
+            headers,
+            refresh_ahead: timing.refresh_ahead,
+            min_ttl: timing.min_ttl,
+            default_lifetime: timing.default_lifetime,
+            timeout: timing.timeout,
+            warm_up: self.warm_up,
+            idle_refresh: timing.idle_refresh,
+            retry,
+            allow,
+            idp_requests_per_minute: timing.idp_requests_per_minute,
+        })
+    }
+}
+
+fn endpoint(
+    keys: &Keys<'_>,
+    token_url: Option<String>,
+    issuer: Option<String>,
+) -> Result<Endpoint, ConfigError> {
+    match (token_url, issuer) {
+        (Some(url), None) => parse_endpoint_url(&url)
+            .map(Endpoint::TokenUrl)
+            .map_err(|m| keys.err("token_url", m)),
+        (None, Some(issuer)) => parse_endpoint_url(&issuer)
+            .map(Endpoint::Issuer)
+            .map_err(|m| keys.err("issuer", m)),
+        (Some(_), Some(_)) => Err(keys.err("issuer", "give `token_url` or `issuer`, not both")),
+        (None, None) => Err(keys.err(
+            "token_url",
+            "is required (or `issuer`, to find it by discovery)",
+        )),
+    }
+}
+
+struct ClientAuthKeys {
+    auth_method: Option<AuthMethod>,
+    client_secret: Option<RawSecretSource>,
+    private_key: Option<RawSecretSource>,
+    signing_alg: Option<SigningAlgorithm>,
+    key_id: Option<String>,
+    certificate: Option<RawSecretSource>,
+}
+
+/// Which keys go with which `auth_method`. Whether the secrets and keys can be read and
+/// used is the runtime's question (`app`), asked when the configuration is built.
+fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, ConfigError> {
+    let uses_key_options =
+        raw.signing_alg.is_some() || raw.key_id.is_some() || raw.certificate.is_some();
+    let auth_method = raw.auth_method.unwrap_or(if raw.private_key.is_some() {
+        AuthMethod::PrivateKeyJwt
+    } else {
+        AuthMethod::ClientSecretPost
+    });
+    if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
+        return Err(keys.err(
+            "auth_method",
+            "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`",
+        ));
+    }
+    match auth_method {
+        AuthMethod::ClientSecretPost | AuthMethod::ClientSecretBasic => {
+            if raw.private_key.is_some() {
+                return Err(keys.err(
+                    "private_key",
+                    format!(
+                        "is only used with `auth_method: private_key_jwt`, not `{}`",
+                        auth_method.as_str()
+                    ),
+                ));
+            }
+            let Some(secret) = raw.client_secret else {
+                return Err(keys.err("client_secret", "is required"));
+            };
+            let secret = secret_source(secret, &keys.key("client_secret"))?;
+            Ok(if auth_method == AuthMethod::ClientSecretBasic {
+                ClientAuth::SecretBasic(secret)
+            } else {
+                ClientAuth::SecretPost(secret)
+            })
+        }
+        AuthMethod::PrivateKeyJwt => {
+            if raw.client_secret.is_some() {
+                return Err(keys.err(
+                    "client_secret",
+                    "is not used with `auth_method: private_key_jwt`; remove it",
+                ));
+            }
+            let Some(private_key) = raw.private_key else {
+                return Err(keys.err(
+                    "private_key",
+                    "is required with `auth_method: private_key_jwt`",
+                ));
+            };
+            let certificate = raw
+                .certificate
+                .map(|c| secret_source(c, &keys.key("certificate")))
+                .transpose()?;
+            Ok(ClientAuth::PrivateKeyJwt(Box::new(PrivateKeyJwt {
+                private_key: secret_source(private_key, &keys.key("private_key"))?,
+                algorithm: raw.signing_alg.unwrap_or(SigningAlgorithm::RS256),
+                key_id: raw.key_id.filter(|k| !k.is_empty()),
+                certificate,
+            })))
+        }
+    }
+}
+
+/// The refresh-token seed and the `tokenvend authorize` endpoints, which only a
+/// `grant: refresh_token` profile has.
+#[allow(clippy::type_complexity)]
+fn chain(
+    keys: &Keys<'_>,
+    grant: Grant,
+    refresh_token: Option<RawSecretSource>,
+    authorize_url: Option<String>,
+    redirect_uri: Option<String>,
+) -> Result<(Option<SecretSource>, Option<Box<Authorize>>), ConfigError> {
+    let refresh_token = refresh_token
+        .map(|raw| secret_source(raw, &keys.key("refresh_token")))
+        .transpose()?;
+    let authorize = match (authorize_url, redirect_uri) {
+        (None, None) => None,
+        (Some(url), Some(redirect)) => Some(Box::new(Authorize {
+            authorize_url: Url::parse(&url)
+                .map_err(|e| keys.err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
+            redirect_uri: Url::parse(&redirect)
+                .map_err(|e| keys.err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
+        })),
+        (Some(_), None) => return Err(keys.err("redirect_uri", "is required with `authorize_url`")),
+        (None, Some(_)) => return Err(keys.err("authorize_url", "is required with `redirect_uri`")),
+    };
+    if grant == Grant::ClientCredentials && (refresh_token.is_some() || authorize.is_some()) {
+        let k = if refresh_token.is_some() {
+            "refresh_token"
+        } else {
+            "authorize_url"
+        };
+        return Err(keys.err(k, "is only used with `grant: refresh_token`"));
+    }
+    Ok((refresh_token, authorize))
+}
+
+/// Scopes and extra form fields.
+fn request_shape(
+    keys: &Keys<'_>,
+    scopes: &[String],
+    params: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    if let Some(scope) = scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
+        return Err(keys.err(
+            "scopes",
+            format!("`{scope}` is not one scope: list each scope as its own item"),
+        ));
+    }
+    if let Some(param) = params
+        .keys()
+        .find(|p| RESERVED_PARAMS.contains(&p.as_str()))
+    {
+        return Err(keys.err(
+            &format!("params.{param}"),
+            "is set by tokenvend; use the profile's own key for it",
+        ));
+    }
+    Ok(())
+}
+
+/// Companion headers: their names here; whether their values can be sent is known only
+/// once the values are read (`app`).
+fn headers(
+    keys: &Keys<'_>,
+    headers: BTreeMap<String, RawSecretSource>,
+) -> Result<Vec<(HeaderName, SecretSource)>, ConfigError> {
+    let mut out = Vec::with_capacity(headers.len());
+    for (header, raw) in headers {
+        let key = keys.key(&format!("headers.{header}"));
+        let name = HeaderName::try_from(header.as_str())
+            .map_err(|_| ConfigError::new(&key, "is not a valid header name"))?;
+        if name == http::header::AUTHORIZATION {
+            return Err(ConfigError::new(key, "is set by tokenvend from the token"));
+        }
+        out.push((name, secret_source(raw, &key)?));
+    }
+    Ok(out)
+}
+
+struct RawTiming {
+    refresh_ahead: Option<RawRefreshAhead>,
+    min_ttl: Option<Dur>,
+    default_lifetime: Option<Dur>,
+    timeout: Option<Dur>,
+    idle_refresh: Option<Dur>,
+    idp_requests_per_minute: Option<u32>,
+}
+
+struct Timing {
+    refresh_ahead: RefreshAhead,
+    min_ttl: Duration,
+    default_lifetime: Duration,
+    timeout: Duration,
+    idle_refresh: Duration,
+    idp_requests_per_minute: u32,
+}
+
+fn timing(keys: &Keys<'_>, raw: RawTiming) -> Result<Timing, ConfigError> {
+    let refresh_ahead = match raw.refresh_ahead {
+        None => RefreshAhead::Fraction(0.8),
+        Some(RawRefreshAhead::Fraction(f)) if (0.1..=0.95).contains(&f) => {
+            RefreshAhead::Fraction(f)
+        }
+        Some(RawRefreshAhead::Fraction(f)) => {
+            return Err(keys.err(
+                "refresh_ahead",
+                format!(
+                    "{f} is out of range: give a fraction of the lifetime between 0.1 and \
+                     0.95 (default 0.8), or a duration before expiry such as 5m"
+                ),
+            ));
+        }
+        Some(RawRefreshAhead::Before(text)) => match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => RefreshAhead::Before(d),
+            _ => {
+                return Err(keys.err(
+                    "refresh_ahead",
+                    format!("`{text}` is neither a fraction like 0.8 nor a duration like 5m"),
+                ));
+            }
+        },
+    };
+    let idp_requests_per_minute = match raw.idp_requests_per_minute {
+        Some(0) => return Err(keys.err("idp_requests_per_minute", "must be at least 1")),
+        Some(n) => n,
+        None => 60,
+    };
+    Ok(Timing {
+        refresh_ahead,
+        min_ttl: raw.min_ttl.map_or(Duration::ZERO, |d| d.0),
+        default_lifetime: nonzero(
+            &keys.key("default_lifetime"),
+            raw.default_lifetime,
+            Duration::from_secs(3600),
+        )?,
+        timeout: nonzero(&keys.key("timeout"), raw.timeout, Duration::from_secs(10))?,
+        idle_refresh: nonzero(
+            &keys.key("idle_refresh"),
+            raw.idle_refresh,
+            Duration::from_secs(24 * 3600),
+        )?,
+        idp_requests_per_minute,
+    })
+}
+
+fn retry(keys: &Keys<'_>, raw: Option<RawRetry>) -> Result<Retry, ConfigError> {
+    let defaults = Retry::default();
+    let retry = match raw {
+        None => defaults,
+        Some(raw) => Retry {
+            initial: nonzero(&keys.key("retry.initial"), raw.initial, defaults.initial)?,
+            max: nonzero(&keys.key("retry.max"), raw.max, defaults.max)?,
+        },
+    };
+    if retry.initial > retry.max {
+        return Err(keys.err("retry.initial", "is longer than `retry.max`"));
+    }
+    Ok(retry)
+}
+
+fn allow(
+    keys: &Keys<'_>,
+    patterns: Option<Vec<String>>,
+) -> Result<Option<Vec<Pattern>>, ConfigError> {
+    patterns
+        .map(|patterns| {
+            patterns
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Pattern::parse(p).map_err(|m| keys.err(&format!("allow[{i}]"), m)))
+                .collect()
+        })
+        .transpose()
+}
+
+/// The profiles of a configuration, each validated; errors of every profile, not only
+/// the first one's.
+pub(super) fn validate_all(
+    raw: BTreeMap<String, RawProfile>,
+) -> Result<Vec<Arc<Profile>>, Vec<ConfigError>> {
+    let mut profiles = Vec::with_capacity(raw.len());
+    let mut errors = Vec::new();
+    for (name, profile) in raw {
+        match profile.validate(&name) {
+            Ok(profile) => profiles.push(Arc::new(profile)),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(profiles)
+    } else {
+        Err(errors)
+    }
+}

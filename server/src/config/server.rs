@@ -1,0 +1,253 @@
+//! `server`: the listeners, timings, TLS files, caller authentication and limits, checked
+//! for shape. The files they name are read by the runtime (`app`), not here.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig, ServiceAccountConfig,
+    TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_grace: Option<Dur>,
+    shutdown_delay: Option<Dur>,
+    reload_interval: Option<Dur>,
+    idp_connect_timeout: Option<Dur>,
+    state_dir: Option<PathBuf>,
+    store: Option<RawStore>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    reload_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    service_account: Option<RawServiceAccount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceAccount {
+    issuer: String,
+    audience: Option<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    jwks_ca: Option<PathBuf>,
+    jwks_token_file: Option<PathBuf>,
+    leeway: Option<Dur>,
+    refetch_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    max_request_bytes: Option<usize>,
+    request_timeout: Option<Dur>,
+}
+
+impl RawTls {
+    fn validate(self) -> Result<TlsConfig, ConfigError> {
+        let tls = TlsConfig {
+            cert: self.cert,
+            key: self.key,
+            client_ca: self.client_ca,
+            reload_interval: nonzero(
+                "server.tls.reload_interval",
+                self.reload_interval,
+                Duration::from_secs(10),
+            )?,
+        };
+        Ok(tls)
+    }
+}
+
+impl RawServiceAccount {
+    fn validate(self) -> Result<ServiceAccountConfig, ConfigError> {
+        let key = |k: &str| format!("server.auth.service_account.{k}");
+        let issuer = Url::parse(&self.issuer).map_err(|e| {
+            ConfigError::new(
+                key("issuer"),
+                format!("`{}` is not a URL: {e}", self.issuer),
+            )
+        })?;
+        let jwks = match (self.jwks_url, self.jwks_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key("jwks_file"),
+                    "give `jwks_url` or `jwks_file`, not both",
+                ));
+            }
+            (Some(url), None) => JwksSource::Url(
+                parse_endpoint_url(&url).map_err(|m| ConfigError::new(key("jwks_url"), m))?,
+            ),
+            (None, Some(file)) => JwksSource::File(file),
+            (None, None) => JwksSource::Discovery(
+                parse_endpoint_url(issuer.as_str())
+                    .map_err(|m| ConfigError::new(key("issuer"), m))?,
+            ),
+        };
+        let audience = self.audience.unwrap_or_else(|| "tokenvend".to_owned());
+        if audience.is_empty() {
+            return Err(ConfigError::new(key("audience"), "must not be empty"));
+        }
+        Ok(ServiceAccountConfig {
+            // Kept as written: `iss` is compared as a string, and `Url` would add a `/`.
+            issuer: self.issuer,
+            audience,
+            jwks,
+            jwks_ca: self.jwks_ca,
+            jwks_token_file: self.jwks_token_file,
+            leeway: self.leeway.map_or(Duration::from_secs(30), |d| d.0),
+            refetch_interval: nonzero(
+                &key("refetch_interval"),
+                self.refetch_interval,
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let positive = |k: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::new(
+                format!("server.limits.{k}"),
+                "must be at least 1",
+            )),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let rate = self.rate.unwrap_or(d.rate);
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ConfigError::new(
+                "server.limits.rate",
+                "give calls per second per caller, above zero",
+            ));
+        }
+        Ok(Limits {
+            rate,
+            burst: positive("burst", self.burst.map(|b| b as usize), d.burst as usize)? as u32,
+            max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
+            max_concurrent_streams: positive(
+                "max_concurrent_streams",
+                self.max_concurrent_streams.map(|b| b as usize),
+                d.max_concurrent_streams as usize,
+            )? as u32,
+            max_request_bytes: positive(
+                "max_request_bytes",
+                self.max_request_bytes,
+                d.max_request_bytes,
+            )?,
+            request_timeout: nonzero(
+                "server.limits.request_timeout",
+                self.request_timeout,
+                d.request_timeout,
+            )?,
+        })
+    }
+}
+
+impl RawServer {
+    pub(super) fn validate(self) -> Result<ServerConfig, Vec<ConfigError>> {
+        let defaults = ServerConfig::default();
+        let addr = |key: &str, value: Option<String>, default| match value {
+            None => Ok(default),
+            Some(text) => text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    format!("server.{key}"),
+                    format!("`{text}` is not an address like 0.0.0.0:50051"),
+                )
+            }),
+        };
+        let mut found = Found::default();
+        let listen = found.take(addr("listen", self.listen, defaults.listen));
+        let admin_listen = found.take(addr(
+            "admin_listen",
+            self.admin_listen,
+            defaults.admin_listen,
+        ));
+        let idp_connect_timeout = found.take(nonzero(
+            "server.idp_connect_timeout",
+            self.idp_connect_timeout,
+            defaults.idp_connect_timeout,
+        ));
+        let store = found.take(
+            self.store
+                .map(RawStore::validate)
+                .transpose()
+                .map(Option::flatten),
+        );
+        let tls = found.take(self.tls.map(RawTls::validate).transpose());
+        let service_account = found.take(
+            self.auth
+                .service_account
+                .map(RawServiceAccount::validate)
+                .transpose(),
+        );
+        let limits = found.take(self.limits.validate());
+        let (
+            Some(listen),
+            Some(admin_listen),
+            Some(idp_connect_timeout),
+            Some(store),
+            Some(tls),
+            Some(service_account),
+            Some(limits),
+        ) = (
+            listen,
+            admin_listen,
+            idp_connect_timeout,
+            store,
+            tls,
+            service_account,
+            limits,
+        )
+        else {
+            return Err(found.0);
+        };
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            shutdown_grace: self.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
+            shutdown_delay: self.shutdown_delay.map_or(defaults.shutdown_delay, |d| d.0),
+            reload_interval: self
+                .reload_interval
+                .map_or(defaults.reload_interval, |d| d.0),
+            idp_connect_timeout,
+            state_dir: self.state_dir,
+            store,
+            tls,
+            auth: AuthConfig {
+                allow_unauthenticated: self.auth.allow_unauthenticated,
+                service_account,
+            },
+            limits,
+        })
+    }
+}

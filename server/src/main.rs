@@ -7,7 +7,7 @@ use tokenvend_server::{
     Config, Listeners,
     config::ServerConfig,
     dev::DevIssuer,
-    telemetry::{self, LogFormat},
+    logging::{self, LogFormat},
 };
 use tokio::net::TcpListener;
 
@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
             admin_listen,
             log_format,
         } => {
-            let telemetry = match telemetry::init(log_format) {
+            let telemetry = match logging::init(log_format) {
                 Ok(telemetry) => telemetry,
                 Err(e) => {
                     eprintln!("tokenvend: {e}");

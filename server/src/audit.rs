@@ -2,13 +2,10 @@
 //! `tokenvend::audit`, with the caller, the profile, the outcome, where the token came
 //! from, and a fingerprint of the token — never the token.
 
-mod lines;
-
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-pub use self::lines::AuditLines;
 use crate::{auth::Caller, error::ServeError};
 
 /// The tracing target of audit events.

@@ -8,6 +8,7 @@
 //! of one cached check, so the hot path pays nothing for tracing while it is off.
 
 mod batch;
+mod lines;
 
 use std::{
     io::{self, IsTerminal as _, Stderr},
@@ -25,6 +26,7 @@ use tracing_subscriber::{
 };
 
 use self::batch::{BatchWriter, FlushGuard};
+pub use self::lines::AuditLines;
 use crate::telemetry::{TraceError, tracer_provider, traces_wanted};
 
 /// The target prefix of the spans made for tracing.
@@ -134,9 +136,8 @@ pub fn install(format: LogFormat, traces: Option<SdkTracerProvider>) -> Telemetr
             .and(filter_fn(move |m| !audit(m))),
     );
     // Audit events, one per call, have a writer of their own that costs a fraction of the
-    // general formatter's (see `audit::AuditLines`).
-    let audit_lines =
-        crate::audit::AuditLines::new(format, output).with_filter(filter().and(filter_fn(audit)));
+    // general formatter's (see `lines`).
+    let audit_lines = AuditLines::new(format, output).with_filter(filter().and(filter_fn(audit)));
     let otel = traces.as_ref().map(|provider| {
         let wanted = filter_fn(|meta| {
             if meta.is_span() {

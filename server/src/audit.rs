@@ -77,16 +77,6 @@ pub enum Source {
     Idp,
 }
 
-impl From<crate::metrics::CacheResult> for Source {
-    fn from(result: crate::metrics::CacheResult) -> Self {
-        use crate::metrics::CacheResult;
-        match result {
-            CacheResult::Hit | CacheResult::Stale => Self::Cache,
-            CacheResult::Miss | CacheResult::Coalesced => Self::Idp,
-        }
-    }
-}
-
 impl Source {
     fn as_str(self) -> &'static str {
         match self {

@@ -429,7 +429,7 @@ pub struct IdpRequest<'a> {
     pub host: &'a str,
     /// The HTTP status, if an answer came.
     pub status: Option<u16>,
-    /// Why it failed, if it did (see [`crate::idp::IdpError::kind`]).
+    /// Why it failed, if it did: a short reason such as `timeout` or `http_error`.
     pub error: Option<&'static str>,
     /// From sending to having read the answer.
     pub duration: Duration,

@@ -22,7 +22,10 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind},
 };
 use tokenvend::pb::GetTokenRequest;
-use tokenvend_server::telemetry::{self, LogFormat};
+use tokenvend_server::{
+    logging::{self, LogFormat},
+    telemetry,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -114,7 +117,7 @@ async fn a_traced_call_makes_a_server_span_with_an_idp_child_in_the_callers_trac
     let collector = Collector::default();
     let endpoint = format!("http://{}", collector.clone().start().await);
     let provider = telemetry::tracer_provider(Some(&endpoint)).unwrap();
-    let telemetry = telemetry::install(LogFormat::Text, Some(provider));
+    let telemetry = logging::install(LogFormat::Text, Some(provider));
 
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let background = TestIdp::start(Behaviour::issue(2)).await;

@@ -55,12 +55,12 @@ impl Readiness {
     }
 
     /// `Ok` when ready, else why not.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), NotReady> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err("shutting down".into());
+            return Err(NotReady::Stopping);
         }
         if !self.serving.load(Ordering::SeqCst) {
-            return Err("starting: the gRPC listener is not served yet".into());
+            return Err(NotReady::Starting);
         }
         if !self.warmed.load(Ordering::SeqCst) {
             let cold: Vec<String> = self
@@ -71,12 +71,24 @@ impl Readiness {
                 .map(|slot| slot.profile().name.to_string())
                 .collect();
             if !cold.is_empty() {
-                return Err(format!("warming up: no token yet for {}", cold.join(", ")));
+                return Err(NotReady::WarmingUp(cold));
             }
             self.warmed.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
+}
+
+/// Why the server is not ready, as `/readyz` says it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum NotReady {
+    #[error("shutting down")]
+    Stopping,
+    #[error("starting: the gRPC listener is not served yet")]
+    Starting,
+    /// The profiles with `warm_up: true` that have no token yet.
+    #[error("warming up: no token yet for {}", .0.join(", "))]
+    WarmingUp(Vec<String>),
 }
 
 #[derive(Clone)]
@@ -147,11 +159,11 @@ mod tests {
     #[tokio::test]
     async fn not_ready_until_the_listener_is_served_nor_once_stopping() {
         let readiness = readiness("");
-        assert!(readiness.check().unwrap_err().starts_with("starting"));
+        assert_eq!(readiness.check(), Err(NotReady::Starting));
         readiness.serving();
         assert_eq!(readiness.check(), Ok(()));
         readiness.stopping();
-        assert_eq!(readiness.check(), Err("shutting down".into()));
+        assert_eq!(readiness.check(), Err(NotReady::Stopping));
     }
 
     #[tokio::test]
@@ -160,6 +172,7 @@ mod tests {
         readiness.serving();
         // Nothing listens there: the warm-up fails, and stays failed.
         let reason = readiness.check().unwrap_err();
-        assert_eq!(reason, "warming up: no token yet for p");
+        assert_eq!(reason, NotReady::WarmingUp(vec!["p".into()]));
+        assert_eq!(reason.to_string(), "warming up: no token yet for p");
     }
 }

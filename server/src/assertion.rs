@@ -52,6 +52,17 @@ impl KeyError {
     }
 }
 
+/// Why an assertion could not be made. Never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionError {
+    /// No randomness for the `jti`.
+    #[error(transparent)]
+    Random(getrandom::Error),
+    /// The key would not sign.
+    #[error(transparent)]
+    Sign(jsonwebtoken::errors::Error),
+}
+
 /// Signs assertions for one client.
 pub struct Signer {
     key: EncodingKey,
@@ -107,18 +118,18 @@ impl Signer {
         // out at load rather than at the first token request.
         signer
             .assertion("check", "https://check.invalid/token")
-            .map_err(key_error)?;
+            .map_err(|e| key_error(e.to_string()))?;
         Ok(signer)
     }
 
     /// An assertion for `client_id` at the token endpoint `audience`.
-    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, String> {
+    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, AssertionError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).map_err(|e| e.to_string())?;
+        getrandom::fill(&mut jti).map_err(AssertionError::Random)?;
         let claims = Claims {
             iss: client_id,
             sub: client_id,
@@ -130,6 +141,6 @@ impl Signer {
         };
         jsonwebtoken::encode(&self.header, &claims, &self.key)
             .map(Secret::new)
-            .map_err(|e| e.to_string())
+            .map_err(AssertionError::Sign)
     }
 }

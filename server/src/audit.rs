@@ -2,13 +2,10 @@
 //! `tokenvend::audit`, with the caller, the profile, the outcome, where the token came
 //! from, and a fingerprint of the token — never the token.
 
-mod lines;
-
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-pub use self::lines::AuditLines;
 use crate::{auth::Caller, error::ServeError};
 
 /// The tracing target of audit events.
@@ -78,16 +75,6 @@ pub enum Source {
     Cache,
     /// A provider request this call started or joined.
     Idp,
-}
-
-impl From<crate::metrics::CacheResult> for Source {
-    fn from(result: crate::metrics::CacheResult) -> Self {
-        use crate::metrics::CacheResult;
-        match result {
-            CacheResult::Hit | CacheResult::Stale => Self::Cache,
-            CacheResult::Miss | CacheResult::Coalesced => Self::Idp,
-        }
-    }
 }
 
 impl Source {

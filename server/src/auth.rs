@@ -93,7 +93,7 @@ pub enum AuthError {
     Token(jwt::Rejection),
     /// The signing keys cannot be had, so no token can be checked.
     #[error("cannot verify callers now: {0}")]
-    KeysUnavailable(String),
+    KeysUnavailable(Arc<jwt::KeysError>),
 }
 
 /// Turns a request's transport and metadata into a [`Caller`].

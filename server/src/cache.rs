@@ -38,13 +38,12 @@ use tokio::{
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument as _;
 
-pub use crate::metrics::CacheResult;
 use crate::{
-    audit::{Fingerprint, TokenDigest},
+    audit::{self, Fingerprint, TokenDigest},
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
-    metrics::{Metrics, ProfileMetrics, Trigger},
+    metrics::{CacheLookup, Metrics, ProfileMetrics, Trigger},
     source::TokenSource,
     state::{RefreshChain, StateDir},
     store::SharedStore,
@@ -474,6 +473,49 @@ impl SlotState {
     }
 }
 
+/// What a call's cache lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// A valid token, before its refresh time.
+    Hit,
+    /// A valid token past its refresh time: the background refresh failed or is late.
+    Stale,
+    /// No usable token: this call started a provider request, or was refused one
+    /// (backoff, request ceiling).
+    Miss,
+    /// No usable token, and a provider request was already in flight: the call joined it.
+    Coalesced,
+}
+
+impl CacheResult {
+    /// The span attribute value: the metrics' label, so that traces and metrics agree.
+    pub fn as_str(self) -> &'static str {
+        CacheLookup::from(self).as_str()
+    }
+}
+
+// A match from one enum onto another of the same order: it compiles to nothing, so the
+// hot path's count costs what it did when the counters were indexed by `CacheResult`.
+impl From<CacheResult> for CacheLookup {
+    fn from(result: CacheResult) -> Self {
+        match result {
+            CacheResult::Hit => Self::Hit,
+            CacheResult::Stale => Self::Stale,
+            CacheResult::Miss => Self::Miss,
+            CacheResult::Coalesced => Self::Coalesced,
+        }
+    }
+}
+
+impl From<CacheResult> for audit::Source {
+    fn from(result: CacheResult) -> Self {
+        match result {
+            CacheResult::Hit | CacheResult::Stale => Self::Cache,
+            CacheResult::Miss | CacheResult::Coalesced => Self::Idp,
+        }
+    }
+}
+
 /// A profile's cache state, for `ListProfiles`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheState {
@@ -567,7 +609,7 @@ impl Slot {
             .as_ref()
             .filter(|t| t.serves(now, min_ttl, need.rejected))?;
         let result = token.freshness(now);
-        self.counters.cache(result);
+        self.counters.cache(result.into());
         Some((token.encoded.clone(), token.fingerprint(), result))
     }
 
@@ -581,21 +623,21 @@ impl Slot {
         let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);
         let step = self
             .join_or_start(accept, min_ttl, Trigger::Caller)
-            .inspect_err(|_| self.counters.cache(CacheResult::Miss))?;
+            .inspect_err(|_| self.counters.cache(CacheResult::Miss.into()))?;
         let (flight, result) = match step {
             Step::Ready(token) => {
                 let result = token.freshness(Instant::now());
-                self.counters.cache(result);
+                self.counters.cache(result.into());
                 return Ok((token, result));
             }
             Step::Started(flight) => (flight, CacheResult::Miss),
             Step::Joined(flight) => (flight, CacheResult::Coalesced),
         };
-        self.counters.cache(result);
+        self.counters.cache(result.into());
         let waiting = Instant::now();
         let outcome = flight.await;
         self.metrics
-            .waited(&self.profile.name, result, waiting.elapsed());
+            .waited(&self.profile.name, result.into(), waiting.elapsed());
         let token = outcome.map_err(|e| self.serve_error(e))?;
         if token.remaining(Instant::now()) < min_ttl.max(Duration::from_nanos(1)) {
             return Err(self.too_short(token.lifetime, min_ttl));

@@ -404,7 +404,7 @@ fn client_credential(profile: &Profile, token_url: &Url) -> Result<Credential, I
             Credential::Assertion(
                 signer
                     .assertion(&profile.client_id, token_url.as_str())
-                    .map_err(|e| credential_error("private_key", e))?,
+                    .map_err(|e| credential_error("private_key", e.to_string()))?,
             )
         }
     })

@@ -17,6 +17,7 @@ pub mod dev;
 pub mod error;
 pub mod idp;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod secret;

@@ -89,21 +89,22 @@ impl Profiles {
     }
 }
 
-/// What a call's cache lookup found.
+/// The `result` attribute of the cache instruments: what a call's cache lookup found.
+/// Metrics' own type rather than the cache's, so that the cache imports metrics and not
+/// the other way round; the cache says which of these each of its results counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheResult {
-    /// A valid token, before its refresh time.
+pub enum CacheLookup {
+    /// A token before its refresh time.
     Hit,
-    /// A valid token past its refresh time: the background refresh failed or is late.
+    /// A token past its refresh time.
     Stale,
-    /// No usable token: this call started a provider request, or was refused one
-    /// (backoff, request ceiling).
+    /// No usable token, and no provider request to join.
     Miss,
-    /// No usable token, and a provider request was already in flight: the call joined it.
+    /// No usable token, and a provider request in flight, which the call joined.
     Coalesced,
 }
 
-impl CacheResult {
+impl CacheLookup {
     const ALL: [Self; 4] = [Self::Hit, Self::Stale, Self::Miss, Self::Coalesced];
 
     /// The attribute value.
@@ -183,8 +184,8 @@ impl ProfileMetrics {
     }
 
     /// Counts a cache lookup.
-    pub fn cache(&self, result: CacheResult) {
-        self.cache[result as usize].fetch_add(1, Ordering::Relaxed);
+    pub fn cache(&self, lookup: CacheLookup) {
+        self.cache[lookup as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call answered with a token.
@@ -368,12 +369,12 @@ impl Metrics {
     }
 
     /// Records how long a call waited for a provider request it started or joined.
-    pub fn waited(&self, profile: &Arc<str>, result: CacheResult, waited: Duration) {
+    pub fn waited(&self, profile: &Arc<str>, lookup: CacheLookup, waited: Duration) {
         self.inner.waits.record(
             waited.as_secs_f64(),
             &[
                 KeyValue::new("profile", profile.clone()),
-                KeyValue::new("result", result.as_str()),
+                KeyValue::new("result", lookup.as_str()),
             ],
         );
     }
@@ -428,7 +429,7 @@ pub struct IdpRequest<'a> {
     pub host: &'a str,
     /// The HTTP status, if an answer came.
     pub status: Option<u16>,
-    /// Why it failed, if it did (see [`crate::idp::IdpError::kind`]).
+    /// Why it failed, if it did: a short reason such as `timeout` or `http_error`.
     pub error: Option<&'static str>,
     /// From sending to having read the answer.
     pub duration: Duration,
@@ -464,7 +465,7 @@ fn register_observed(meter: &Meter, profiles: &Arc<Profiles>) {
         .with_description("Cache lookups by calls, by profile and result: hit, stale (served past its refresh time), miss, coalesced (joined a request in flight).")
         .with_callback(move |observer| {
             for profile in table.all() {
-                for result in CacheResult::ALL {
+                for result in CacheLookup::ALL {
                     let count = profile.cache[result as usize].load(Ordering::Relaxed);
                     if count > 0 {
                         observer.observe(

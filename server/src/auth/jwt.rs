@@ -5,7 +5,8 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    io,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -76,6 +77,78 @@ pub enum Rejection {
     /// A required claim is missing or has the wrong shape.
     #[error("its `{0}` claim is missing or malformed")]
     Claim(&'static str),
+}
+
+/// Why a document is not a JWKS tokenvend can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidJwks {
+    /// Not JSON, or without a `keys` array.
+    #[error("is not a JWKS: a JSON object with a `keys` array")]
+    NotJwks,
+    /// No key of a kind that can sign ServiceAccount tokens.
+    #[error("holds no RSA, P-256 or P-384 signing key")]
+    NoSigningKey,
+}
+
+/// Why the signing keys could not be loaded. The text names the file or URL; never the
+/// token that authenticates the fetch, which is sent only as a header.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// A file (the JWKS, or the token sent to fetch it) could not be read.
+    #[error("cannot read {}: {kind}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong, without the OS's wording.
+        kind: io::ErrorKind,
+    },
+    /// The JWKS file is not a usable JWKS.
+    #[error("{}: {reason}", path.display())]
+    InvalidFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: InvalidJwks,
+    },
+    /// The fetched document is not a usable JWKS.
+    #[error("{url}: {reason}")]
+    Invalid {
+        /// Where it came from.
+        url: String,
+        /// What is wrong with it.
+        reason: InvalidJwks,
+    },
+    /// The issuer's discovery document names no JWKS.
+    #[error("{url} has no `jwks_uri`")]
+    NoJwksUri {
+        /// The discovery document's URL.
+        url: String,
+    },
+    /// The discovery document's `jwks_uri` is not a URL tokenvend fetches from.
+    #[error("{0}")]
+    JwksUri(String),
+    /// The request failed, or its answer could not be read.
+    #[error("{url}: {error}")]
+    Request {
+        /// The URL asked.
+        url: String,
+        /// What the HTTP client said, without the URL (it is in `url`).
+        error: reqwest::Error,
+    },
+    /// The answer was not a success.
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The answer was larger than a JWKS has reason to be.
+    #[error("{url}: the document is too large")]
+    TooLarge {
+        /// The URL asked.
+        url: String,
+    },
 }
 
 /// Verifies ServiceAccount tokens and remembers the ones that verified.
@@ -275,13 +348,12 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    fn parse(bytes: &[u8]) -> Result<Self, String> {
+    fn parse(bytes: &[u8]) -> Result<Self, InvalidJwks> {
         #[derive(Deserialize)]
         struct Document {
             keys: Vec<Value>,
         }
-        let document: Document = serde_json::from_slice(bytes)
-            .map_err(|_| "is not a JWKS: a JSON object with a `keys` array".to_owned())?;
+        let document: Document = serde_json::from_slice(bytes).map_err(|_| InvalidJwks::NotJwks)?;
         // A key tokenvend cannot use is skipped, not fatal: issuers publish several kinds.
         let keys: HashMap<_, _> = document
             .keys
@@ -290,7 +362,7 @@ impl KeySet {
             .map(|(kid, key)| (kid, Arc::new(key)))
             .collect();
         if keys.is_empty() {
-            return Err("holds no RSA, P-256 or P-384 signing key".into());
+            return Err(InvalidJwks::NoSigningKey);
         }
         Ok(Self {
             keys,
@@ -299,10 +371,15 @@ impl KeySet {
     }
 
     /// Reads and checks a JWKS file.
-    pub fn read_file(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
-        Self::parse(&bytes).map_err(|m| format!("{}: {m}", path.display()))
+    pub fn read_file(path: &Path) -> Result<Self, KeysError> {
+        let bytes = std::fs::read(path).map_err(|e| KeysError::Read {
+            path: path.to_owned(),
+            kind: e.kind(),
+        })?;
+        Self::parse(&bytes).map_err(|reason| KeysError::InvalidFile {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     fn get(&self, kid: &str) -> Option<&Arc<Key>> {
@@ -390,7 +467,7 @@ impl KeyStore {
                 Err(reason) => {
                     tracing::warn!(%reason, "cannot load ServiceAccount signing keys");
                     if before.keys.is_empty() {
-                        return Err(AuthError::KeysUnavailable(reason));
+                        return Err(AuthError::KeysUnavailable(Arc::new(reason)));
                     }
                     // Keep the old keys: an issuer outage must not lock every caller out.
                 }
@@ -415,7 +492,7 @@ impl KeyStore {
         true
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, KeysError> {
         let url = match &self.source {
             JwksSource::File(path) => return KeySet::read_file(path),
             JwksSource::Url(url) => url.clone(),
@@ -428,46 +505,53 @@ impl KeyStore {
                 let jwks_uri = serde_json::from_slice::<Value>(&document)
                     .ok()
                     .and_then(|d| d.get("jwks_uri")?.as_str().map(str::to_owned))
-                    .ok_or_else(|| format!("{well_known} has no `jwks_uri`"))?;
-                crate::config::parse_endpoint_url(&jwks_uri)?
+                    .ok_or(KeysError::NoJwksUri { url: well_known })?;
+                crate::config::parse_endpoint_url(&jwks_uri).map_err(KeysError::JwksUri)?
             }
         };
         let body = self.get(url.as_str()).await?;
-        KeySet::parse(&body).map_err(|m| format!("{url}: {m}"))
+        KeySet::parse(&body).map_err(|reason| KeysError::Invalid {
+            url: url.into(),
+            reason,
+        })
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, KeysError> {
         let mut request = self
             .http
             .get(url)
             .header(http::header::ACCEPT, "application/json");
         if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+            let token = std::fs::read_to_string(path).map_err(|e| KeysError::Read {
+                path: path.clone(),
+                kind: e.kind(),
+            })?;
             request = request.bearer_auth(token.trim());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", e.without_url()))?;
+        let request_error = |error: reqwest::Error| KeysError::Request {
+            url: url.to_owned(),
+            error: error.without_url(),
+        };
+        let response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
-            return Err(format!(
-                "{url} answered HTTP {}",
-                response.status().as_u16()
-            ));
+            return Err(KeysError::Status {
+                url: url.to_owned(),
+                status: response.status().as_u16(),
+            });
         }
         if response
             .content_length()
             .is_some_and(|l| l > MAX_DOCUMENT_BYTES as u64)
         {
-            return Err(format!("{url}: the document is too large"));
+            return Err(KeysError::TooLarge {
+                url: url.to_owned(),
+            });
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("{url}: {}", e.without_url()))?;
+        let body = response.bytes().await.map_err(request_error)?;
         if body.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("{url}: the document is too large"));
+            return Err(KeysError::TooLarge {
+                url: url.to_owned(),
+            });
         }
         Ok(body.to_vec())
     }

@@ -9,7 +9,7 @@ use crate::{
     Listeners,
     config::Config,
     dev::DevIssuer,
-    telemetry::{self, LogFormat},
+    logging::{self, LogFormat},
 };
 
 #[derive(clap::Args)]
@@ -54,7 +54,7 @@ enum ServeError {
 }
 
 pub(super) async fn run(args: Args) -> Result<(), ()> {
-    let telemetry = telemetry::init(args.log_format).map_err(|e| eprintln!("tokenvend: {e}"))?;
+    let telemetry = logging::init(args.log_format).map_err(|e| eprintln!("tokenvend: {e}"))?;
     let result = serve(args).await.map_err(|e| {
         for line in e.to_string().lines() {
             tracing::error!("{line}");

@@ -18,7 +18,7 @@ use tracing::{
 };
 use tracing_subscriber::{fmt::MakeWriter, layer::Context};
 
-use crate::telemetry::LogFormat;
+use super::LogFormat;
 
 /// A layer that writes each event it is given as one line, shaped as
 /// `tracing_subscriber::fmt` would in `format` (without colours, span context or thread

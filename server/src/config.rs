@@ -24,7 +24,7 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
-pub use allow::Pattern;
+pub use allow::{Pattern, PatternError};
 pub(crate) use store::decode_key;
 pub use store::{EncryptionKey, RedisConfig};
 
@@ -604,7 +604,9 @@ struct RawConfig {
 /// A secret's source, as written. Its value is read where it is used, not here; an
 /// inline value is allowed and warned about, since it sits in a file many can read.
 fn secret_source(raw: RawSecretSource, key: &str) -> Result<SecretSource, ConfigError> {
-    let source = raw.into_source().map_err(|m| ConfigError::new(key, m))?;
+    let source = raw
+        .into_source()
+        .map_err(|e| ConfigError::new(key, e.to_string()))?;
     if matches!(source, SecretSource::Value(_)) {
         tracing::warn!(
             key,
@@ -614,23 +616,49 @@ fn secret_source(raw: RawSecretSource, key: &str) -> Result<SecretSource, Config
     Ok(source)
 }
 
+/// Why a URL cannot be a token endpoint, an issuer or a key set's address.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    /// Not a URL at all.
+    #[error("`{text}` is not a URL: {reason}")]
+    NotUrl {
+        /// What was given (it is not a URL, so it carries no credentials to hide).
+        text: String,
+        /// The parser's reason.
+        reason: url::ParseError,
+    },
+    /// `user:password@` in the URL.
+    #[error("must not carry credentials; use client_id and client_secret")]
+    Credentials,
+    /// A `#fragment`.
+    #[error("must not have a #fragment")]
+    Fragment,
+    /// `http://` to a host that is not loopback.
+    #[error("`{0}` is plain http to a host that is not loopback; use https")]
+    PlainHttp(String),
+    /// Neither https nor http.
+    #[error("scheme `{0}` is not supported; use https")]
+    Scheme(String),
+}
+
 /// Token endpoints and issuers are https. Plain http is allowed only to a loopback host,
 /// where the secret never crosses a network (tests, `serve --dev`, a local sidecar).
-pub(crate) fn parse_endpoint_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+pub(crate) fn parse_endpoint_url(text: &str) -> Result<Url, EndpointError> {
+    let url = Url::parse(text).map_err(|reason| EndpointError::NotUrl {
+        text: text.to_owned(),
+        reason,
+    })?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials; use client_id and client_secret".into());
+        return Err(EndpointError::Credentials);
     }
     if url.fragment().is_some() {
-        return Err("must not have a #fragment".into());
+        return Err(EndpointError::Fragment);
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(format!(
-            "`{text}` is plain http to a host that is not loopback; use https"
-        )),
-        other => Err(format!("scheme `{other}` is not supported; use https")),
+        "http" => Err(EndpointError::PlainHttp(text.to_owned())),
+        other => Err(EndpointError::Scheme(other.to_owned())),
     }
 }
 

@@ -122,13 +122,18 @@ pub(crate) struct RawSecretSource {
     value: Option<Secret>,
 }
 
+/// A secret source that names no source, or more than one.
+#[derive(Debug, thiserror::Error)]
+#[error("give exactly one of `env: NAME`, `file: PATH` or `value: ...`")]
+pub(crate) struct NotOneSource;
+
 impl RawSecretSource {
-    pub(crate) fn into_source(self) -> Result<SecretSource, String> {
+    pub(crate) fn into_source(self) -> Result<SecretSource, NotOneSource> {
         match (self.env, self.file, self.value) {
             (Some(env), None, None) if !env.is_empty() => Ok(SecretSource::Env(env)),
             (None, Some(file), None) => Ok(SecretSource::File(file)),
             (None, None, Some(value)) => Ok(SecretSource::Value(value)),
-            _ => Err("give exactly one of `env: NAME`, `file: PATH` or `value: ...`".into()),
+            _ => Err(NotOneSource),
         }
     }
 }

@@ -126,7 +126,7 @@ pub enum KeysError {
     },
     /// The discovery document's `jwks_uri` is not a URL tokenvend fetches from.
     #[error("{0}")]
-    JwksUri(String),
+    JwksUri(crate::config::EndpointError),
     /// The request failed, or its answer could not be read.
     #[error("{url}: {error}")]
     Request {

@@ -27,13 +27,24 @@ impl fmt::Debug for Pattern {
     }
 }
 
+/// Why an `allow:` entry cannot be used.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PatternError {
+    /// Empty, or with spaces.
+    #[error("`{0}` is not an identity: it is empty or has spaces")]
+    NotIdentity(String),
+    /// A `*` that is part of a segment.
+    #[error(
+        "`{0}`: `*` stands for a whole segment between `:` or `/`, as in `system:serviceaccount:orders:*`"
+    )]
+    PartialStar(String),
+}
+
 impl Pattern {
     /// Parses an entry. A `*` must be a whole segment: `orders:*` is fine, `ord*` is not.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
         if text.is_empty() || text.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "`{text}` is not an identity: it is empty or has spaces"
-            ));
+            return Err(PatternError::NotIdentity(text.to_owned()));
         }
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -44,10 +55,7 @@ impl Pattern {
                 let starts = previous.is_none_or(|p| SEPARATORS.contains(&p));
                 let ends = chars.peek().is_none_or(|n| SEPARATORS.contains(n));
                 if !starts || !ends {
-                    return Err(format!(
-                        "`{text}`: `*` stands for a whole segment between `:` or `/`, \
-                         as in `system:serviceaccount:orders:*`"
-                    ));
+                    return Err(PatternError::PartialStar(text.to_owned()));
                 }
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal).into()));

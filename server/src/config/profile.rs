@@ -208,10 +208,10 @@ fn endpoint(
     match (token_url, issuer) {
         (Some(url), None) => parse_endpoint_url(&url)
             .map(Endpoint::TokenUrl)
-            .map_err(|m| keys.err("token_url", m)),
+            .map_err(|e| keys.err("token_url", e.to_string())),
         (None, Some(issuer)) => parse_endpoint_url(&issuer)
             .map(Endpoint::Issuer)
-            .map_err(|m| keys.err("issuer", m)),
+            .map_err(|e| keys.err("issuer", e.to_string())),
         (Some(_), Some(_)) => Err(keys.err("issuer", "give `token_url` or `issuer`, not both")),
         (None, None) => Err(keys.err(
             "token_url",
@@ -461,7 +461,9 @@ fn allow(
             patterns
                 .iter()
                 .enumerate()
-                .map(|(i, p)| Pattern::parse(p).map_err(|m| keys.err(&format!("allow[{i}]"), m)))
+                .map(|(i, p)| {
+                    Pattern::parse(p).map_err(|e| keys.err(&format!("allow[{i}]"), e.to_string()))
+                })
                 .collect()
         })
         .transpose()

@@ -103,12 +103,13 @@ impl RawServiceAccount {
                 ));
             }
             (Some(url), None) => JwksSource::Url(
-                parse_endpoint_url(&url).map_err(|m| ConfigError::new(key("jwks_url"), m))?,
+                parse_endpoint_url(&url)
+                    .map_err(|e| ConfigError::new(key("jwks_url"), e.to_string()))?,
             ),
             (None, Some(file)) => JwksSource::File(file),
             (None, None) => JwksSource::Discovery(
                 parse_endpoint_url(issuer.as_str())
-                    .map_err(|m| ConfigError::new(key("issuer"), m))?,
+                    .map_err(|e| ConfigError::new(key("issuer"), e.to_string()))?,
             ),
         };
         let audience = self.audience.unwrap_or_else(|| "tokenvend".to_owned());

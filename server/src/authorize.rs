@@ -17,11 +17,11 @@ use tokio::{net::TcpListener, sync::mpsc};
 use url::Url;
 
 use crate::{
+    chain::{ChainError, FileStore, RefreshChain},
     config::{Authorize, Config, Grant, Profile, is_loopback},
     idp::{Grant as GrantRequest, IdpClient, IdpError},
     secret::Secret,
     source::TokenSource,
-    state::RefreshChain,
 };
 
 /// How long to wait for the person to approve.
@@ -39,9 +39,12 @@ pub enum AuthorizeError {
     /// The provider refused or failed.
     #[error(transparent)]
     Idp(#[from] IdpError),
-    /// Local I/O (listener, terminal, state directory).
+    /// Local I/O (listener, terminal).
     #[error("{0}")]
     Io(String),
+    /// The refresh token cannot be stored.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
 }
 
 /// An authorization request in progress.
@@ -169,9 +172,9 @@ pub async fn run(
             "the provider issued no refresh token (does the client need an `offline_access` scope?)".into(),
         )
     })?;
-    RefreshChain::new(state_dir, name, None)
+    RefreshChain::new(FileStore::new(state_dir, name), None)
         .start(&refresh_token, issued.granted_scope.as_deref())
-        .map_err(|e| AuthorizeError::Io(e.to_string()))?;
+        .await?;
     Ok(())
 }
 

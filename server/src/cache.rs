@@ -41,12 +41,13 @@ use tracing::Instrument as _;
 pub use crate::metrics::CacheResult;
 use crate::{
     audit::{Fingerprint, TokenDigest},
+    chain::FileStore,
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
     metrics::{Metrics, ProfileMetrics, Trigger},
     source::TokenSource,
-    state::{RefreshChain, StateDir},
+    state::StateDir,
     store::SharedStore,
 };
 
@@ -144,7 +145,7 @@ impl TokenCache {
         let chain = self
             .state_dir
             .as_deref()
-            .map(|dir| RefreshChain::new(dir, &profile.name, profile.refresh_token.clone()));
+            .map(|dir| FileStore::new(dir, &profile.name));
         let source = TokenSource::new(profile.clone(), self.idp.clone(), chain)
             .with_store(self.store.as_ref().map(|s| s.profile(&profile.name)));
         let counters = self.metrics.profile(&profile.name);

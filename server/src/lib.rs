@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod authorize;
 pub mod cache;
+pub mod chain;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-pub use chain::Chain;
 pub use crypto::KeyError;
 use crypto::Keyring;
 pub(crate) use flight::WhenDown;

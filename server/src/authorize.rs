@@ -5,8 +5,9 @@
 //! with a code. If that URI is plain http on loopback, tokenvend receives the redirect
 //! itself; otherwise the person pastes the URL the browser ended on. The code is checked
 //! against `state`, exchanged at once (some providers' codes live 30 seconds and work
-//! once), and the refresh token is stored in the state directory, where a running server
-//! picks it up at its next attempt.
+//! once), and the refresh token is stored where the server keeps the profile's chain (the
+//! shared store if there is one, else the state directory), where a running server picks
+//! it up at its next attempt.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,11 +18,12 @@ use tokio::{net::TcpListener, sync::mpsc};
 use url::Url;
 
 use crate::{
+    chain::{ChainError, FileStore, RefreshChain},
     config::{Authorize, Config, Grant, Profile, is_loopback},
     idp::{Grant as GrantRequest, IdpClient, IdpError},
     secret::Secret,
-    source::TokenSource,
-    state::RefreshChain,
+    source::{Storage, TokenSource},
+    store::{SetupError, SharedStore},
 };
 
 /// How long to wait for the person to approve.
@@ -39,9 +41,15 @@ pub enum AuthorizeError {
     /// The provider refused or failed.
     #[error(transparent)]
     Idp(#[from] IdpError),
-    /// Local I/O (listener, terminal, state directory).
+    /// Local I/O (listener, terminal).
     #[error("{0}")]
     Io(String),
+    /// The shared store's settings cannot be used.
+    #[error(transparent)]
+    Store(#[from] SetupError),
+    /// The refresh token cannot be stored.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
 }
 
 /// An authorization request in progress.
@@ -128,11 +136,8 @@ pub async fn run(
             "profile `{name}` needs `authorize_url` and `redirect_uri`"
         ))
     })?;
-    let state_dir = config
-        .server
-        .state_dir
-        .as_deref()
-        .ok_or_else(|| AuthorizeError::Config("server.state_dir is required".into()))?;
+    // Before the person approves: a store that cannot be set up would waste the approval.
+    let chain = chain_of(config, name)?;
 
     let request = Request::new(profile, authorize)?;
     let redirect = if receivable(&authorize.redirect_uri) {
@@ -169,10 +174,26 @@ pub async fn run(
             "the provider issued no refresh token (does the client need an `offline_access` scope?)".into(),
         )
     })?;
-    RefreshChain::new(state_dir, name, None)
+    chain
         .start(&refresh_token, issued.granted_scope.as_deref())
-        .map_err(|e| AuthorizeError::Io(e.to_string()))?;
+        .await?;
     Ok(())
+}
+
+/// The chain a server with this configuration reads: a server with a shared store keeps
+/// its chains there even when it has a state directory too.
+fn chain_of(config: &Config, name: &str) -> Result<RefreshChain<Storage>, AuthorizeError> {
+    let storage = match (&config.server.store, &config.server.state_dir) {
+        (Some(redis), _) => Storage::Shared(SharedStore::new(redis)?.profile(name)),
+        (None, Some(dir)) => Storage::Dir(FileStore::new(dir, name)),
+        (None, None) => {
+            return Err(AuthorizeError::Config(
+                "server.state_dir or server.store is required".into(),
+            ));
+        }
+    };
+    // A person's chain carries no seed: see `RefreshChain::start`.
+    Ok(RefreshChain::new(storage, None))
 }
 
 /// tokenvend can be the redirect target itself only on plain http to loopback.

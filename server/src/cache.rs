@@ -40,12 +40,13 @@ use tracing::Instrument as _;
 
 use crate::{
     audit::{self, Fingerprint, TokenDigest},
+    chain::FileStore,
     config::{Profile, Retry},
     error::ServeError,
     idp::{IdpClient, IdpError, IssuedToken},
     metrics::{CacheLookup, Metrics, ProfileMetrics, Trigger},
     source::TokenSource,
-    state::{RefreshChain, StateDir},
+    state::StateDir,
     store::SharedStore,
 };
 
@@ -143,7 +144,7 @@ impl TokenCache {
         let chain = self
             .state_dir
             .as_deref()
-            .map(|dir| RefreshChain::new(dir, &profile.name, profile.refresh_token.clone()));
+            .map(|dir| FileStore::new(dir, &profile.name));
         let source = TokenSource::new(profile.clone(), self.idp.clone(), chain)
             .with_store(self.store.as_ref().map(|s| s.profile(&profile.name)));
         let counters = self.metrics.profile(&profile.name);

@@ -61,8 +61,8 @@ pub enum ServerError {
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     /// The shared store's settings cannot be used (its password or keys cannot be read).
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::SetupError),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came

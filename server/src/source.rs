@@ -9,10 +9,10 @@ use url::Url;
 
 use crate::{
     audit::Fingerprint,
+    chain::{Cas, ChainError, ChainStore, FileStore, Record, RefreshChain, Version},
     config::{Endpoint, Grant, Profile},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
-    state::{ChainError, RefreshChain},
-    store::{Chain, ProfileStore, WhenDown},
+    store::{ProfileStore, WhenDown},
 };
 
 /// Gets tokens for one profile.
@@ -23,7 +23,7 @@ pub struct TokenSource {
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
     // Boxed, as most profiles have neither: inline they made every slot 200 bytes larger.
-    chain: Option<Box<Chain>>,
+    chain: Option<Box<RefreshChain<Storage>>>,
     /// The store shared with other replicas, if any.
     shared: Option<Box<ProfileStore>>,
     /// The token this source last produced: the slot holds it, so a fetch means it no
@@ -32,13 +32,15 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// A source for a profile; `chain` is required for `grant: refresh_token`.
-    pub fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<RefreshChain>) -> Self {
+    /// A source for a profile; `chain` (its record in `state_dir`) is required for
+    /// `grant: refresh_token` unless [`Self::with_store`] gives a shared store.
+    pub fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<FileStore>) -> Self {
+        let seed = profile.refresh_token.clone();
         Self {
             profile,
             idp,
             metadata: ArcSwapOption::empty(),
-            chain: chain.map(|chain| Box::new(Chain::File(chain))),
+            chain: chain.map(|file| Box::new(RefreshChain::new(Storage::Dir(file), seed))),
             shared: None,
             last: Mutex::new(None),
         }
@@ -50,10 +52,10 @@ impl TokenSource {
         if let Some(store) = &shared
             && self.profile.grant == Grant::RefreshToken
         {
-            self.chain = Some(Box::new(Chain::Shared {
-                store: store.clone(),
-                seed: self.profile.refresh_token.clone(),
-            }));
+            self.chain = Some(Box::new(RefreshChain::new(
+                Storage::Shared(store.clone()),
+                self.profile.refresh_token.clone(),
+            )));
         }
         self.shared = shared.map(Box::new);
         self
@@ -114,12 +116,15 @@ impl TokenSource {
         result
     }
 
-    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, IdpError> {
+    async fn refresh(
+        &self,
+        chain: &RefreshChain<Storage>,
+        token_url: &Url,
+    ) -> Result<IssuedToken, IdpError> {
         let profile = &self.profile;
-        let (link, version) = chain.current().await.map_err(|e| self.chain_error(e))?;
-        let current = &link.token;
+        let link = chain.current().await.map_err(|e| self.chain_error(e))?;
         let grant = GrantRequest::RefreshToken {
-            token: current,
+            token: &link.token,
             scope: link.scope.as_deref(),
         };
         let result = self.idp.request_token(profile, token_url, grant).await;
@@ -129,7 +134,7 @@ impl TokenSource {
                     // Stored before the token is handed out: the old refresh token is
                     // spent, and this one is the only way to the next access token.
                     let scope = issued.granted_scope.as_deref().or(link.scope.as_deref());
-                    if let Err(error) = chain.rotate(version, rotated, scope).await {
+                    if let Err(error) = chain.rotate(&link, rotated, scope).await {
                         tracing::error!(
                             profile = %profile.name,
                             %error,
@@ -146,7 +151,7 @@ impl TokenSource {
             Err(IdpError::Rejected {
                 error, description, ..
             }) if error == "invalid_grant" => {
-                if let Err(store_error) = chain.refuse(version, current).await {
+                if let Err(store_error) = chain.refuse(&link).await {
                     tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
                 }
                 Err(IdpError::Reauthorize {
@@ -174,7 +179,7 @@ impl TokenSource {
                 profile,
                 reason: "there is no refresh token yet".into(),
             },
-            ChainError::Store(reason) => IdpError::StoreUnavailable(reason),
+            ChainError::Store(error) => IdpError::StoreUnavailable(error.to_string()),
             other => IdpError::Credential {
                 key: format!("profiles.{profile}.refresh_token"),
                 reason: other.to_string(),
@@ -199,5 +204,33 @@ impl TokenSource {
         let metadata = Arc::new(self.idp.discover(issuer, self.profile.timeout).await?);
         self.metadata.store(Some(metadata.clone()));
         Ok(metadata)
+    }
+}
+
+/// Where a profile's chain is kept: `state_dir` for one server, the shared store for
+/// replicas.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    /// A file in `state_dir`.
+    Dir(FileStore),
+    /// The shared store.
+    Shared(ProfileStore),
+}
+
+impl ChainStore for Storage {
+    type Error = ChainError;
+
+    async fn read(&self) -> Result<(Version, Option<Record>), ChainError> {
+        match self {
+            Self::Dir(store) => Ok(store.read().await?),
+            Self::Shared(store) => Ok(store.read().await?),
+        }
+    }
+
+    async fn write(&self, from: Version, record: &Record) -> Result<Cas, ChainError> {
+        match self {
+            Self::Dir(store) => Ok(store.write(from, record).await?),
+            Self::Shared(store) => Ok(store.write(from, record).await?),
+        }
     }
 }

@@ -33,11 +33,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-pub use chain::Chain;
+pub use crypto::KeyError;
 use crypto::Keyring;
 pub(crate) use flight::WhenDown;
 
-use crate::{config::RedisConfig, idp::IssuedToken, secret::Secret};
+use crate::{
+    config::RedisConfig,
+    idp::IssuedToken,
+    secret::{Secret, SecretError},
+};
 
 /// How long one Redis connection attempt or command may take. Short: every caller of a
 /// missing token waits for it, and a replica that cannot reach Redis should fall back to
@@ -58,6 +62,24 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+}
+
+/// Why the shared store's settings cannot be used. Names the setting, never its value
+/// (the URL may carry a password).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL is not a Redis URL.
+    #[error("server.store.redis.url: {0:?}")]
+    Url(redis::ErrorKind),
+    /// The password cannot be read.
+    #[error("server.store.redis.password: {0}")]
+    Password(SecretError),
+    /// The client cannot be built from the settings.
+    #[error("server.store.redis: {0:?}")]
+    Client(redis::ErrorKind),
+    /// The encryption keys cannot be used.
+    #[error("server.store.redis.encryption_keys: {0}")]
+    Keys(#[from] KeyError),
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -92,22 +114,18 @@ impl std::fmt::Debug for SharedStore {
 
 impl SharedStore {
     /// A store for this configuration. Reads the password and keys now; connects later.
-    pub fn new(config: &RedisConfig) -> Result<Self, String> {
+    pub fn new(config: &RedisConfig) -> Result<Self, SetupError> {
         let mut info = config
             .url
             .as_str()
             .into_connection_info()
-            .map_err(|e| format!("server.store.redis.url: {:?}", e.kind()))?;
+            .map_err(|e| SetupError::Url(e.kind()))?;
         if let Some(password) = &config.password {
-            let password = password
-                .load()
-                .map_err(|e| format!("server.store.redis.password: {e}"))?;
+            let password = password.load().map_err(SetupError::Password)?;
             info.redis.password = Some(password.expose().to_owned());
         }
-        let client =
-            Client::open(info).map_err(|e| format!("server.store.redis: {:?}", e.kind()))?;
-        let keys = Keyring::load(&config.encryption_keys)
-            .map_err(|e| format!("server.store.redis.encryption_keys: {e}"))?;
+        let client = Client::open(info).map_err(|e| SetupError::Client(e.kind()))?;
+        let keys = Keyring::load(&config.encryption_keys)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,

@@ -34,7 +34,7 @@ use tokenvend_server::Config;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::Code;
 
-use crate::support::{Server, browser::authorize};
+use crate::support::{Server, browser::authorize, redis::RedisServer};
 
 const CLIENT_ID: &str = "app-1";
 const SECRET: &str = "s3cr:t+%/=";
@@ -583,6 +583,48 @@ async fn jadu_authorized_once_then_rotating_refresh_tokens_survive_a_crash() {
         "an old refresh token was sent"
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn jadu_authorized_into_the_shared_store_is_carried_on_by_replicas() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Replicas keep chains in the store, so that is where `authorize` must write; the
+    // stale seed left in the configuration must not take over from the person's chain.
+    let yaml = jadu_config(
+        &provider,
+        dir.path(),
+        free_port(),
+        "    refresh_token: { value: stale-seed }\n",
+    )
+    .replace(
+        &format!("  state_dir: {}\n", dir.path().display()),
+        &format!(
+            "  store:\n    redis:\n      url: {}\n      encryption_keys:\n        - {{ id: k1, key: {{ value: \"{}\" }} }}\n",
+            redis.url(),
+            STANDARD.encode([7u8; 32]),
+        ),
+    );
+    authorize(&yaml, "jadu").await;
+    assert_eq!(*provider.state.chain.lock().unwrap(), ["rt-1"]);
+
+    let first = Server::start(&yaml).await;
+    let second = Server::start(&yaml).await;
+    let current = first.get("jadu").await.unwrap().access_token;
+    let fresh = second.reject("jadu", &current).await.unwrap();
+    assert_ne!(fresh.access_token, current);
+    let again = first.reject("jadu", &fresh.access_token).await.unwrap();
+    assert_ne!(again.access_token, fresh.access_token);
+    assert!(
+        !provider.state.reused.load(Ordering::SeqCst),
+        "an old refresh token or the stale seed was sent"
+    );
+    assert!(provider.state.chain.lock().unwrap().len() >= 3);
+    first.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test]

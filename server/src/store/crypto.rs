@@ -43,18 +43,37 @@ pub(crate) enum OpenError {
     Forged(String),
 }
 
+/// Why the configured keys cannot be used. Names the key, never its value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// A key cannot be read, or is not 32 bytes of base64.
+    #[error("key `{id}` {reason}")]
+    Unusable {
+        /// The key's id.
+        id: String,
+        /// Why, as the configuration layer says it.
+        reason: String,
+    },
+    /// No key is configured: nothing could be sealed.
+    #[error("no encryption key")]
+    None,
+}
+
 impl Keyring {
     /// Reads the keys from their sources.
-    pub(crate) fn load(keys: &[EncryptionKey]) -> Result<Self, String> {
+    pub(crate) fn load(keys: &[EncryptionKey]) -> Result<Self, KeyError> {
         let keys = keys
             .iter()
             .map(|k| {
-                let bytes = decode_key(&k.key).map_err(|m| format!("key `{}` {m}", k.id))?;
+                let bytes = decode_key(&k.key).map_err(|reason| KeyError::Unusable {
+                    id: k.id.clone(),
+                    reason,
+                })?;
                 Ok((k.id.clone(), Aes256Gcm::new((&*bytes).into())))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, KeyError>>()?;
         if keys.is_empty() {
-            return Err("no encryption key".into());
+            return Err(KeyError::None);
         }
         Ok(Self { keys })
     }
@@ -167,5 +186,20 @@ mod tests {
             Err(OpenError::Forged("a".into()))
         );
         assert_eq!(ring.open("n", "plain"), Err(OpenError::Format));
+    }
+
+    #[test]
+    fn an_unusable_key_is_named_without_its_value() {
+        let short = EncryptionKey {
+            id: "short".into(),
+            key: SecretSource::Value(Secret::new(B64.encode([7u8; 16]))),
+        };
+        let error = Keyring::load(&[short]).unwrap_err();
+        assert!(
+            matches!(&error, KeyError::Unusable { id, .. } if id == "short"),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(&B64.encode([7u8; 16])));
+        assert_eq!(Keyring::load(&[]).unwrap_err(), KeyError::None);
     }
 }

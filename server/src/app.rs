@@ -33,7 +33,7 @@ mod tests;
 
 /// A configuration with everything it names loaded and built, ready to serve or to swap
 /// into a running server.
-pub struct App {
+pub(crate) struct App {
     config: Config,
     auth: Arc<Authenticator>,
     limiter: Arc<RateLimiter>,
@@ -54,7 +54,7 @@ impl App {
     /// Loads what `config` names and builds the live objects, for a gRPC port on `grpc`
     /// (which decides whether callers must authenticate). Reports every error found,
     /// each with its key.
-    pub fn build(config: Config, grpc: SocketAddr) -> Result<Self, ConfigErrors> {
+    pub(crate) fn build(config: Config, grpc: SocketAddr) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         for profile in &config.profiles {
             check_profile(profile, &mut errors);
@@ -95,12 +95,12 @@ impl App {
     }
 
     /// The configuration it was built from.
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
     /// Settings that are valid but probably not meant, each with its key.
-    pub fn warnings(&self) -> &[ConfigError] {
+    pub(crate) fn warnings(&self) -> &[ConfigError] {
         &self.warnings
     }
 
@@ -237,7 +237,10 @@ fn check_listener(
 /// - `server.store`: the shared store's connection and the chains in it.
 /// - `server.tls` turned on or off (its files may change): the listener's kind.
 /// - `server.limits.max_concurrent_streams`: an HTTP/2 setting fixed when the server starts.
-pub fn keep_restart_only(new: &mut ServerConfig, running: &ServerConfig) -> Vec<&'static str> {
+pub(crate) fn keep_restart_only(
+    new: &mut ServerConfig,
+    running: &ServerConfig,
+) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut keep = |key, differs: bool| {
         if differs {

@@ -20,7 +20,7 @@ const LIFETIME_SECS: u64 = 60;
 
 /// Why a key or certificate cannot be used. Never includes key material.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     /// The private key could not be read.
     #[error("{0}")]
     KeySource(SecretError),
@@ -44,7 +44,7 @@ pub enum KeyError {
 
 impl KeyError {
     /// The profile key the error is about.
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match self {
             Self::KeySource(_) | Self::Key { .. } => "private_key",
             Self::CertificateSource(_) | Self::Certificate => "certificate",
@@ -54,7 +54,7 @@ impl KeyError {
 
 /// Why an assertion could not be made. Never includes key material.
 #[derive(Debug, thiserror::Error)]
-pub enum AssertionError {
+pub(crate) enum AssertionError {
     /// No randomness for the `jti`.
     #[error(transparent)]
     Random(getrandom::Error),
@@ -64,7 +64,7 @@ pub enum AssertionError {
 }
 
 /// Signs assertions for one client.
-pub struct Signer {
+pub(crate) struct Signer {
     key: EncodingKey,
     header: Header,
 }
@@ -82,7 +82,7 @@ struct Claims<'a> {
 
 impl Signer {
     /// Reads the key (and certificate) now, so that a rotated file is picked up.
-    pub fn load(config: &PrivateKeyJwt) -> Result<Self, KeyError> {
+    pub(crate) fn load(config: &PrivateKeyJwt) -> Result<Self, KeyError> {
         let pem = config.private_key.load().map_err(KeyError::KeySource)?;
         let (algorithm, kind) = match config.algorithm {
             SigningAlgorithm::RS256 => (Algorithm::RS256, "RSA"),
@@ -123,7 +123,11 @@ impl Signer {
     }
 
     /// An assertion for `client_id` at the token endpoint `audience`.
-    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, AssertionError> {
+    pub(crate) fn assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<Secret, AssertionError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

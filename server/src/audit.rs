@@ -9,16 +9,16 @@ use sha2::{Digest, Sha256};
 use crate::{auth::Caller, error::ServeError};
 
 /// The tracing target of audit events.
-pub const TARGET: &str = "tokenvend::audit";
+pub(crate) const TARGET: &str = "tokenvend::audit";
 
 /// The first 8 bytes of a token's SHA-256, in hex: enough to tell tokens apart in logs and
 /// to match a log line to a token a resource API received, useless for calling it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint([u8; 8]);
+pub(crate) struct Fingerprint([u8; 8]);
 
 impl Fingerprint {
     /// The fingerprint of a token.
-    pub fn of(token: &str) -> Self {
+    pub(crate) fn of(token: &str) -> Self {
         TokenDigest::of(token).fingerprint()
     }
 }
@@ -26,16 +26,16 @@ impl Fingerprint {
 /// A token's SHA-256: how the cache recognises a token a caller reports as rejected
 /// without keeping a second copy of the token (the encoded reply holds the one copy).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TokenDigest([u8; 32]);
+pub(crate) struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
     /// The digest of a token.
-    pub fn of(token: &str) -> Self {
+    pub(crate) fn of(token: &str) -> Self {
         Self(Sha256::digest(token.as_bytes()).into())
     }
 
     /// The token's fingerprint: the first 8 bytes of the digest.
-    pub fn fingerprint(&self) -> Fingerprint {
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(&self.0[..8]);
         Fingerprint(bytes)
@@ -70,7 +70,7 @@ impl fmt::Debug for Fingerprint {
 
 /// Where a served token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The cache, with no provider request.
     Cache,
     /// A provider request this call started or joined.

@@ -1,7 +1,7 @@
 //! Caller authentication: who is calling — from the connection's client certificate or a
 //! Kubernetes ServiceAccount token — and which profiles they may use.
 
-pub mod jwt;
+pub(crate) mod jwt;
 
 use std::{
     fmt,
@@ -16,7 +16,7 @@ use crate::config::{Profile, ServerConfig};
 /// What the transport knows about a connection. tonic puts a copy in every request's
 /// extensions, so the certificate is read once per connection, not once per call.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The caller's address.
     pub remote: Option<SocketAddr>,
     /// The identity in the client certificate (URI SAN, else DNS SAN), if one was verified.
@@ -25,7 +25,7 @@ pub struct Peer {
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// A verified identity: a SPIFFE ID, a DNS name or `system:serviceaccount:<ns>:<name>`.
     Identified(Arc<str>),
     /// Nobody authenticated the caller (authentication is off); keyed by address.
@@ -72,7 +72,7 @@ fn write_anonymous_v4(f: &mut fmt::Formatter<'_>, ip: Ipv4Addr) -> fmt::Result {
 impl Caller {
     /// Whether this caller may use the profile: every caller when the profile has no
     /// `allow` list, else an identified caller that matches an entry.
-    pub fn may_use(&self, profile: &Profile) -> bool {
+    pub(crate) fn may_use(&self, profile: &Profile) -> bool {
         match (&profile.allow, self) {
             (None, _) => true,
             (Some(allow), Self::Identified(identity)) => allow.iter().any(|p| p.matches(identity)),
@@ -97,7 +97,7 @@ pub enum AuthError {
 }
 
 /// Turns a request's transport and metadata into a [`Caller`].
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     required: bool,
     what_to_send: &'static str,
     service_accounts: Option<jwt::Verifier>,
@@ -105,7 +105,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// An authenticator for the server's configuration.
-    pub fn new(server: &ServerConfig) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(server: &ServerConfig) -> Result<Self, reqwest::Error> {
         let mtls = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let service_accounts = server
             .auth
@@ -130,7 +130,7 @@ impl Authenticator {
     /// Who is calling. A bearer token, when ServiceAccount authentication is on and the
     /// caller sends one, must verify and names the caller; else the client certificate
     /// does; else the caller is anonymous, which is refused when authentication is on.
-    pub async fn caller(
+    pub(crate) async fn caller(
         &self,
         metadata: &MetadataMap,
         peer: Option<&Peer>,

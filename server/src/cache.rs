@@ -56,7 +56,7 @@ use crate::{
 type Slots = HashMap<Arc<str>, Arc<Slot>, foldhash::fast::RandomState>;
 
 /// The tokens of all profiles. Dropping it stops every background task it started.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     /// The profile map, swapped whole when the configuration is reloaded. Readers take a
     /// lock-free snapshot, so the hot path never waits for a reload.
     slots: ArcSwap<Slots>,
@@ -83,7 +83,7 @@ const BACKGROUND_FETCHES: usize = 64;
 
 /// What a reload changed, by profile name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// New profiles.
     pub added: Vec<Arc<str>>,
     /// Profiles configured differently: they start afresh, with an empty cache.
@@ -97,7 +97,8 @@ pub struct Changes {
 impl TokenCache {
     /// A cache for these profiles, and the refresher that keeps them. Refresh-token profiles
     /// keep their chains in `state`. Must be called within a Tokio runtime.
-    pub fn new(
+    #[cfg(test)]
+    pub(crate) fn new(
         profiles: &[Arc<Profile>],
         idp: IdpClient,
         state: Option<&StateDir>,
@@ -107,7 +108,7 @@ impl TokenCache {
     }
 
     /// A cache whose misses go through a store shared with other replicas.
-    pub fn with_store(
+    pub(crate) fn with_store(
         profiles: &[Arc<Profile>],
         idp: IdpClient,
         state: Option<&StateDir>,
@@ -163,12 +164,12 @@ impl TokenCache {
     }
 
     /// The slot of a profile.
-    pub fn slot(&self, profile: &str) -> Option<Arc<Slot>> {
+    pub(crate) fn slot(&self, profile: &str) -> Option<Arc<Slot>> {
         self.slots.load().get(profile).cloned()
     }
 
     /// All slots, sorted by profile name.
-    pub fn slots(&self) -> Vec<Arc<Slot>> {
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
         let mut slots: Vec<_> = self.slots.load().values().cloned().collect();
         slots.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
         slots
@@ -179,7 +180,7 @@ impl TokenCache {
     /// changed one gets a new slot; the slots of removed and changed profiles are retired:
     /// their refresher stops and their `WatchToken` streams end, while calls already
     /// waiting on them finish.
-    pub fn replace_profiles(&self, profiles: &[Arc<Profile>]) -> Changes {
+    pub(crate) fn replace_profiles(&self, profiles: &[Arc<Profile>]) -> Changes {
         let _reloading = self
             .reloading
             .lock()
@@ -225,13 +226,13 @@ impl TokenCache {
     }
 
     /// Stops background refreshes and fetches, for shutdown.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 }
 
 /// A token as the cache holds it, with its reply encoded once.
-pub struct CachedToken {
+pub(crate) struct CachedToken {
     /// Recognises the token when a caller reports it rejected.
     digest: TokenDigest,
     expires_at: SystemTime,
@@ -303,18 +304,13 @@ impl CachedToken {
     }
 
     /// The reply to send.
-    pub fn encoded(&self) -> &EncodedToken {
+    pub(crate) fn encoded(&self) -> &EncodedToken {
         &self.encoded
     }
 
     /// The token's fingerprint, for audit events.
-    pub fn fingerprint(&self) -> Fingerprint {
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
         self.digest.fingerprint()
-    }
-
-    /// When the token expires.
-    pub fn expires_at(&self) -> SystemTime {
-        self.expires_at
     }
 
     /// A hit, or stale: served past its refresh time, because the refresh failed or is
@@ -340,7 +336,7 @@ impl CachedToken {
 
 /// What a caller needs of a token.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Need {
+pub(crate) struct Need {
     /// The token must stay valid at least this long.
     pub min_ttl: Duration,
     /// The digest of the token the resource API rejected (hashed once per call, however
@@ -368,7 +364,7 @@ enum Step {
 }
 
 /// One profile's cache entry.
-pub struct Slot {
+pub(crate) struct Slot {
     profile: Arc<Profile>,
     source: TokenSource,
     current: ArcSwapOption<CachedToken>,
@@ -476,7 +472,7 @@ impl SlotState {
 
 /// What a call's cache lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheResult {
+pub(crate) enum CacheResult {
     /// A valid token, before its refresh time.
     Hit,
     /// A valid token past its refresh time: the background refresh failed or is late.
@@ -490,7 +486,7 @@ pub enum CacheResult {
 
 impl CacheResult {
     /// The span attribute value: the metrics' label, so that traces and metrics agree.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         CacheLookup::from(self).as_str()
     }
 }
@@ -519,7 +515,7 @@ impl From<CacheResult> for audit::Source {
 
 /// A profile's cache state, for `ListProfiles`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheState {
+pub(crate) enum CacheState {
     /// No token has been requested.
     Empty,
     /// A valid token, and the last request succeeded.
@@ -532,7 +528,7 @@ pub enum CacheState {
 
 /// A snapshot of a slot, for `ListProfiles`.
 #[derive(Debug, Clone)]
-pub struct SlotStatus {
+pub(crate) struct SlotStatus {
     /// The state.
     pub state: CacheState,
     /// When the cached token expires, if there is a valid one.
@@ -569,7 +565,7 @@ impl Slot {
 
     /// Whether this slot no longer serves its profile: a reload replaced or removed it, or
     /// the server is stopping.
-    pub fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed) || self.stop.is_cancelled()
     }
 
@@ -585,24 +581,24 @@ impl Slot {
     }
 
     /// The profile.
-    pub fn profile(&self) -> &Arc<Profile> {
+    pub(crate) fn profile(&self) -> &Arc<Profile> {
         &self.profile
     }
 
     /// Whether the slot has ever held a token (it may have expired since).
-    pub fn has_had_token(&self) -> bool {
+    pub(crate) fn has_had_token(&self) -> bool {
         self.current.load().is_some()
     }
 
     /// This profile's counters.
-    pub fn counters(&self) -> &Arc<ProfileMetrics> {
+    pub(crate) fn counters(&self) -> &Arc<ProfileMetrics> {
         &self.counters
     }
 
     /// The hot path: the cached token if it meets the need, with its fingerprint, and
     /// whether it is past its refresh time. Counts the lookup if it found one; a miss is
     /// counted by [`Slot::token`], which the caller goes on to.
-    pub fn cached(&self, need: &Need) -> Option<(EncodedToken, Fingerprint, CacheResult)> {
+    pub(crate) fn cached(&self, need: &Need) -> Option<(EncodedToken, Fingerprint, CacheResult)> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let now = Instant::now();
         let current = self.current.load();
@@ -616,7 +612,7 @@ impl Slot {
 
     /// A token that meets the need: the cached one, or a fresh one from the provider; and
     /// how the cache answered.
-    pub async fn token(
+    pub(crate) async fn token(
         self: &Arc<Self>,
         need: Need,
     ) -> Result<(Arc<CachedToken>, CacheResult), ServeError> {
@@ -647,7 +643,7 @@ impl Slot {
     }
 
     /// Updates of the current token, for `WatchToken`.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<CachedToken>>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Arc<CachedToken>>> {
         // Under the lock that publication takes, so that no token is published between
         // reading the current one and being able to send the next.
         let _state = lock(&self.state);
@@ -663,7 +659,7 @@ impl Slot {
     }
 
     /// How the slot stands.
-    pub fn status(&self) -> SlotStatus {
+    pub(crate) fn status(&self) -> SlotStatus {
         let state = lock(&self.state);
         let valid = self
             .current

@@ -29,7 +29,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use file::{FileError, FileStore};
+pub(crate) use file::{FileError, FileStore};
 
 use crate::secret::{Secret, SecretError, SecretSource};
 
@@ -65,7 +65,7 @@ pub enum ChainError {
 }
 
 /// A store holding one profile's chain record.
-pub trait ChainStore: Send + Sync {
+pub(crate) trait ChainStore: Send + Sync {
     /// What the store fails with.
     type Error: Into<ChainError>;
 
@@ -83,18 +83,18 @@ pub trait ChainStore: Send + Sync {
 
 /// How many times a chain has been written. A write names the version it follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Version(pub u64);
+pub(crate) struct Version(pub u64);
 
 impl Version {
     /// The version a write from this one stores.
-    pub fn next(self) -> Self {
+    pub(crate) fn next(self) -> Self {
         Self(self.0 + 1)
     }
 }
 
 /// What a compare-and-set write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cas {
+pub(crate) enum Cas {
     /// The record is stored.
     Written,
     /// The store was no longer at the version written from; nothing changed.
@@ -104,7 +104,7 @@ pub enum Cas {
 /// One link of a chain as stored. Both stores keep this JSON: `state_dir` as a file,
 /// the shared store sealed. It has no `Debug`: it holds a refresh token.
 #[derive(Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     refresh_token: String,
     /// A fingerprint of the configured seed this chain grew from; none for a chain started
     /// by `tokenvend authorize`.
@@ -159,7 +159,7 @@ impl Record {
 
 /// A refresh token and the scope the provider granted with it, as read from a chain.
 #[derive(Debug)]
-pub struct Link {
+pub(crate) struct Link {
     /// The refresh token.
     pub token: Secret,
     /// The granted scope, when the provider said; refreshes ask for exactly this, since
@@ -186,20 +186,20 @@ impl fmt::Debug for Position {
 /// The newest refresh token of one profile, in a store, with the configured seed to start
 /// from (or to take over with).
 #[derive(Debug)]
-pub struct RefreshChain<S> {
+pub(crate) struct RefreshChain<S> {
     store: S,
     seed: Option<SecretSource>,
 }
 
 impl<S: ChainStore> RefreshChain<S> {
     /// The chain kept in `store`, seeded by `seed`.
-    pub fn new(store: S, seed: Option<SecretSource>) -> Self {
+    pub(crate) fn new(store: S, seed: Option<SecretSource>) -> Self {
         Self { store, seed }
     }
 
     /// The refresh token to send next: the stored one, or the seed if nothing that grew
     /// from it is stored.
-    pub async fn current(&self) -> Result<Link, ChainError> {
+    pub(crate) async fn current(&self) -> Result<Link, ChainError> {
         let seed = self
             .seed
             .as_ref()
@@ -235,7 +235,7 @@ impl<S: ChainStore> RefreshChain<S> {
 
     /// Stores the refresh token the provider rotated `from` into, with the scope granted
     /// with it; [`ChainError::Conflict`] if the chain moved on since `from` was read.
-    pub async fn rotate(
+    pub(crate) async fn rotate(
         &self,
         from: &Link,
         token: &Secret,
@@ -246,14 +246,18 @@ impl<S: ChainStore> RefreshChain<S> {
     }
 
     /// Remembers that the provider refused `link`, so that it is never sent again.
-    pub async fn refuse(&self, link: &Link) -> Result<(), ChainError> {
+    pub(crate) async fn refuse(&self, link: &Link) -> Result<(), ChainError> {
         let record = Record::new(&link.token, link.at.seed.clone(), true, None);
         self.write(Some(link.at.version), &record).await
     }
 
     /// Stores a refresh token given by a person (`tokenvend authorize`): it starts a new
     /// chain, whatever is stored and whatever the configured seed.
-    pub async fn start(&self, token: &Secret, scope: Option<&str>) -> Result<(), ChainError> {
+    pub(crate) async fn start(
+        &self,
+        token: &Secret,
+        scope: Option<&str>,
+    ) -> Result<(), ChainError> {
         self.write(None, &Record::new(token, None, false, scope))
             .await
     }

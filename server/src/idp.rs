@@ -1,7 +1,7 @@
 //! The identity provider client: one OAuth 2.0 token request (RFC 6749 §4.4), sent the way
 //! the profile says, and its answer read the way real providers write it.
 
-pub mod discovery;
+pub(crate) mod discovery;
 mod response;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +19,7 @@ use crate::{
     secret::Secret,
 };
 
-pub use response::IssuedToken;
+pub(crate) use response::IssuedToken;
 
 /// The most of a token response that is read; real ones are a few KiB.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -30,7 +30,7 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// reload that changes `server.idp_connect_timeout` reaches every profile at its next
 /// request, without rebuilding the profiles that hold a clone.
 #[derive(Clone, Debug)]
-pub struct IdpClient {
+pub(crate) struct IdpClient {
     http: std::sync::Arc<arc_swap::ArcSwap<reqwest::Client>>,
     metrics: Option<Metrics>,
 }
@@ -178,7 +178,7 @@ fn is_transient_status(status: u16) -> bool {
 
 impl IdpClient {
     /// A client with the given connect timeout.
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
             http: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(http_client(
                 connect_timeout,
@@ -199,7 +199,7 @@ impl IdpClient {
     }
 
     /// The same client, recording each token request in `metrics`.
-    pub fn with_metrics(self, metrics: Metrics) -> Self {
+    pub(crate) fn with_metrics(self, metrics: Metrics) -> Self {
         Self {
             metrics: Some(metrics),
             ..self
@@ -207,7 +207,7 @@ impl IdpClient {
     }
 
     /// Requests a token from `token_url` with the profile's client authentication.
-    pub async fn request_token(
+    pub(crate) async fn request_token(
         &self,
         profile: &Profile,
         token_url: &Url,
@@ -344,7 +344,7 @@ impl IdpClient {
 }
 
 /// What the token request asks for.
-pub enum Grant<'a> {
+pub(crate) enum Grant<'a> {
     /// RFC 6749 §4.4.
     ClientCredentials,
     /// RFC 6749 §6, with the current refresh token.

@@ -23,7 +23,7 @@ const MAX_CALLERS: usize = 100_000;
 /// and the cache's bookkeeping of each read cost more than the rest of the check. A
 /// bucket that is full again is forgotten without loss, so the map is swept of full
 /// buckets whenever it has doubled since the last sweep.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: RwLock<Buckets>,
     /// Shared by the callers that found the map full.
     overflow: Bucket,
@@ -54,7 +54,7 @@ const SECOND: u64 = 1_000_000_000;
 
 impl RateLimiter {
     /// A limiter for these limits.
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         let interval = (1e9 / limits.rate).max(1.0) as u64;
         Self {
             buckets: RwLock::new(Buckets {
@@ -69,7 +69,7 @@ impl RateLimiter {
     }
 
     /// Takes one call from the caller's bucket, or says how long until one is there.
-    pub fn check(&self, caller: &Caller) -> Result<(), Duration> {
+    pub(crate) fn check(&self, caller: &Caller) -> Result<(), Duration> {
         let now = self.epoch.elapsed().as_nanos() as u64;
         {
             let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());

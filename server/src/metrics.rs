@@ -33,7 +33,7 @@ const SCOPE: &str = "tokenvend";
 /// The label value for requests naming no configured profile: profile names come from
 /// callers, and must not become labels (a caller could create any number of series).
 /// Parentheses cannot appear in a profile name.
-pub const UNKNOWN_PROFILE: &str = "(unknown)";
+pub(crate) const UNKNOWN_PROFILE: &str = "(unknown)";
 
 /// Bucket boundaries for durations, in seconds: those the OpenTelemetry HTTP semantic
 /// conventions advise for `http.client.request.duration`.
@@ -43,7 +43,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 
 /// A server's metrics; cheap to clone.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     inner: Arc<Inner>,
 }
 
@@ -93,7 +93,7 @@ impl Profiles {
 /// Metrics' own type rather than the cache's, so that the cache imports metrics and not
 /// the other way round; the cache says which of these each of its results counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheLookup {
+pub(crate) enum CacheLookup {
     /// A token before its refresh time.
     Hit,
     /// A token past its refresh time.
@@ -108,7 +108,7 @@ impl CacheLookup {
     const ALL: [Self; 4] = [Self::Hit, Self::Stale, Self::Miss, Self::Coalesced];
 
     /// The attribute value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Stale => "stale",
@@ -120,7 +120,7 @@ impl CacheLookup {
 
 /// The RPCs counted per profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rpc {
+pub(crate) enum Rpc {
     /// `GetToken`.
     GetToken,
     /// `WatchToken`.
@@ -131,7 +131,7 @@ impl Rpc {
     const ALL: [Self; 2] = [Self::GetToken, Self::WatchToken];
 
     /// The method name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::GetToken => "GetToken",
             Self::WatchToken => "WatchToken",
@@ -141,7 +141,7 @@ impl Rpc {
 
 /// What started a token request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// A call found no usable token.
     Caller,
     /// The refresher: refresh ahead, a retry after a failure, warm-up.
@@ -150,7 +150,7 @@ pub enum Trigger {
 
 impl Trigger {
     /// The attribute value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Caller => "caller",
             Self::Background => "background",
@@ -159,7 +159,7 @@ impl Trigger {
 }
 
 /// One profile's counters, updated with one atomic add per call.
-pub struct ProfileMetrics {
+pub(crate) struct ProfileMetrics {
     name: Arc<str>,
     cache: [AtomicU64; 4],
     /// Calls answered with a token, by RPC.
@@ -184,23 +184,23 @@ impl ProfileMetrics {
     }
 
     /// Counts a cache lookup.
-    pub fn cache(&self, lookup: CacheLookup) {
+    pub(crate) fn cache(&self, lookup: CacheLookup) {
         self.cache[lookup as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call answered with a token.
-    pub fn served(&self, rpc: Rpc) {
+    pub(crate) fn served(&self, rpc: Rpc) {
         self.served[rpc as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call refused with this outcome and code.
-    pub fn refused(&self, rpc: Rpc, outcome: &'static str, code: Code) {
+    pub(crate) fn refused(&self, rpc: Rpc, outcome: &'static str, code: Code) {
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         *refused.entry((rpc, outcome, code)).or_default() += 1;
     }
 
     /// Records the expiry of the token now cached; `None` when the cache was emptied.
-    pub fn token_expires_at(&self, expires_at: Option<SystemTime>) {
+    pub(crate) fn token_expires_at(&self, expires_at: Option<SystemTime>) {
         let ms = expires_at.map_or(i64::MIN, |t| match t.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(_) => 0,
@@ -222,7 +222,7 @@ impl ProfileMetrics {
 
 /// Where metrics go besides `/metrics`.
 #[derive(Debug, Clone, Default)]
-pub struct Export {
+pub(crate) struct Export {
     /// Export by OTLP/gRPC; the exporter reads the endpoint, headers and timeout from the
     /// standard `OTEL_EXPORTER_OTLP_*` variables, and the interval from
     /// `OTEL_METRIC_EXPORT_INTERVAL`.
@@ -232,7 +232,7 @@ pub struct Export {
 impl Export {
     /// From the environment: OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` or
     /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set, unless `OTEL_METRICS_EXPORTER=none`.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
         let disabled = std::env::var("OTEL_METRICS_EXPORTER").is_ok_and(|v| v == "none");
         Self {
@@ -257,7 +257,7 @@ pub enum MetricsError {
 impl Metrics {
     /// A new set of instruments, on a meter provider of its own. Must be called within a
     /// Tokio runtime when `export.otlp` is set (the gRPC channel is spawned on it).
-    pub fn new(export: &Export) -> Result<Self, MetricsError> {
+    pub(crate) fn new(export: &Export) -> Result<Self, MetricsError> {
         let registry = prometheus::Registry::new();
         let prometheus = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -330,17 +330,17 @@ impl Metrics {
     }
 
     /// The counters of a profile; the same ones for the same name, across reloads.
-    pub fn profile(&self, name: &Arc<str>) -> Arc<ProfileMetrics> {
+    pub(crate) fn profile(&self, name: &Arc<str>) -> Arc<ProfileMetrics> {
         self.inner.profiles.get(name)
     }
 
     /// The counters for calls that name no configured profile.
-    pub fn unknown_profile(&self) -> Arc<ProfileMetrics> {
+    pub(crate) fn unknown_profile(&self) -> Arc<ProfileMetrics> {
         self.inner.profiles.get(&Arc::from(UNKNOWN_PROFILE))
     }
 
     /// Records one token request to a provider.
-    pub fn idp_request(&self, request: &IdpRequest<'_>) {
+    pub(crate) fn idp_request(&self, request: &IdpRequest<'_>) {
         let outcome = request.error.unwrap_or("ok");
         self.inner.idp_requests.add(
             1,
@@ -369,7 +369,7 @@ impl Metrics {
     }
 
     /// Records how long a call waited for a provider request it started or joined.
-    pub fn waited(&self, profile: &Arc<str>, lookup: CacheLookup, waited: Duration) {
+    pub(crate) fn waited(&self, profile: &Arc<str>, lookup: CacheLookup, waited: Duration) {
         self.inner.waits.record(
             waited.as_secs_f64(),
             &[
@@ -380,7 +380,12 @@ impl Metrics {
     }
 
     /// Records the end of an attempt to obtain a token; `failure` is the reason it failed.
-    pub fn refreshed(&self, profile: &Arc<str>, trigger: Trigger, failure: Option<&'static str>) {
+    pub(crate) fn refreshed(
+        &self,
+        profile: &Arc<str>,
+        trigger: Trigger,
+        failure: Option<&'static str>,
+    ) {
         let attributes = [
             KeyValue::new("profile", profile.clone()),
             KeyValue::new("trigger", trigger.as_str()),
@@ -395,7 +400,7 @@ impl Metrics {
     }
 
     /// Records a new configuration version, applied or refused.
-    pub fn reload(&self, applied: bool) {
+    pub(crate) fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
         self.inner
             .reloads
@@ -404,13 +409,13 @@ impl Metrics {
 
     /// Stops the OTLP export, after a last one. The periodic reader exports from a thread
     /// of its own, so the wait happens off the runtime's threads.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let provider = self.inner.provider.clone();
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
 
     /// The metrics in the Prometheus text format.
-    pub fn prometheus_text(&self) -> String {
+    pub(crate) fn prometheus_text(&self) -> String {
         use prometheus::Encoder as _;
         let families = self.inner.registry.gather();
         let mut text = Vec::new();
@@ -422,7 +427,7 @@ impl Metrics {
 }
 
 /// One token request, as [`Metrics::idp_request`] records it.
-pub struct IdpRequest<'a> {
+pub(crate) struct IdpRequest<'a> {
     /// The profile.
     pub profile: &'a Arc<str>,
     /// The token endpoint's host.
@@ -518,7 +523,7 @@ fn request_attributes(
 }
 
 /// The status code as gRPC documents name it (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -17,7 +17,7 @@ use crate::{
 
 /// Gets tokens for one profile.
 #[derive(Debug)]
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     profile: Arc<Profile>,
     idp: IdpClient,
     /// Discovery metadata, kept until a request to its token endpoint fails.
@@ -34,7 +34,7 @@ pub struct TokenSource {
 impl TokenSource {
     /// A source for a profile; `chain` (its record in `state_dir`) is required for
     /// `grant: refresh_token` unless [`Self::with_store`] gives a shared store.
-    pub fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<FileStore>) -> Self {
+    pub(crate) fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<FileStore>) -> Self {
         let seed = profile.refresh_token.clone();
         Self {
             profile,
@@ -48,7 +48,7 @@ impl TokenSource {
 
     /// Shares tokens with other replicas through this store, which then also holds the
     /// refresh-token chain (instead of `state_dir`).
-    pub fn with_store(mut self, shared: Option<ProfileStore>) -> Self {
+    pub(crate) fn with_store(mut self, shared: Option<ProfileStore>) -> Self {
         if let Some(store) = &shared
             && self.profile.grant == Grant::RefreshToken
         {
@@ -63,7 +63,7 @@ impl TokenSource {
 
     /// Obtains a token: from the store shared with other replicas if there is one and it
     /// holds a usable token, else from the provider.
-    pub async fn fetch(&self) -> Result<IssuedToken, IdpError> {
+    pub(crate) async fn fetch(&self) -> Result<IssuedToken, IdpError> {
         let result = match &self.shared {
             None => self.request().await,
             Some(shared) => {
@@ -188,7 +188,7 @@ impl TokenSource {
     }
 
     /// The token endpoint: configured, or from the issuer's metadata.
-    pub async fn token_url(&self) -> Result<Url, IdpError> {
+    pub(crate) async fn token_url(&self) -> Result<Url, IdpError> {
         match &self.profile.endpoint {
             Endpoint::TokenUrl(url) => Ok(url.clone()),
             Endpoint::Issuer(issuer) => Ok(self.metadata(issuer).await?.token_endpoint.clone()),
@@ -196,7 +196,7 @@ impl TokenSource {
     }
 
     /// The issuer's metadata, fetched once and kept.
-    pub async fn metadata(&self, issuer: &Url) -> Result<Arc<Metadata>, IdpError> {
+    pub(crate) async fn metadata(&self, issuer: &Url) -> Result<Arc<Metadata>, IdpError> {
         if let Some(metadata) = self.metadata.load_full() {
             return Ok(metadata);
         }

@@ -33,14 +33,14 @@ pub enum StateError {
 
 /// An open, locked state directory. The lock is released when it is dropped.
 #[derive(Debug)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
     _lock: File,
 }
 
 impl StateDir {
     /// Creates (mode 0700) and locks the directory.
-    pub fn open(dir: &Path) -> Result<Self, StateError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
         let io_error = |source| StateError::Io {
             path: dir.to_owned(),
             source,
@@ -66,7 +66,7 @@ impl StateDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 }

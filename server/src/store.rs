@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-pub use crypto::KeyError;
+pub(crate) use crypto::KeyError;
 use crypto::Keyring;
 pub(crate) use flight::WhenDown;
 
@@ -91,7 +91,7 @@ impl From<redis::RedisError> for StoreError {
 
 /// A connection to the shared store. Cheap to clone.
 #[derive(Clone)]
-pub struct SharedStore {
+pub(crate) struct SharedStore {
     inner: Arc<Inner>,
 }
 
@@ -114,7 +114,7 @@ impl std::fmt::Debug for SharedStore {
 
 impl SharedStore {
     /// A store for this configuration. Reads the password and keys now; connects later.
-    pub fn new(config: &RedisConfig) -> Result<Self, SetupError> {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, SetupError> {
         let mut info = config
             .url
             .as_str()
@@ -138,7 +138,7 @@ impl SharedStore {
     }
 
     /// The handle of one profile.
-    pub fn profile(&self, name: &str) -> ProfileStore {
+    pub(crate) fn profile(&self, name: &str) -> ProfileStore {
         let base = format!("{}:{name}", self.inner.prefix);
         ProfileStore {
             store: self.clone(),
@@ -184,16 +184,11 @@ impl SharedStore {
         }
         result
     }
-
-    /// Whether the last use of Redis failed.
-    pub fn is_down(&self) -> bool {
-        self.inner.down.load(Ordering::Relaxed)
-    }
 }
 
 /// One profile's keys in the shared store.
 #[derive(Debug, Clone)]
-pub struct ProfileStore {
+pub(crate) struct ProfileStore {
     store: SharedStore,
     token_key: String,
     lock_key: String,

@@ -38,7 +38,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS file that cannot be used; `key` is the configuration key it is about.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct TlsError {
+pub(crate) struct TlsError {
     /// The configuration key, such as `server.tls.cert`.
     pub key: String,
     /// What is wrong.
@@ -56,7 +56,7 @@ fn tls_error(key: &str, message: impl Into<String>) -> TlsError {
 /// are verified against it when presented; whether one is required is decided per call
 /// (see [`crate::auth`]), so that a caller without one gets UNAUTHENTICATED with a reason
 /// rather than a failed handshake.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&tls.cert).map_err(|m| tls_error("cert", m))?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
@@ -214,7 +214,7 @@ impl ConnectionLimit {
 }
 
 /// One accepted connection, plain or TLS, holding its place in the connection limit.
-pub struct Conn {
+pub(crate) struct Conn {
     io: Io,
     peer: Peer,
     _slot: OwnedSemaphorePermit,
@@ -392,7 +392,7 @@ pub(crate) fn incoming(
 
 /// The identity in a verified client certificate: its URI SAN (a SPIFFE ID) if it has
 /// one, else its first DNS SAN. The subject's CN is not used: it is not a SAN.
-pub fn certificate_identity(der: &[u8]) -> Option<Arc<str>> {
+pub(crate) fn certificate_identity(der: &[u8]) -> Option<Arc<str>> {
     let cert = Certificate::from_der(der).ok()?;
     let extensions = cert.tbs_certificate.extensions.as_ref()?;
     let san = extensions

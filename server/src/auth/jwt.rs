@@ -152,7 +152,7 @@ pub enum KeysError {
 }
 
 /// Verifies ServiceAccount tokens and remembers the ones that verified.
-pub struct Verifier {
+pub(crate) struct Verifier {
     issuer: String,
     audience: String,
     leeway: Duration,
@@ -181,7 +181,7 @@ impl moka::Expiry<Arc<str>, Verified> for UntilExpiry {
 
 impl Verifier {
     /// A verifier for this configuration. Keys are fetched at the first token.
-    pub fn new(config: &ServiceAccountConfig) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(config: &ServiceAccountConfig) -> Result<Self, reqwest::Error> {
         Ok(Self {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -195,7 +195,7 @@ impl Verifier {
     }
 
     /// The caller's identity, `system:serviceaccount:<namespace>:<name>`.
-    pub async fn verify(&self, token: &str) -> Result<Arc<str>, AuthError> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Arc<str>, AuthError> {
         // The hot path: a token seen before, still within its `exp`.
         if let Some(hit) = self.verified.get(token)
             && Instant::now() < hit.until
@@ -342,7 +342,7 @@ impl Key {
 }
 
 /// A parsed JWKS.
-pub struct KeySet {
+pub(crate) struct KeySet {
     keys: HashMap<String, Arc<Key>>,
     fetched: Option<Instant>,
 }
@@ -371,7 +371,7 @@ impl KeySet {
     }
 
     /// Reads and checks a JWKS file.
-    pub fn read_file(path: &Path) -> Result<Self, KeysError> {
+    pub(crate) fn read_file(path: &Path) -> Result<Self, KeysError> {
         let bytes = std::fs::read(path).map_err(|e| KeysError::Read {
             path: path.to_owned(),
             kind: e.kind(),

@@ -45,7 +45,7 @@ pub enum FileError {
 
 /// One profile's chain record in `state_dir`.
 #[derive(Debug, Clone)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     path: PathBuf,
     lock: PathBuf,
 }
@@ -63,7 +63,7 @@ struct OnDisk<R> {
 impl FileStore {
     /// The chain of `profile` in `dir`, which need not be locked: `tokenvend authorize`
     /// writes the first link while a server may run.
-    pub fn new(dir: &Path, profile: &str) -> Self {
+    pub(crate) fn new(dir: &Path, profile: &str) -> Self {
         Self {
             path: dir.join(format!("{profile}.refresh.json")),
             lock: dir.join(format!("{profile}.refresh.lock")),

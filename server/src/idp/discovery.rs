@@ -12,7 +12,7 @@ use crate::config::parse_endpoint_url;
 
 /// What tokenvend uses of an issuer's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Metadata {
+pub(crate) struct Metadata {
     /// The issuer, as the metadata states it.
     pub issuer: String,
     /// The token endpoint.
@@ -28,7 +28,11 @@ const WELL_KNOWN: [&str; 2] = [
 
 impl IdpClient {
     /// Fetches an issuer's metadata and checks that it speaks for that issuer.
-    pub async fn discover(&self, issuer: &Url, timeout: Duration) -> Result<Metadata, IdpError> {
+    pub(crate) async fn discover(
+        &self,
+        issuer: &Url,
+        timeout: Duration,
+    ) -> Result<Metadata, IdpError> {
         let base = issuer.as_str().trim_end_matches('/');
         let mut last_error = None;
         for suffix in WELL_KNOWN {

@@ -12,7 +12,7 @@ use crate::{config::Profile, secret::Secret};
 
 /// A token as the provider issued it.
 #[derive(Debug)]
-pub struct IssuedToken {
+pub(crate) struct IssuedToken {
     /// The access token.
     pub access_token: Secret,
     /// `Bearer`, or the provider's type if it is another.

@@ -5,10 +5,7 @@
 //! [`Live::apply`] swaps a new build into a running server, section by section, and
 //! [`keep_restart_only`] is the one list of settings that only a restart changes.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -287,8 +284,6 @@ pub(crate) struct Live {
     pub(crate) metrics: Metrics,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
-    /// Reloads run one at a time (SIGHUP and polling may race).
-    pub(crate) applying: Mutex<()>,
 }
 
 impl Live {
@@ -310,9 +305,9 @@ impl Live {
     }
 
     /// Builds `config` as this server would run it and swaps it in; on an error nothing
-    /// changes and the errors are returned.
+    /// changes and the errors are returned. Called by the one reload task only, so two
+    /// reloads never interleave.
     pub(crate) fn reload(&self, mut config: Config) -> Result<(), ConfigErrors> {
-        let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let running = self.settings.load_full();
         let restart = keep_restart_only(&mut config.server, &running);
         let app = App::build(config, self.grpc)?;

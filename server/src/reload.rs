@@ -191,16 +191,14 @@ pub(crate) async fn run(mut watcher: Watcher, live: Arc<Live>, stop: Cancellatio
                 None => return,
             },
         };
-        // Building reads secrets and key files: off the runtime's worker threads.
-        let applying = live.clone();
-        let result = tokio::task::spawn_blocking(move || applying.reload(config)).await;
-        match result {
-            Ok(Ok(())) => {
+        // Built here, on the task's thread: the files it reads are few and small, and
+        // its log lines then reach the subscriber of the task that runs the server.
+        match live.reload(config) {
+            Ok(()) => {
                 live.metrics.reload(true);
                 watcher.set_interval(live.settings.load().reload_interval);
             }
-            Ok(Err(errors)) => refused(&live.metrics, &errors),
-            Err(error) => tracing::error!(%error, "reload failed"),
+            Err(errors) => refused(&live.metrics, &errors),
         }
     }
 }

@@ -2,10 +2,7 @@
 //! on listeners the caller has bound, reloading the configuration file as it changes, until
 //! the shutdown future completes; then a delay while still serving, and a drain.
 
-use std::{
-    future::Future,
-    sync::{Arc, Mutex},
-};
+use std::{future::Future, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
@@ -165,7 +162,6 @@ async fn run(
         metrics: metrics.clone(),
         tasks: tasks.clone(),
         stop: root.clone(),
-        applying: Mutex::new(()),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

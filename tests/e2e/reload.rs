@@ -277,3 +277,115 @@ async fn a_reload_of_server_auth_takes_effect() {
     assert_eq!(reloads(&server, "refused").await, 0.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_of_timeouts_takes_effect() {
+    let idp = TestIdp::start(Behaviour::slow(3600, Duration::from_secs(3))).await;
+    let first = profile("first", &idp, "");
+    let mut file = ConfigFile::new(&format!("{}{first}", server_section("")));
+    let server = Server::start_file(&file).await;
+
+    // With the new request timeout comes a new profile, so that the first call to it is
+    // a miss that waits on the slow provider.
+    file.update(&format!(
+        "{}{first}{}",
+        server_section("  limits: { request_timeout: 200ms }\n"),
+        profile("late", &idp, "")
+    ));
+    eventually(Duration::from_secs(10), "the reload", || async {
+        profile_names(&server)
+            .await
+            .contains(&"late".to_owned())
+            .then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = server.get("late").await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the server's new timeout, not the provider's delay, ended the call: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_of_tls_files_takes_effect() {
+    use crate::support::security::Pki;
+
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let (old, new) = (Pki::new(), Pki::new());
+    let demo = profile("demo", &idp, "    allow: [\"spiffe://test/*\"]\n");
+    let mut file = ConfigFile::new(&format!("{}{demo}", server_section(&old.tls_yaml())));
+    let server = Server::start_secured_file(&file).await;
+    let old_id = old.client("spiffe://test/old");
+    let mut client = old.client_to(server.addr, Some(&old_id)).await.unwrap();
+    client
+        .get_token(tokenvend::pb::GetTokenRequest {
+            profile: "demo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the old CA's client is served");
+
+    // Other files: another server certificate, and another CA for client certificates.
+    file.update(&format!("{}{demo}", server_section(&new.tls_yaml())));
+    let new_id = new.client("spiffe://test/new");
+    eventually(Duration::from_secs(10), "the new TLS files", || async {
+        let mut client = new.client_to(server.addr, Some(&new_id)).await.ok()?;
+        client
+            .get_token(tokenvend::pb::GetTokenRequest {
+                profile: "demo".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        old.client_to(server.addr, Some(&old_id)).await.is_err(),
+        "a client that trusts only the old CA no longer connects"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_only_change_is_named_and_the_rest_applied() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let demo = profile("demo", &idp, "");
+    let mut file = ConfigFile::new(&format!("{}{demo}", server_section("")));
+    let server = Server::start_file(&file).await;
+
+    file.update(&format!(
+        "{}{demo}{}",
+        server_section("  listen: 127.0.0.1:1\n  limits: { max_concurrent_streams: 7 }\n"),
+        profile("added", &idp, "")
+    ));
+    eventually(Duration::from_secs(10), "the added profile", || async {
+        profile_names(&server)
+            .await
+            .contains(&"added".to_owned())
+            .then_some(())
+    })
+    .await;
+    let log = logs.text();
+    for key in ["server.listen", "server.limits.max_concurrent_streams"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains(key) && l.contains("after a restart")),
+            "{key} named in a warning: {log}"
+        );
+    }
+    // Still on the address it was started on.
+    server.get("added").await.unwrap();
+    server.stop().await;
+}

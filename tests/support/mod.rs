@@ -74,6 +74,16 @@ impl Server {
     /// Starts a server whose port may need TLS: the default client connects lazily.
     pub async fn start_secured(yaml: &str) -> Self {
         let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::start_secured_with(config).await
+    }
+
+    /// Starts a server whose port may need TLS from a file, which it watches for changes.
+    pub async fn start_secured_file(file: &ConfigFile) -> Self {
+        let config = Config::load(&file.path()).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::start_secured_with(config).await
+    }
+
+    async fn start_secured_with(config: Config) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();

@@ -607,5 +607,30 @@ fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     Some(delay.min(Duration::from_secs(3600)))
 }
 
+/// Reads arbitrary bytes as a token endpoint's answer (the `fuzz/` target
+/// `token_response`): the first two bytes are the HTTP status, the rest the body. The
+/// result is checked for what must hold whatever the provider sends: no error text
+/// carries the secret the request was made with.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_response(profile: &Profile, secret: &str, data: &[u8]) {
+    let (status, body) = match data {
+        [a, b, body @ ..] => (u16::from_be_bytes([*a, *b]) % 600, body),
+        _ => (200, data),
+    };
+    let answer = response::Answer {
+        status,
+        content_type: Some("application/json".into()),
+        retry_after: None,
+        body,
+        sent_at: SystemTime::now(),
+    };
+    if let Err(error) = response::parse(answer, profile, &[secret]) {
+        assert!(
+            !error.to_string().contains(secret),
+            "the secret reached an error"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests;

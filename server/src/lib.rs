@@ -20,6 +20,9 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod idp;
 mod limit;
 pub mod logging;

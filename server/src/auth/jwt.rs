@@ -557,5 +557,17 @@ impl KeyStore {
     }
 }
 
+/// Verifies arbitrary text as a caller's bearer token (the `fuzz/` target
+/// `caller_token`) against a verifier whose key set is a file: nothing the caller sends
+/// may panic it, and nothing but a token signed by that key may verify.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_verify(verifier: &Verifier, token: &str) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map(|runtime| runtime.block_on(verifier.verify(token)).is_ok())
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests;

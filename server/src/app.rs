@@ -18,8 +18,9 @@ use crate::{
         ClientAuth, Config, ConfigError, ConfigErrors, JwksSource, Profile, ServerConfig,
         decode_key,
     },
+    conn::Rules,
     idp::IdpClient,
-    limit::RateLimiter,
+    limit::{Holdings, RateLimiter},
     metrics::Metrics,
     service::{LiveService, TokenService},
     tls::{self, ConnectionLimit},
@@ -225,6 +226,16 @@ fn check_listener(
     )))
 }
 
+/// When a connection on the gRPC port is closed for holding its slot for nothing.
+pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
+    Rules {
+        idle_timeout: server.limits.idle_timeout,
+        unauthenticated_timeout: server
+            .authenticates_callers()
+            .then_some(server.limits.unauthenticated_timeout),
+    }
+}
+
 /// The settings a running server cannot change: copied from `running` into `new`, so that
 /// a reload builds what will actually run. Returns the keys that differed, to be named in
 /// a warning. Everything else in the configuration takes effect on reload.
@@ -278,6 +289,8 @@ pub(crate) struct Live {
     pub(crate) idp: IdpClient,
     pub(crate) auth: ArcSwap<Authenticator>,
     pub(crate) limiter: ArcSwap<RateLimiter>,
+    /// What callers hold open; shared by every service a reload builds.
+    pub(crate) holdings: Holdings,
     pub(crate) grpc: SocketAddr,
     /// Ends `WatchToken` streams at shutdown; every service built shares it.
     pub(crate) streams: CancellationToken,
@@ -299,7 +312,8 @@ impl Live {
             self.streams.clone(),
             auth,
             limiter,
-            server.limits.request_timeout,
+            self.holdings.clone(),
+            &server.limits,
             self.metrics.clone(),
         )
     }
@@ -345,6 +359,13 @@ impl Live {
                 &self.tasks,
                 self.stop.clone(),
             );
+        }
+        let rules = connection_rules(server);
+        if server.limits.max_connections_per_peer != running.limits.max_connections_per_peer
+            || rules != connection_rules(running)
+        {
+            self.connections
+                .set(server.limits.max_connections_per_peer, rules);
         }
         let client_ca = |s: &ServerConfig| s.tls.as_ref().and_then(|t| t.client_ca.clone());
         if server.auth != running.auth || client_ca(server) != client_ca(running) {

@@ -5,23 +5,14 @@ pub(crate) mod jwt;
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
 use tonic::metadata::MetadataMap;
 
 use crate::config::{Profile, ServerConfig};
-
-/// What the transport knows about a connection. tonic puts a copy in every request's
-/// extensions, so the certificate is read once per connection, not once per call.
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    /// The caller's address.
-    pub remote: Option<SocketAddr>,
-    /// The identity in the client certificate (URI SAN, else DNS SAN), if one was verified.
-    pub identity: Option<Arc<str>>,
-}
+pub(crate) use crate::conn::Peer;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -137,12 +137,23 @@ pub struct Limits {
     pub burst: u32,
     /// Open connections on the gRPC port; more wait to be accepted.
     pub max_connections: usize,
+    /// Open connections from one remote address; more are closed as they arrive.
+    pub max_connections_per_peer: usize,
+    /// How long a connection with no call open is kept.
+    pub idle_timeout: Duration,
+    /// On a port that requires caller authentication, how long a connection is kept
+    /// before a call on it has authenticated.
+    pub unauthenticated_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// The largest request message.
     pub max_request_bytes: usize,
     /// The longest a unary call (or the first message of a watch) may take.
     pub request_timeout: Duration,
+    /// `WatchToken` streams open at once per caller identity.
+    pub max_watches_per_caller: usize,
+    /// Calls per caller identity waiting on an identity provider at once.
+    pub max_pending_per_caller: usize,
 }
 
 impl Default for Limits {
@@ -151,9 +162,14 @@ impl Default for Limits {
             rate: 100.0,
             burst: 1000,
             max_connections: 1024,
+            max_connections_per_peer: 64,
+            idle_timeout: Duration::from_secs(60),
+            unauthenticated_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
             max_request_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_watches_per_caller: 64,
+            max_pending_per_caller: 1024,
         }
     }
 }

@@ -65,6 +65,18 @@ pub enum ServeError {
         /// When the caller's bucket has a call again.
         retry_in: Duration,
     },
+    /// The caller holds as many of something (watch streams, waiting calls) as it may.
+    #[error("this caller has {max} {what} open, the most `server.limits.{key}` allows; {advice}")]
+    TooMany {
+        /// What it holds.
+        what: &'static str,
+        /// The cap.
+        max: usize,
+        /// The configuration key of the cap.
+        key: &'static str,
+        /// What the caller can do.
+        advice: &'static str,
+    },
     /// The profile reached its ceiling of provider requests per minute.
     #[error(
         "profile `{profile}` reached its limit of {limit} identity provider requests per minute; retry in {}s",
@@ -91,6 +103,7 @@ impl ServeError {
             Self::NotFound(_) => "not_found",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooMany { .. } => "too_many_open",
             Self::IdpCeiling { .. } => "idp_ceiling",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Fetch { .. } | Self::Backoff { .. } | Self::TooShort { .. } => "idp_error",
@@ -117,9 +130,9 @@ impl From<ServeError> for Status {
             ServeError::Internal => Code::Internal,
             ServeError::Unauthenticated(AuthError::KeysUnavailable(_)) => Code::Unavailable,
             ServeError::Unauthenticated(_) => Code::Unauthenticated,
-            ServeError::RateLimited { .. } | ServeError::IdpCeiling { .. } => {
-                Code::ResourceExhausted
-            }
+            ServeError::RateLimited { .. }
+            | ServeError::IdpCeiling { .. }
+            | ServeError::TooMany { .. } => Code::ResourceExhausted,
         };
         let retry_in = match &error {
             ServeError::RateLimited { retry_in } | ServeError::IdpCeiling { retry_in, .. } => {
@@ -143,5 +156,71 @@ impl From<ServeError> for Status {
                 Status::with_metadata(code, message, metadata)
             }
         }
+    }
+}
+
+/// tonic answers a request it cannot decode before the service sees it, with codes the
+/// contract keeps for other things: INTERNAL (a bug, to a client) for a malformed message
+/// or a string that is not UTF-8, OUT_OF_RANGE for one over `max_request_bytes`. Such a
+/// reply carries its status in its headers; this rewrites it to INVALID_ARGUMENT and
+/// RESOURCE_EXHAUSTED. A reply whose status comes at the end (every answered call) has
+/// none in its headers and costs one lookup.
+pub(crate) fn rewrite_decode_status(headers: &mut http::HeaderMap) {
+    let code = match headers.get(Status::GRPC_STATUS).map(|v| v.as_bytes()) {
+        Some(b"13") => Code::Internal,
+        Some(b"11") => Code::OutOfRange,
+        _ => return,
+    };
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let message = status.message();
+    let rewritten = match code {
+        Code::Internal
+            if message.starts_with("failed to decode Protobuf message")
+                || message.starts_with("Unexpected EOF decoding stream") =>
+        {
+            Status::invalid_argument(format!("the request cannot be decoded: {message}"))
+        }
+        Code::OutOfRange if message.starts_with("Error, decoded message length too large") => {
+            Status::resource_exhausted(format!(
+                "the request is larger than `server.limits.max_request_bytes` allows: {message}"
+            ))
+        }
+        _ => return,
+    };
+    if let Err(error) = rewritten.add_header(headers) {
+        tracing::debug!(%error, "cannot rewrite a decoding error's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(status: Status) -> Status {
+        let mut headers = http::HeaderMap::new();
+        status.add_header(&mut headers).unwrap();
+        rewrite_decode_status(&mut headers);
+        Status::from_header_map(&headers).unwrap()
+    }
+
+    #[test]
+    fn decoding_errors_get_the_contracts_codes_and_others_are_kept() {
+        let status = rewritten(Status::internal(
+            "failed to decode Protobuf message: GetTokenRequest.profile: invalid string value: data is not UTF-8 encoded",
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("UTF-8"), "{status:?}");
+        let status = rewritten(Status::out_of_range(
+            "Error, decoded message length too large: found 200 bytes, the limit is: 64 bytes",
+        ));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("max_request_bytes"), "{status:?}");
+        // The service's own codes pass untouched.
+        let status = rewritten(ServeError::Internal.into());
+        assert_eq!(status.code(), Code::Internal);
+        let status = rewritten(Status::out_of_range("cannot meet a min_ttl"));
+        assert_eq!(status.code(), Code::OutOfRange);
     }
 }

@@ -18,6 +18,7 @@ mod cache;
 mod chain;
 pub mod cli;
 pub mod config;
+mod conn;
 pub mod dev;
 mod error;
 #[cfg(feature = "fuzzing")]

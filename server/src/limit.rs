@@ -1,10 +1,11 @@
 //! Per-caller rate limiting: a token bucket per caller identity (GCRA form: one atomic
-//! timestamp per caller), in a map that forgets callers whose bucket is full again.
+//! timestamp per caller), in a map that forgets callers whose bucket is full again; and
+//! per-caller caps on what a caller holds open (watch streams, calls waiting on a provider).
 
 use std::{
     collections::HashMap,
     sync::{
-        RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -120,6 +121,71 @@ impl RateLimiter {
     }
 }
 
+/// What callers hold open, of each kind that has a per-caller cap. One for the life of
+/// the server: a reload's new service shares it, so that streams opened before count.
+#[derive(Clone, Default)]
+pub(crate) struct Holdings {
+    /// `WatchToken` streams.
+    pub watches: Arc<Held>,
+    /// Calls waiting on an identity provider (a cache miss).
+    pub pending: Arc<Held>,
+}
+
+/// What callers hold open of one kind (`WatchToken` streams, calls waiting on an
+/// identity provider), counted per caller so that one caller cannot take it all.
+///
+/// A mutex around a map: it is taken when a stream opens or a call starts waiting on a
+/// provider, and when either ends; never on a cache hit.
+#[derive(Default)]
+pub(crate) struct Held {
+    by_caller: Mutex<HashMap<Caller, usize, foldhash::fast::RandomState>>,
+}
+
+impl Held {
+    /// One more for `caller`, given back when the guard is dropped; `None` when the caller
+    /// holds `max` already.
+    pub(crate) fn take(self: &Arc<Self>, caller: &Caller, max: usize) -> Option<HeldGuard> {
+        let mut by_caller = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
+        let held = by_caller.entry(caller.clone()).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(HeldGuard {
+            held: self.clone(),
+            caller: caller.clone(),
+        })
+    }
+
+    /// How many are held, by every caller together.
+    pub(crate) fn total(&self) -> usize {
+        let by_caller = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
+        by_caller.values().sum()
+    }
+}
+
+/// One held by a caller; given back when dropped.
+pub(crate) struct HeldGuard {
+    held: Arc<Held>,
+    caller: Caller,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        let mut by_caller = self
+            .held
+            .by_caller
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = by_caller.get_mut(&self.caller) {
+            *held -= 1;
+            if *held == 0 {
+                by_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +211,23 @@ mod tests {
         limiter.check(&b).unwrap();
         std::thread::sleep(wait + Duration::from_millis(5));
         limiter.check(&a).unwrap();
+    }
+
+    #[test]
+    fn a_caller_holds_at_most_its_cap_and_gives_back_what_it_drops() {
+        let held = Arc::new(Held::default());
+        let a = Caller::Identified("a".into());
+        let b = Caller::Identified("b".into());
+        let first = held.take(&a, 2).unwrap();
+        let _second = held.take(&a, 2).unwrap();
+        assert!(held.take(&a, 2).is_none());
+        let _other = held.take(&b, 2).expect("another caller has its own cap");
+        drop(first);
+        let again = held.take(&a, 2).expect("a dropped one is given back");
+        assert_eq!(held.total(), 3);
+        drop((again, _second, _other));
+        assert_eq!(held.total(), 0);
+        assert!(held.by_caller.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -399,6 +399,24 @@ impl Metrics {
         }
     }
 
+    /// A gauge read when the metrics are collected, such as a count of open streams.
+    pub(crate) fn observe(
+        &self,
+        name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.inner
+            .provider
+            .meter(SCOPE)
+            .u64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(), &[]))
+            .build();
+    }
+
     /// Records a new configuration version, applied or refused.
     pub(crate) fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };

@@ -13,10 +13,12 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admin::{self, Readiness},
-    app::{App, Live},
+    app::{self, App, Live},
     cache::TokenCache,
     config::{Config, ConfigErrors},
+    conn::CountCalls,
     idp::IdpClient,
+    limit::Holdings,
     metrics::{self, Metrics},
     reload,
     service::{LiveService, TokenService},
@@ -81,6 +83,20 @@ pub async fn serve(
     for warning in app.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
+    // Only now: a configuration refused above never said it was listening.
+    let admin = listeners
+        .admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let profiles = app
+        .config()
+        .profiles
+        .iter()
+        .map(|p| &*p.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(grpc = %addr, admin = ?admin, %profiles, "tokenvend listening");
     run(listeners, app, shutdown).await
 }
 
@@ -135,15 +151,35 @@ async fn run(
         store,
     ));
     let readiness = Arc::new(Readiness::new(cache.clone()));
-    let connections = ConnectionLimit::new(limits.max_connections);
+    let connections = ConnectionLimit::new(
+        limits.max_connections,
+        limits.max_connections_per_peer,
+        app::connection_rules(&config.server),
+    );
     let streams = drain.child_token();
+    let holdings = Holdings::default();
+    let watches = holdings.watches.clone();
+    metrics.observe(
+        "tokenvend.watch.streams",
+        "{stream}",
+        "WatchToken streams open.",
+        move || watches.total() as u64,
+    );
+    let pending = holdings.pending.clone();
+    metrics.observe(
+        "tokenvend.calls.waiting",
+        "{call}",
+        "Calls waiting on an identity provider for a token.",
+        move || pending.total() as u64,
+    );
     let service = LiveService::new(
         TokenService::new(
             cache.clone(),
             streams.clone(),
             app.auth(),
             app.limiter(),
-            limits.request_timeout,
+            holdings.clone(),
+            &limits,
             metrics.clone(),
         ),
         limits.max_request_bytes,
@@ -157,6 +193,7 @@ async fn run(
         idp,
         auth: ArcSwap::new(app.auth()),
         limiter: ArcSwap::new(app.limiter()),
+        holdings,
         grpc: grpc_addr,
         streams,
         metrics: metrics.clone(),
@@ -229,6 +266,8 @@ async fn run(
     let grpc = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // No HTTP/2 PING keepalive: the accept loop sets TCP keepalive (tls::KEEPALIVE).
+        // Every call counts on its connection, whose watchdog closes it once unused.
+        .layer(tower_layer::layer_fn(CountCalls))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

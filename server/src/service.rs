@@ -20,8 +20,9 @@ use crate::{
     audit::{self, TokenDigest},
     auth::{Authenticator, Caller, Peer},
     cache::{CacheResult, CacheState, CachedToken, Need, Slot, TokenCache},
-    error::ServeError,
-    limit::RateLimiter,
+    config::Limits,
+    error::{self, ServeError},
+    limit::{HeldGuard, Holdings, RateLimiter},
     metrics::{Metrics, Rpc},
 };
 
@@ -31,19 +32,24 @@ pub(crate) struct TokenService {
     stop: CancellationToken,
     auth: Arc<Authenticator>,
     limiter: Arc<RateLimiter>,
+    holdings: Holdings,
     request_timeout: Duration,
+    max_watches: usize,
+    max_pending: usize,
     metrics: Metrics,
 }
 
 impl TokenService {
     /// A service over this cache. Cancelling `stop` ends every `WatchToken` stream, so
-    /// that a shutdown is not held up by clients that would watch forever.
+    /// that a shutdown is not held up by clients that would watch forever. `holdings`
+    /// counts what callers hold open, across the services a reload replaces.
     pub(crate) fn new(
         cache: Arc<TokenCache>,
         stop: CancellationToken,
         auth: Arc<Authenticator>,
         limiter: Arc<RateLimiter>,
-        request_timeout: Duration,
+        holdings: Holdings,
+        limits: &Limits,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -51,23 +57,63 @@ impl TokenService {
             stop,
             auth,
             limiter,
-            request_timeout,
+            holdings,
+            request_timeout: limits.request_timeout,
+            max_watches: limits.max_watches_per_caller,
+            max_pending: limits.max_pending_per_caller,
             metrics,
         }
     }
 
-    /// Who is calling, and whether they are within their rate.
+    /// Who is calling, and whether they are within their rate. A caller that fails to
+    /// authenticate is held to the rate too, by its address: else guessing tokens, or
+    /// making the server verify bad ones, would be free.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ServeError> {
         let peer = request.extensions().get::<Peer>();
-        let caller = self
-            .auth
-            .caller(request.metadata(), peer)
-            .await
-            .map_err(ServeError::Unauthenticated)?;
+        let caller = match self.auth.caller(request.metadata(), peer).await {
+            Ok(caller) => caller,
+            Err(error) => {
+                let address = Caller::Anonymous(peer.and_then(|p| p.remote).map(|a| a.ip()));
+                self.limiter
+                    .check(&address)
+                    .map_err(|retry_in| ServeError::RateLimited { retry_in })?;
+                return Err(ServeError::Unauthenticated(error));
+            }
+        };
+        if let Some(peer) = peer {
+            // The connection has proved who it is: its watchdog no longer closes it early.
+            peer.activity.authenticated();
+        }
         self.limiter
             .check(&caller)
             .map_err(|retry_in| ServeError::RateLimited { retry_in })?;
         Ok(caller)
+    }
+
+    /// A place for one more waiting call of this caller's.
+    fn pending(&self, caller: &Caller) -> Result<HeldGuard, ServeError> {
+        self.holdings
+            .pending
+            .take(caller, self.max_pending)
+            .ok_or(ServeError::TooMany {
+                what: "calls waiting on an identity provider",
+                max: self.max_pending,
+                key: "max_pending_per_caller",
+                advice: "retry once they are answered",
+            })
+    }
+
+    /// A place for one more `WatchToken` stream of this caller's.
+    fn watch(&self, caller: &Caller) -> Result<HeldGuard, ServeError> {
+        self.holdings
+            .watches
+            .take(caller, self.max_watches)
+            .ok_or(ServeError::TooMany {
+                what: "WatchToken streams",
+                max: self.max_watches,
+                key: "max_watches_per_caller",
+                advice: "close one, or share one stream per profile within the process",
+            })
     }
 
     /// The profile's slot, if the caller may use it. A profile the caller may not use
@@ -153,6 +199,7 @@ impl TokenService {
             slot.counters().served(Rpc::GetToken);
             return Ok(hit);
         }
+        let _pending = self.pending(caller)?;
         // Boxed: a miss waits on the provider anyway, and an inline future the size of the
         // fetch's would be carried, and copied, by every hit.
         let (token, result) = Box::pin(within(Some(deadline), slot.token(need))).await?;
@@ -193,9 +240,11 @@ impl tonic::server::NamedService for LiveService {
 impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LiveService {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = <TokenServiceServer<TokenService> as tonic::codegen::Service<
-        http::Request<tonic::body::Body>,
-    >>::Future;
+    type Future = DecodeStatus<
+        <TokenServiceServer<TokenService> as tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+        >>::Future,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -207,7 +256,30 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LiveService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         // A clone of the current server: two reference counts, no copy of the service.
-        TokenServiceServer::clone(&self.0.load()).call(request)
+        DecodeStatus(TokenServiceServer::clone(&self.0.load()).call(request))
+    }
+}
+
+/// A reply on its way, its status rewritten if tonic could not decode the request (see
+/// [`error::rewrite_decode_status`]). A future of its own rather than a boxed one: no
+/// allocation per call.
+pub(crate) struct DecodeStatus<F>(F);
+
+impl<F, E> Future for DecodeStatus<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut reply = std::task::ready!(Pin::new(&mut self.0).poll(cx));
+        if let Ok(response) = &mut reply {
+            error::rewrite_decode_status(response.headers_mut());
+        }
+        std::task::Poll::Ready(reply)
     }
 }
 
@@ -352,12 +424,13 @@ impl pb::token_service_server::TokenService for TokenService {
         let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
         let first = async {
             let slot = self.slot(&caller, profile)?;
+            let held = self.watch(&caller)?;
             // Subscribed before the first token is taken, so no refresh falls in between.
             let updates = slot.subscribe();
             let (first, result) = within(Some(deadline), slot.token(Need::default())).await?;
-            Ok::<_, ServeError>((slot, updates, first, result))
+            Ok::<_, ServeError>((slot, held, updates, first, result))
         };
-        let (slot, updates, first, result) = match first.instrument(span.clone()).await {
+        let (slot, held, updates, first, result) = match first.instrument(span.clone()).await {
             Ok(first) => first,
             Err(error) => return Err(self.refused(RPC, Some(&caller), profile, error, &span)),
         };
@@ -379,11 +452,13 @@ impl pb::token_service_server::TokenService for TokenService {
             sent_first: false,
             stop: self.stop.clone(),
             slot,
+            _held: held,
+            ended: false,
         };
         // The stream is dropped when the client leaves, which ends the watch quietly.
         let stream = futures::stream::unfold(watch, |mut watch| async move {
-            let token = watch.next().await?;
-            Some((Ok(token), watch))
+            let item = watch.next().await?;
+            Some((item, watch))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -398,13 +473,19 @@ struct Watch {
     /// Once a reload replaces or removes the profile, the stream ends, and a client that
     /// watches again gets the new configuration's token (or NOT_FOUND).
     slot: Arc<Slot>,
+    /// The stream's place in its caller's `max_watches_per_caller`.
+    _held: HeldGuard,
+    ended: bool,
 }
 
 impl Watch {
-    async fn next(&mut self) -> Option<EncodedToken> {
+    async fn next(&mut self) -> Option<Result<EncodedToken, Status>> {
+        if self.ended {
+            return None;
+        }
         if !self.sent_first {
             self.sent_first = true;
-            return Some(self.last.encoded().clone());
+            return Some(Ok(self.last.encoded().clone()));
         }
         loop {
             // Checked before each wait: retiring wakes the watchers already subscribed, not one
@@ -413,7 +494,11 @@ impl Watch {
                 return None;
             }
             tokio::select! {
-                () = self.stop.cancelled() => return None,
+                () = self.stop.cancelled() => {
+                    // UNAVAILABLE, not OK: a client reconnects on it, to another replica.
+                    self.ended = true;
+                    return Some(Err(ServeError::ShuttingDown.into()));
+                }
                 changed = self.updates.changed() => changed.ok()?,
             }
             let Some(token) = self.updates.borrow_and_update().clone() else {
@@ -421,7 +506,7 @@ impl Watch {
             };
             if !Arc::ptr_eq(&token, &self.last) {
                 self.last = token;
-                return Some(self.last.encoded().clone());
+                return Some(Ok(self.last.encoded().clone()));
             }
         }
     }

@@ -4,7 +4,9 @@
 //! the caller identity from its client certificate.
 
 use std::{
+    collections::HashMap,
     io,
+    net::IpAddr,
     path::Path,
     pin::Pin,
     sync::Arc,
@@ -30,7 +32,10 @@ use x509_cert::{
     ext::pkix::{SubjectAltName, name::GeneralName},
 };
 
-use crate::{auth::Peer, config::TlsConfig};
+use crate::{
+    config::TlsConfig,
+    conn::{Activity, Peer, Rules, Watchdog},
+};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,19 +178,55 @@ impl Reloading {
     }
 }
 
-/// The most connections open at once on the gRPC port, changeable while it runs.
+/// The most connections open at once on the gRPC port, in all and per remote address,
+/// and when one is closed for holding its slot for nothing; changeable while it runs.
 pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
     /// The limit in force. Locked only by a reload, to resize.
     max: std::sync::Mutex<usize>,
+    /// Open connections per remote address. Locked when a connection is accepted and when
+    /// it closes, never by a call.
+    peers: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    /// The per-address limit and the rules for connections accepted from now on. Locked
+    /// at each accept and by a reload.
+    settings: std::sync::Mutex<(usize, Rules)>,
 }
 
 impl ConnectionLimit {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize, per_peer: usize, rules: Rules) -> Arc<Self> {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(max)),
             max: std::sync::Mutex::new(max),
+            peers: Arc::default(),
+            settings: std::sync::Mutex::new((per_peer, rules)),
         })
+    }
+
+    /// Changes the per-address limit and the rules, for connections accepted from now on
+    /// (an open connection keeps those it was accepted with; none is cut).
+    pub(crate) fn set(&self, per_peer: usize, rules: Rules) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = (per_peer, rules);
+    }
+
+    /// A place for a new connection from `ip`, and the rules it is held to; `None` when
+    /// the address has its limit of connections open.
+    fn admit(&self, ip: IpAddr) -> Option<(PeerSlot, Rules)> {
+        let (per_peer, rules) = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let ip = ip.to_canonical();
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let open = peers.entry(ip).or_insert(0);
+        if *open >= per_peer {
+            return None;
+        }
+        *open += 1;
+        drop(peers);
+        Some((
+            PeerSlot {
+                peers: self.peers.clone(),
+                ip,
+            },
+            rules,
+        ))
     }
 
     /// Changes the limit. A larger one takes effect at once; a smaller one as connections
@@ -213,11 +254,32 @@ impl ConnectionLimit {
     }
 }
 
-/// One accepted connection, plain or TLS, holding its place in the connection limit.
+/// A connection's place in its remote address's count; given back when dropped.
+struct PeerSlot {
+    peers: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = peers.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One accepted connection, plain or TLS, holding its place in the connection limits
+/// until it closes, which its watchdog decides when no call uses it.
 pub(crate) struct Conn {
     io: Io,
     peer: Peer,
+    watchdog: Watchdog,
     _slot: OwnedSemaphorePermit,
+    _peer_slot: PeerSlot,
 }
 
 enum Io {
@@ -239,7 +301,14 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        // hyper keeps a read pending on every connection it serves, so this is where the
+        // watchdog's timer is polled; its error ends the connection.
+        if let Poll::Ready(error) = this.watchdog.poll_expired(cx) {
+            tracing::debug!(remote = ?this.peer.remote, %error, "closing the connection");
+            return Poll::Ready(Err(error));
+        }
+        match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -301,8 +370,10 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_retries(3);
 
 /// Accepts connections until `stop`, at most `max_connections` open at once (more wait in
-/// the kernel's backlog), doing each TLS handshake in its own task so that a slow client
-/// holds up nobody. The stream ends when `stop` is cancelled.
+/// the kernel's backlog) and `max_connections_per_peer` from one address (more are closed
+/// at once: waiting would let one address hold up every other), doing each TLS handshake
+/// in its own task so that a slow client holds up nobody. The stream ends when `stop` is
+/// cancelled.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Reloading>>,
@@ -336,18 +407,26 @@ pub(crate) fn incoming(
                     }
                 },
             };
+            let Some((peer_slot, rules)) = limit.admit(remote.ip()) else {
+                tracing::debug!(%remote, "closing a connection: its address has its limit open");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&KEEPALIVE) {
                 tracing::debug!(%remote, %error, "cannot set TCP keepalive");
             }
             let Some(tls) = &tls else {
+                let activity = Activity::new(false);
                 let conn = Conn {
                     io: Io::Plain(tcp),
+                    watchdog: Watchdog::new(activity.clone(), rules),
                     peer: Peer {
                         remote: Some(remote),
                         identity: None,
+                        activity,
                     },
                     _slot: slot,
+                    _peer_slot: peer_slot,
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -375,13 +454,18 @@ pub(crate) fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|cert| certificate_identity(cert));
+                // A verified client certificate has authenticated the connection.
+                let activity = Activity::new(identity.is_some());
                 let conn = Conn {
                     io: Io::Tls(Box::new(stream)),
+                    watchdog: Watchdog::new(activity.clone(), rules),
                     peer: Peer {
                         remote: Some(remote),
                         identity,
+                        activity,
                     },
                     _slot: slot,
+                    _peer_slot: peer_slot,
                 };
                 let _ = tx.send(Ok(conn)).await;
             });
@@ -416,6 +500,11 @@ mod tests {
 
     use super::*;
 
+    const RULES: Rules = Rules {
+        idle_timeout: Duration::from_secs(60),
+        unauthenticated_timeout: None,
+    };
+
     #[tokio::test]
     async fn accepted_connections_probe_a_silent_peer() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -425,7 +514,7 @@ mod tests {
         let mut conns = incoming(
             listener,
             None,
-            ConnectionLimit::new(4),
+            ConnectionLimit::new(4, 4, RULES),
             stop.clone(),
             &tasks,
         );

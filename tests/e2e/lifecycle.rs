@@ -98,7 +98,10 @@ async fn shutdown_drains_in_flight_calls_and_ends_watch_streams() {
     let ended = timeout(Duration::from_secs(2), stream.message())
         .await
         .expect("the watch stream ends on shutdown");
-    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    // UNAVAILABLE, so that the client watches again, on another replica.
+    let status = ended.expect_err("the stream ends with a status to reconnect on");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(matches!(stream.message().await, Ok(None)));
 
     let token = in_flight
         .await

@@ -170,3 +170,25 @@ fn restart_only_settings_are_kept_and_named() {
     assert_eq!(new.shutdown_grace, Duration::from_secs(1));
     assert!(keep_restart_only(&mut new.clone(), &new).is_empty());
 }
+
+#[test]
+fn only_a_port_that_requires_authentication_closes_unauthenticated_connections_early() {
+    let server = |extra: &str| {
+        Config::from_yaml(&format!(
+            "server:\n  limits: {{ idle_timeout: 7s, unauthenticated_timeout: 2s }}\n{extra}{}",
+            profile_yaml("")
+        ))
+        .unwrap()
+        .server
+    };
+    let open = connection_rules(&server(""));
+    assert_eq!(open.idle_timeout, Duration::from_secs(7));
+    assert_eq!(open.unauthenticated_timeout, None);
+    let required = connection_rules(&server(
+        "  auth: { service_account: { issuer: \"https://kubernetes.default.svc\" } }\n",
+    ));
+    assert_eq!(
+        required.unauthenticated_timeout,
+        Some(Duration::from_secs(2))
+    );
+}

@@ -90,18 +90,11 @@ async fn serve(args: Args) -> Result<(), ServeError> {
         "admin",
     )
     .await?;
+    // `serve` says it is listening once the configuration is built: one it refuses
+    // never appears to have started.
     let grpc_addr = grpc
         .local_addr()
         .map_err(crate::server::ServerError::from)?;
-    let admin_addr = admin
-        .local_addr()
-        .map_err(crate::server::ServerError::from)?;
-    tracing::info!(
-        grpc = %grpc_addr,
-        admin = %admin_addr,
-        profiles = %super::profile_names(&config),
-        "tokenvend listening"
-    );
     if let Some(issuer) = &issuer {
         tracing::info!(issuer = %issuer.url(), "dev mode: demo issuer running");
         eprintln!(

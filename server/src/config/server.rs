@@ -65,9 +65,14 @@ struct RawLimits {
     rate: Option<f64>,
     burst: Option<u32>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    idle_timeout: Option<Dur>,
+    unauthenticated_timeout: Option<Dur>,
     max_concurrent_streams: Option<u32>,
     max_request_bytes: Option<usize>,
     request_timeout: Option<Dur>,
+    max_watches_per_caller: Option<usize>,
+    max_pending_per_caller: Option<usize>,
 }
 
 impl RawTls {
@@ -155,6 +160,21 @@ impl RawLimits {
             rate,
             burst: positive("burst", self.burst.map(|b| b as usize), d.burst as usize)? as u32,
             max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
+            max_connections_per_peer: positive(
+                "max_connections_per_peer",
+                self.max_connections_per_peer,
+                d.max_connections_per_peer,
+            )?,
+            idle_timeout: nonzero(
+                "server.limits.idle_timeout",
+                self.idle_timeout,
+                d.idle_timeout,
+            )?,
+            unauthenticated_timeout: nonzero(
+                "server.limits.unauthenticated_timeout",
+                self.unauthenticated_timeout,
+                d.unauthenticated_timeout,
+            )?,
             max_concurrent_streams: positive(
                 "max_concurrent_streams",
                 self.max_concurrent_streams.map(|b| b as usize),
@@ -169,6 +189,16 @@ impl RawLimits {
                 "server.limits.request_timeout",
                 self.request_timeout,
                 d.request_timeout,
+            )?,
+            max_watches_per_caller: positive(
+                "max_watches_per_caller",
+                self.max_watches_per_caller,
+                d.max_watches_per_caller,
+            )?,
+            max_pending_per_caller: positive(
+                "max_pending_per_caller",
+                self.max_pending_per_caller,
+                d.max_pending_per_caller,
             )?,
         })
     }

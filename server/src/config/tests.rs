@@ -397,3 +397,55 @@ fn validation_reads_no_secret_and_no_file() {
         ClientAuth::PrivateKeyJwt(_)
     ));
 }
+
+#[test]
+fn connection_and_per_caller_limits_have_safe_defaults_and_name_their_keys() {
+    let limits = Config::from_yaml(&profile_yaml("")).unwrap().server.limits;
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.unauthenticated_timeout, Duration::from_secs(10));
+    assert_eq!(limits.max_connections_per_peer, 64);
+    assert_eq!(limits.max_watches_per_caller, 64);
+    assert_eq!(limits.max_pending_per_caller, 1024);
+    let limits = Config::from_yaml(&format!(
+        "server:\n  limits: {{ idle_timeout: 5s, unauthenticated_timeout: 1s, max_connections_per_peer: 3, max_watches_per_caller: 2, max_pending_per_caller: 7 }}\n{}",
+        &profile_yaml("")
+    ))
+    .unwrap()
+    .server
+    .limits;
+    assert_eq!(limits.idle_timeout, Duration::from_secs(5));
+    assert_eq!(limits.unauthenticated_timeout, Duration::from_secs(1));
+    assert_eq!(
+        (
+            limits.max_connections_per_peer,
+            limits.max_watches_per_caller,
+            limits.max_pending_per_caller
+        ),
+        (3, 2, 7)
+    );
+    for (yaml, key) in [
+        ("idle_timeout: 0s", "server.limits.idle_timeout"),
+        (
+            "unauthenticated_timeout: 0s",
+            "server.limits.unauthenticated_timeout",
+        ),
+        (
+            "max_connections_per_peer: 0",
+            "server.limits.max_connections_per_peer",
+        ),
+        (
+            "max_watches_per_caller: 0",
+            "server.limits.max_watches_per_caller",
+        ),
+        (
+            "max_pending_per_caller: 0",
+            "server.limits.max_pending_per_caller",
+        ),
+    ] {
+        let e = error(&format!(
+            "server:\n  limits: {{ {yaml} }}\n{}",
+            &profile_yaml("")
+        ));
+        assert_eq!(e.key, key, "{yaml}");
+    }
+}

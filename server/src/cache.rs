@@ -81,6 +81,11 @@ pub(crate) struct TokenCache {
 /// answering in 100 ms. A caller's miss never waits for a permit.
 const BACKGROUND_FETCHES: usize = 64;
 
+/// The shortest time between a token request and the background refresh that replaces
+/// its token: a provider issuing short-lived tokens cannot set the refresher asking in a
+/// loop. (Tokens shorter than a second are refused outright, `config::MIN_LIFETIME`.)
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What a reload changed, by profile name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Changes {
@@ -285,13 +290,17 @@ impl CachedToken {
         // Refresh ahead at the configured fraction of the lifetime, less up to 5% of it so
         // that profiles started together do not refresh together. A provider that says
         // when to come back (Entra ID's `refresh_in`) is taken at its word.
-        let ahead = issued.refresh_in.unwrap_or_else(|| {
-            let jitter = issued.lifetime.mul_f64(fastrand::f64() * 0.05);
-            profile
-                .refresh_ahead
-                .after(issued.lifetime)
-                .saturating_sub(jitter)
-        });
+        let ahead = issued
+            .refresh_in
+            .unwrap_or_else(|| {
+                let jitter = issued.lifetime.mul_f64(fastrand::f64() * 0.05);
+                profile
+                    .refresh_ahead
+                    .after(issued.lifetime)
+                    .saturating_sub(jitter)
+            })
+            // However short-lived the tokens, the refresher does not ask more often.
+            .max(MIN_REFRESH_INTERVAL.min(issued.lifetime));
         Ok(Self {
             digest: TokenDigest::of(issued.access_token.expose()),
             expires_at: issued.expires_at,

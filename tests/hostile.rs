@@ -6,4 +6,5 @@ mod support;
 mod hostile {
     mod echo;
     mod provider_values;
+    mod rejected_storm;
 }

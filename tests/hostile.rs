@@ -1,10 +1,14 @@
-//! Hostile callers: what someone who reaches the gRPC port can make the server spend, and
-//! what it answers to requests no honest client sends. One module per area.
+//! Hostile-input tests: what a broken or hostile peer (a caller who reaches the gRPC port,
+//! an identity provider, a resource API) can make tokenvend spend or do. One module per
+//! area.
 
 mod support;
 
 mod hostile {
     mod connections;
+    mod echo;
+    mod provider_values;
+    mod rejected_storm;
     mod statuses;
     mod streams;
 }

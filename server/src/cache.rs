@@ -81,6 +81,11 @@ pub(crate) struct TokenCache {
 /// answering in 100 ms. A caller's miss never waits for a permit.
 const BACKGROUND_FETCHES: usize = 64;
 
+/// The shortest time between a token request and the background refresh that replaces
+/// its token: a provider issuing short-lived tokens cannot set the refresher asking in a
+/// loop. (Tokens shorter than a second are refused outright, `config::MIN_LIFETIME`.)
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What a reload changed, by profile name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Changes {
@@ -285,13 +290,17 @@ impl CachedToken {
         // Refresh ahead at the configured fraction of the lifetime, less up to 5% of it so
         // that profiles started together do not refresh together. A provider that says
         // when to come back (Entra ID's `refresh_in`) is taken at its word.
-        let ahead = issued.refresh_in.unwrap_or_else(|| {
-            let jitter = issued.lifetime.mul_f64(fastrand::f64() * 0.05);
-            profile
-                .refresh_ahead
-                .after(issued.lifetime)
-                .saturating_sub(jitter)
-        });
+        let ahead = issued
+            .refresh_in
+            .unwrap_or_else(|| {
+                let jitter = issued.lifetime.mul_f64(fastrand::f64() * 0.05);
+                profile
+                    .refresh_ahead
+                    .after(issued.lifetime)
+                    .saturating_sub(jitter)
+            })
+            // However short-lived the tokens, the refresher does not ask more often.
+            .max(MIN_REFRESH_INTERVAL.min(issued.lifetime));
         Ok(Self {
             digest: TokenDigest::of(issued.access_token.expose()),
             expires_at: issued.expires_at,
@@ -361,6 +370,41 @@ enum Step {
     Started(Flight),
     /// A provider request was in flight already.
     Joined(Flight),
+    /// The caller reported the current token rejected, but it is fresh and was itself the
+    /// replacement of a rejected one: it is served again rather than replaced (see
+    /// `rejected_token_min_interval`). `first` is set for the first such call since that
+    /// replacement, which logs it.
+    Held {
+        token: Arc<CachedToken>,
+        first: bool,
+    },
+}
+
+/// Something the caller should know about the token it got, sent as `tokenvend-hint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// The token was reported rejected, but fresh tokens are being rejected: another one
+    /// would be too, so the current one came back.
+    FreshTokensRejected,
+}
+
+impl Hint {
+    /// The text of the hint.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::FreshTokensRejected => {
+                "fresh tokens are being rejected: check the API's permissions for this client"
+            }
+        }
+    }
+}
+
+/// A token for a caller: how the cache answered, and anything the caller should know.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub token: Arc<CachedToken>,
+    pub result: CacheResult,
+    pub hint: Option<Hint>,
 }
 
 /// One profile's cache entry.
@@ -399,6 +443,11 @@ struct SlotState {
     /// The lifetime of the last token, to refuse a min_ttl no token can meet without
     /// asking the provider.
     lifetime: Option<Duration>,
+    /// When a token reported rejected was last replaced, and whether a report of its fresh
+    /// replacement has been logged since: a resource API that rejects every token gets one
+    /// replacement per `rejected_token_min_interval`, not one per report.
+    rejection_replaced_at: Option<Instant>,
+    rejection_logged: bool,
     /// When the provider requests of the last minute started, oldest first; at most
     /// `idp_requests_per_minute` of them.
     recent: Recent,
@@ -460,6 +509,16 @@ impl SlotState {
                 .front()
                 .map_or(Duration::ZERO, |t| *t + MINUTE - now)
         })
+    }
+
+    /// Whether a report that `token`, the current one, was rejected is answered with the
+    /// token itself: it is fresh (issued within `interval`), and a rejected token was
+    /// already replaced within `interval`. Another one would most likely be rejected too,
+    /// and replacing each would turn a resource API that refuses every token into a storm
+    /// of provider requests.
+    fn holds_rejected(&self, token: &CachedToken, now: Instant, interval: Duration) -> bool {
+        let recent = |at: Instant| now.saturating_duration_since(at) < interval;
+        recent(token.issued) && self.rejection_replaced_at.is_some_and(recent)
     }
 
     /// When the ceiling next allows a request, if it is reached.
@@ -612,20 +671,38 @@ impl Slot {
 
     /// A token that meets the need: the cached one, or a fresh one from the provider; and
     /// how the cache answered.
-    pub(crate) async fn token(
-        self: &Arc<Self>,
-        need: Need,
-    ) -> Result<(Arc<CachedToken>, CacheResult), ServeError> {
+    pub(crate) async fn token(self: &Arc<Self>, need: Need) -> Result<Served, ServeError> {
         let min_ttl = need.min_ttl.max(self.profile.min_ttl);
         let accept = |t: &CachedToken, now| t.serves(now, min_ttl, need.rejected);
         let step = self
-            .join_or_start(accept, min_ttl, Trigger::Caller)
+            .join_or_start(accept, min_ttl, need.rejected, Trigger::Caller)
             .inspect_err(|_| self.counters.cache(CacheResult::Miss.into()))?;
         let (flight, result) = match step {
             Step::Ready(token) => {
                 let result = token.freshness(Instant::now());
                 self.counters.cache(result.into());
-                return Ok((token, result));
+                return Ok(Served {
+                    token,
+                    result,
+                    hint: None,
+                });
+            }
+            Step::Held { token, first } => {
+                let result = token.freshness(Instant::now());
+                self.counters.cache(result.into());
+                if first {
+                    tracing::warn!(
+                        profile = %self.profile.name,
+                        interval_s = self.profile.rejected_token_min_interval.as_secs(),
+                        "the resource API rejects fresh tokens of this profile; until the \
+                         interval has passed, reports get the current token back"
+                    );
+                }
+                return Ok(Served {
+                    token,
+                    result,
+                    hint: Some(Hint::FreshTokensRejected),
+                });
             }
             Step::Started(flight) => (flight, CacheResult::Miss),
             Step::Joined(flight) => (flight, CacheResult::Coalesced),
@@ -639,7 +716,11 @@ impl Slot {
         if token.remaining(Instant::now()) < min_ttl.max(Duration::from_nanos(1)) {
             return Err(self.too_short(token.lifetime, min_ttl));
         }
-        Ok((token, result))
+        Ok(Served {
+            token,
+            result,
+            hint: None,
+        })
     }
 
     /// Updates of the current token, for `WatchToken`.
@@ -683,14 +764,27 @@ impl Slot {
         self: &Arc<Self>,
         accept: impl Fn(&CachedToken, Instant) -> bool,
         min_ttl: Duration,
+        rejected: Option<TokenDigest>,
         trigger: Trigger,
     ) -> Result<Step, ServeError> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        if let Some(token) = self.current.load_full()
-            && accept(&token, now)
+        let current = self.current.load_full();
+        if let Some(token) = &current
+            && accept(token, now)
         {
-            return Ok(Step::Ready(token));
+            return Ok(Step::Ready(token.clone()));
+        }
+        // Only the current token's rejection asks for a new one (an older token's is
+        // answered by `accept`).
+        let rejection = rejected.is_some() && rejected == current.as_ref().map(|t| t.digest);
+        if rejection
+            && let Some(token) = current
+            && token.serves(now, min_ttl, None)
+            && state.holds_rejected(&token, now, self.profile.rejected_token_min_interval)
+        {
+            let first = !std::mem::replace(&mut state.rejection_logged, true);
+            return Ok(Step::Held { token, first });
         }
         if let Some(flight) = &state.flight {
             return Ok(Step::Joined(flight.clone()));
@@ -722,7 +816,10 @@ impl Slot {
         let slot = Arc::clone(self);
         // The fetch belongs to the span of whoever started it (a call's server span, or a
         // background refresh's), so its provider request shows as a child of that span.
-        let task = tokio::spawn(slot.fetch(trigger).instrument(tracing::Span::current()));
+        let task = tokio::spawn(
+            slot.fetch(trigger, rejection)
+                .instrument(tracing::Span::current()),
+        );
         let flight = async move { task.await.unwrap_or(Err(FetchError::Stopped)) }
             .boxed()
             .shared();
@@ -730,7 +827,8 @@ impl Slot {
         Ok(Step::Started(flight))
     }
 
-    async fn fetch(self: Arc<Self>, trigger: Trigger) -> FetchResult {
+    /// Asks the provider; `rejection` when a caller reported the current token rejected.
+    async fn fetch(self: Arc<Self>, trigger: Trigger, rejection: bool) -> FetchResult {
         let sent = Instant::now();
         let request = AssertUnwindSafe(self.source.fetch()).catch_unwind();
         let outcome = tokio::select! {
@@ -743,11 +841,16 @@ impl Slot {
                 Err(_) => Err(FetchError::Panicked),
             },
         };
-        self.finish(outcome, trigger)
+        self.finish(outcome, trigger, rejection)
     }
 
     /// Publishes a fetch's outcome and ends the flight, in one step under the lock.
-    fn finish(self: &Arc<Self>, outcome: FetchResult, trigger: Trigger) -> FetchResult {
+    fn finish(
+        self: &Arc<Self>,
+        outcome: FetchResult,
+        trigger: Trigger,
+        rejection: bool,
+    ) -> FetchResult {
         let failure = match &outcome {
             Ok(_) => Some(None),
             Err(FetchError::Idp(error)) => Some(Some(error.kind())),
@@ -767,6 +870,12 @@ impl Slot {
                 state.retry_at = None;
                 state.last_refresh = Some(SystemTime::now());
                 state.lifetime = Some(token.lifetime);
+                // Counted from a replacement that worked: a failed one backs off anyway,
+                // and must not keep the next report from trying again.
+                if rejection {
+                    state.rejection_replaced_at = Some(Instant::now());
+                    state.rejection_logged = false;
+                }
                 if let Some(updates) = self.updates.get() {
                     updates.send_replace(Some(token.clone()));
                 }

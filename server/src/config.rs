@@ -200,6 +200,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// The shortest lifetime of a token tokenvend accepts. A shorter-lived token cannot be
+/// handed to a caller and used before it expires, and refreshing it ahead of expiry would
+/// mean asking the provider again at once, in a loop.
+pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
 /// One profile: the credentials and request shape for one kind of token.
 ///
 /// `PartialEq` tells whether a reloaded profile is configured the same way, so that it
@@ -238,6 +243,11 @@ pub struct Profile {
     pub min_ttl: Duration,
     /// The lifetime assumed when the provider gives neither `expires_in` nor a JWT `exp`.
     pub default_lifetime: Duration,
+    /// The longest a token is used, whatever lifetime the provider gives it.
+    pub max_lifetime: Duration,
+    /// A token reported rejected that was issued less than this ago is replaced at most
+    /// once in this time; zero turns the spacing off (the request ceiling still holds).
+    pub rejected_token_min_interval: Duration,
     /// How long one token request to the provider may take.
     pub timeout: Duration,
     /// Fetch a token at start-up instead of at the first request.

@@ -119,6 +119,8 @@ impl DevIssuer {
             refresh_ahead: RefreshAhead::Fraction(0.8),
             min_ttl: Duration::ZERO,
             default_lifetime: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            rejected_token_min_interval: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
             warm_up: true,
             idle_refresh: Duration::from_secs(24 * 3600),

@@ -2,6 +2,7 @@
 //! the profile says, and its answer read the way real providers write it.
 
 pub(crate) mod discovery;
+mod redact;
 mod response;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -275,21 +276,13 @@ impl IdpClient {
             .await
             .map_err(|e| (None, e))?;
 
-        // Providers sometimes echo what they were sent; none of the profile's secrets may
-        // pass into an error through them.
-        let companions: Vec<Secret> = profile
-            .headers
-            .iter()
-            .filter_map(|(_, source)| source.load().ok())
-            .collect();
-        let mut secrets: Vec<&str> = companions.iter().map(Secret::expose).collect();
-        secrets.push(credential.secret().expose());
-        if let Grant::RefreshToken { token, .. } = &grant {
-            secrets.push(token.expose());
-        }
-        response::parse(answer.as_answer(), profile, &secrets)
-            .map(|issued| (answer.status, issued))
-            .map_err(|e| (Some(answer.status), e))
+        response::parse(
+            answer.as_answer(),
+            profile,
+            &redactor(profile, credential, grant),
+        )
+        .map(|issued| (answer.status, issued))
+        .map_err(|e| (Some(answer.status), e))
     }
 
     /// Sends a form POST and reads the answer, capped in size.
@@ -364,6 +357,34 @@ pub(crate) enum Grant<'a> {
         /// The PKCE verifier.
         code_verifier: &'a str,
     },
+}
+
+/// Everything secret the request carried, in every form it went on the wire: providers
+/// sometimes echo the request into their error text.
+fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> redact::Redactor {
+    let mut redactor = redact::Redactor::default();
+    redactor.secret(credential.secret().expose());
+    if let Credential::Basic(secret) = credential {
+        redactor.basic(&profile.client_id, secret.expose());
+    }
+    if let Grant::RefreshToken { token, .. } = grant {
+        redactor.secret(token.expose());
+    }
+    if let Grant::AuthorizationCode {
+        code,
+        code_verifier,
+        ..
+    } = grant
+    {
+        redactor.secret(code);
+        redactor.secret(code_verifier);
+    }
+    for (_, source) in &profile.headers {
+        if let Ok(value) = source.load() {
+            redactor.secret(value.expose());
+        }
+    }
+    redactor
 }
 
 /// The client's proof of identity for one request.

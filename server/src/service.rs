@@ -19,7 +19,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::{
     audit::{self, TokenDigest},
     auth::{Authenticator, Caller, Peer},
-    cache::{CacheResult, CacheState, CachedToken, Need, Slot, TokenCache},
+    cache::{CacheResult, CacheState, CachedToken, Hint, Need, Served, Slot, TokenCache},
     config::Limits,
     error::{self, ServeError},
     limit::{HeldGuard, Holdings, RateLimiter},
@@ -187,7 +187,7 @@ impl TokenService {
         caller: &Caller,
         request: &pb::GetTokenRequest,
         deadline: Duration,
-    ) -> Result<(EncodedToken, audit::Fingerprint, CacheResult), ServeError> {
+    ) -> Result<(EncodedToken, audit::Fingerprint, CacheResult, Option<Hint>), ServeError> {
         let slot = self.slot(caller, &request.profile)?;
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
@@ -195,16 +195,20 @@ impl TokenService {
                 .filter(|t| !t.is_empty())
                 .map(TokenDigest::of),
         };
-        if let Some(hit) = slot.cached(&need) {
+        if let Some((token, fingerprint, result)) = slot.cached(&need) {
             slot.counters().served(Rpc::GetToken);
-            return Ok(hit);
+            return Ok((token, fingerprint, result, None));
         }
         let _pending = self.pending(caller)?;
         // Boxed: a miss waits on the provider anyway, and an inline future the size of the
         // fetch's would be carried, and copied, by every hit.
-        let (token, result) = Box::pin(within(Some(deadline), slot.token(need))).await?;
+        let Served {
+            token,
+            result,
+            hint,
+        } = Box::pin(within(Some(deadline), slot.token(need))).await?;
         slot.counters().served(Rpc::GetToken);
-        Ok((token.encoded().clone(), token.fingerprint(), result))
+        Ok((token.encoded().clone(), token.fingerprint(), result, hint))
     }
 }
 
@@ -358,13 +362,20 @@ impl pb::token_service_server::TokenService for TokenService {
             .instrument(span.clone())
             .await
         {
-            Ok((token, fingerprint, result)) => {
+            Ok((token, fingerprint, result, hint)) => {
                 audit::served(RPC.as_str(), &caller, profile, result.into(), fingerprint);
                 if !span.is_disabled() {
                     span.record("tokenvend.cache", result.as_str());
                     record_status(&span, Code::Ok);
                 }
-                Ok(Response::new(token))
+                let mut response = Response::new(token);
+                if let Some(hint) = hint {
+                    response.metadata_mut().insert(
+                        "tokenvend-hint",
+                        tonic::metadata::MetadataValue::from_static(hint.as_str()),
+                    );
+                }
+                Ok(response)
             }
             Err(error) => Err(self.refused(RPC, Some(&caller), profile, error, &span)),
         }
@@ -427,7 +438,11 @@ impl pb::token_service_server::TokenService for TokenService {
             let held = self.watch(&caller)?;
             // Subscribed before the first token is taken, so no refresh falls in between.
             let updates = slot.subscribe();
-            let (first, result) = within(Some(deadline), slot.token(Need::default())).await?;
+            let Served {
+                token: first,
+                result,
+                ..
+            } = within(Some(deadline), slot.token(Need::default())).await?;
             Ok::<_, ServeError>((slot, held, updates, first, result))
         };
         let (slot, held, updates, first, result) = match first.instrument(span.clone()).await {

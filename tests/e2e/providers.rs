@@ -543,7 +543,13 @@ fn free_port() -> u16 {
 async fn jadu_authorized_once_then_rotating_refresh_tokens_survive_a_crash() {
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = jadu_config(&provider, dir.path(), free_port(), "");
+    // Each report below must rotate the chain, fresh token or not.
+    let yaml = jadu_config(
+        &provider,
+        dir.path(),
+        free_port(),
+        "    rejected_token_min_interval: 0s\n",
+    );
     authorize(&yaml, "jadu").await;
     assert_eq!(*provider.state.chain.lock().unwrap(), ["rt-1"]);
 

@@ -415,7 +415,9 @@ async fn rejected_tokens_cannot_drain_the_idp_beyond_its_ceiling() {
     let server = Server::start(&crate::support::config(
         "p",
         &idp,
-        "    idp_requests_per_minute: 3\n",
+        // Spacing off, so that every report of a fresh token asks the provider: the
+        // ceiling alone must hold.
+        "    idp_requests_per_minute: 3\n    rejected_token_min_interval: 0s\n",
     ))
     .await;
     let mut client = server.client.clone();

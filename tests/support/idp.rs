@@ -13,7 +13,8 @@ use std::{
 };
 
 use axum::{
-    Form, Json, Router,
+    Json, Router,
+    body::Bytes,
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -41,6 +42,22 @@ pub enum Behaviour {
     },
     /// Answer 200 with this JSON body, as is.
     Raw(String),
+    /// Copy the request (headers first, then the form body, as received) into the
+    /// answer, as careless or hostile providers do.
+    Echo(EchoInto),
+}
+
+/// Where an echoing IdP puts the request it received.
+#[derive(Clone, Copy, Debug)]
+pub enum EchoInto {
+    /// A 401 `{"error": "invalid_client", "error_description": <echo>}`.
+    Description,
+    /// A 400 whose OAuth `error` code is the echo.
+    ErrorCode,
+    /// A 500 HTML error page that shows the request.
+    HtmlPage,
+    /// A 500 whose `Content-Type` carries the echo.
+    ContentType,
 }
 
 impl Behaviour {
@@ -164,11 +181,8 @@ impl Drop for TestIdp {
     }
 }
 
-async fn token(
-    State(state): State<Arc<IdpState>>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let text = |name| {
         headers
             .get(name)
@@ -226,6 +240,42 @@ async fn token(
             body,
         )
             .into_response(),
+        Behaviour::Echo(into) => echo(into, &headers, &body),
+    }
+}
+
+/// The request as a provider that echoes it would write it: the credentials first, so
+/// that they fall within any excerpt.
+fn echo(into: EchoInto, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mut text = String::new();
+    for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            text += &format!("{name}: {value}; ");
+        }
+    }
+    text += &format!("body: {}", String::from_utf8_lossy(body));
+    match into {
+        EchoInto::Description => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client", "error_description": text})),
+        )
+            .into_response(),
+        EchoInto::ErrorCode => {
+            (StatusCode::BAD_REQUEST, Json(json!({"error": text}))).into_response()
+        }
+        EchoInto::HtmlPage => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/html")],
+            format!("<html><body><h1>Error</h1><pre>{text}</pre></body></html>"),
+        )
+            .into_response(),
+        EchoInto::ContentType => {
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            if let Ok(value) = header::HeaderValue::try_from(text) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod logs;
 pub mod metrics;
 pub mod raw;
 pub mod redis;

@@ -190,13 +190,13 @@ async fn refresh_due(slot: &Arc<Slot>) {
     let fresh = |token: &super::CachedToken, now: Instant| {
         now < token.refresh_at && idle_limit.is_none_or(|limit| now < token.issued + limit)
     };
-    match slot.join_or_start(fresh, Duration::ZERO, Trigger::Background) {
+    match slot.join_or_start(fresh, Duration::ZERO, None, Trigger::Background) {
         Ok(Step::Started(flight) | Step::Joined(flight)) => {
             // The outcome is published and logged by the fetch itself.
             let _ = flight.await;
         }
         // A new token arrived meanwhile, or a backoff is running: rescheduling works out
         // when to come back.
-        Ok(Step::Ready(_)) | Err(_) => {}
+        Ok(Step::Ready(_) | Step::Held { .. }) | Err(_) => {}
     }
 }

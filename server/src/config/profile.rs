@@ -9,9 +9,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, Pattern,
-    PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero, parse_endpoint_url,
-    secret_source,
+    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, MIN_LIFETIME,
+    Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero,
+    parse_endpoint_url, secret_source,
 };
 use crate::secret::{RawSecretSource, SecretSource};
 
@@ -44,6 +44,8 @@ pub(super) struct RawProfile {
     min_ttl: Option<Dur>,
     #[serde(alias = "default_expires_in")]
     default_lifetime: Option<Dur>,
+    max_lifetime: Option<Dur>,
+    rejected_token_min_interval: Option<Dur>,
     timeout: Option<Dur>,
     #[serde(default)]
     warm_up: bool,
@@ -143,6 +145,8 @@ impl RawProfile {
                 refresh_ahead: self.refresh_ahead,
                 min_ttl: self.min_ttl,
                 default_lifetime: self.default_lifetime,
+                max_lifetime: self.max_lifetime,
+                rejected_token_min_interval: self.rejected_token_min_interval,
                 timeout: self.timeout,
                 idle_refresh: self.idle_refresh,
                 idp_requests_per_minute: self.idp_requests_per_minute,
@@ -190,6 +194,8 @@ impl RawProfile {
             refresh_ahead: timing.refresh_ahead,
             min_ttl: timing.min_ttl,
             default_lifetime: timing.default_lifetime,
+            max_lifetime: timing.max_lifetime,
+            rejected_token_min_interval: timing.rejected_token_min_interval,
             timeout: timing.timeout,
             warm_up: self.warm_up,
             idle_refresh: timing.idle_refresh,
@@ -375,6 +381,8 @@ struct RawTiming {
     refresh_ahead: Option<RawRefreshAhead>,
     min_ttl: Option<Dur>,
     default_lifetime: Option<Dur>,
+    max_lifetime: Option<Dur>,
+    rejected_token_min_interval: Option<Dur>,
     timeout: Option<Dur>,
     idle_refresh: Option<Dur>,
     idp_requests_per_minute: Option<u32>,
@@ -384,6 +392,8 @@ struct Timing {
     refresh_ahead: RefreshAhead,
     min_ttl: Duration,
     default_lifetime: Duration,
+    max_lifetime: Duration,
+    rejected_token_min_interval: Duration,
     timeout: Duration,
     idle_refresh: Duration,
     idp_requests_per_minute: u32,
@@ -419,14 +429,45 @@ fn timing(keys: &Keys<'_>, raw: RawTiming) -> Result<Timing, ConfigError> {
         Some(n) => n,
         None => 60,
     };
+    let max_lifetime = nonzero(
+        &keys.key("max_lifetime"),
+        raw.max_lifetime,
+        Duration::from_secs(24 * 3600),
+    )?;
+    // The default of an hour gives way to a shorter `max_lifetime`; a default given as
+    // well must fit under it.
+    let default_lifetime = nonzero(
+        &keys.key("default_lifetime"),
+        raw.default_lifetime,
+        Duration::from_secs(3600).min(max_lifetime),
+    )?;
+    // Shorter lifetimes are refused when a provider sends them; a configured one would
+    // refuse every token.
+    for (key, lifetime) in [
+        ("max_lifetime", max_lifetime),
+        ("default_lifetime", default_lifetime),
+    ] {
+        if lifetime < MIN_LIFETIME {
+            return Err(keys.err(key, "must be at least 1s"));
+        }
+    }
+    if default_lifetime > max_lifetime {
+        return Err(keys.err(
+            "default_lifetime",
+            format!(
+                "is longer than `max_lifetime` ({})",
+                humantime::format_duration(max_lifetime)
+            ),
+        ));
+    }
     Ok(Timing {
         refresh_ahead,
         min_ttl: raw.min_ttl.map_or(Duration::ZERO, |d| d.0),
-        default_lifetime: nonzero(
-            &keys.key("default_lifetime"),
-            raw.default_lifetime,
-            Duration::from_secs(3600),
-        )?,
+        default_lifetime,
+        max_lifetime,
+        rejected_token_min_interval: raw
+            .rejected_token_min_interval
+            .map_or(Duration::from_secs(30), |d| d.0),
         timeout: nonzero(&keys.key("timeout"), raw.timeout, Duration::from_secs(10))?,
         idle_refresh: nonzero(
             &keys.key("idle_refresh"),

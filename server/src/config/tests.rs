@@ -449,3 +449,28 @@ fn connection_and_per_caller_limits_have_safe_defaults_and_name_their_keys() {
         assert_eq!(e.key, key, "{yaml}");
     }
 }
+
+#[test]
+fn lifetime_bounds_and_rejection_spacing_have_defaults_and_checks() {
+    let config = Config::from_yaml(&profile_yaml("")).unwrap();
+    let profile = &config.profiles[0];
+    assert_eq!(profile.max_lifetime, Duration::from_secs(24 * 3600));
+    assert_eq!(profile.default_lifetime, Duration::from_secs(3600));
+    assert_eq!(profile.rejected_token_min_interval, Duration::from_secs(30));
+
+    // A short `max_lifetime` lowers the default lifetime with it.
+    let config = Config::from_yaml(&profile_yaml(
+        "    max_lifetime: 10m\n    rejected_token_min_interval: 0s\n",
+    ))
+    .unwrap();
+    let profile = &config.profiles[0];
+    assert_eq!(profile.default_lifetime, Duration::from_secs(600));
+    assert_eq!(profile.rejected_token_min_interval, Duration::ZERO);
+
+    let e = error(&profile_yaml(
+        "    max_lifetime: 10m\n    default_lifetime: 1h\n",
+    ));
+    assert_eq!(e.key, "profiles.jama.default_lifetime");
+    let e = error(&profile_yaml("    max_lifetime: 500ms\n"));
+    assert_eq!(e.key, "profiles.jama.max_lifetime");
+}

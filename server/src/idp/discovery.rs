@@ -42,7 +42,10 @@ impl IdpClient {
             if !(200..300).contains(&answer.status) {
                 last_error = Some(IdpError::Status {
                     status: answer.status,
-                    content_type: answer.content_type,
+                    content_type: answer
+                        .content_type
+                        .as_deref()
+                        .map(super::redact::media_type),
                     error: None,
                     retry_after: answer.retry_after,
                 });
@@ -67,7 +70,8 @@ fn parse(body: &[u8], expected_issuer: &str) -> Result<Metadata, IdpError> {
     // misconfigured proxy).
     if issuer.trim_end_matches('/') != expected_issuer {
         return Err(IdpError::Misconfigured(format!(
-            "the issuer metadata is for `{issuer}`, not `{expected_issuer}`; check the profile's `issuer`"
+            "the issuer metadata is for `{}`, not `{expected_issuer}`; check the profile's `issuer`",
+            super::redact::sanitize(issuer)
         )));
     }
     let endpoint = |key: &str| -> Result<Option<Url>, IdpError> {
@@ -75,7 +79,11 @@ fn parse(body: &[u8], expected_issuer: &str) -> Result<Metadata, IdpError> {
             .and_then(Value::as_str)
             .map(|text| {
                 parse_endpoint_url(text).map_err(|m| {
-                    IdpError::Misconfigured(format!("the issuer metadata's `{key}`: {m}"))
+                    // The provider's text, so shortened and made printable.
+                    IdpError::Misconfigured(format!(
+                        "the issuer metadata's `{key}`: {}",
+                        super::redact::sanitize(&m.to_string())
+                    ))
                 })
             })
             .transpose()

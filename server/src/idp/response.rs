@@ -7,8 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Map, Value};
 
-use super::{IdpError, is_transient_status};
-use crate::{config::Profile, secret::Secret};
+use super::{
+    IdpError, is_transient_status,
+    redact::{Redactor, is_token, media_type},
+};
+use crate::{
+    config::{MIN_LIFETIME, Profile},
+    secret::Secret,
+};
 
 /// A token as the provider issued it.
 #[derive(Debug)]
@@ -46,15 +52,20 @@ pub(super) struct Answer<'a> {
 /// OAuth error codes that mean "try again later" rather than "fix the configuration".
 const TRANSIENT_ERRORS: &[&str] = &["temporarily_unavailable", "server_error", "slow_down"];
 
-/// The longest error text passed on to callers.
-const MAX_DETAIL_CHARS: usize = 300;
+/// The largest access token passed on. Real ones are a few KiB (an Entra ID JWT with
+/// group claims is about 8 KiB); callers send it in a header, which servers cap far lower.
+pub(crate) const MAX_ACCESS_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Reads an answer. `secrets` are values that must not appear in an error even if the
-/// provider echoes them.
+/// The longest `token_type`: the registered ones (`Bearer`, `DPoP`, `N_A`) are a few
+/// characters, and it is sent in the caller's `Authorization` header.
+const MAX_TOKEN_TYPE_BYTES: usize = 64;
+
+/// Reads an answer. `redactor` knows the values that must not appear in an error even if
+/// the provider echoes them.
 pub(super) fn parse(
     answer: Answer<'_>,
     profile: &Profile,
-    secrets: &[&str],
+    redactor: &Redactor,
 ) -> Result<IssuedToken, IdpError> {
     // Parsing into a `Value` first means a type mismatch cannot put part of the body
     // (a token) into an error message, as serde's own messages would.
@@ -75,14 +86,14 @@ pub(super) fn parse(
             .as_ref()
             .and_then(|m| m.get("error_description"))
             .and_then(Value::as_str)
-            .map(|d| clean(d, secrets));
+            .map(|d| redactor.excerpt(d));
         return Err(match oauth_error {
             Some(error)
                 if !is_transient_status(answer.status) && !TRANSIENT_ERRORS.contains(&error) =>
             {
                 IdpError::Rejected {
                     status: answer.status,
-                    error: clean(error, secrets),
+                    error: redactor.excerpt(error),
                     description,
                 }
             }
@@ -91,9 +102,9 @@ pub(super) fn parse(
                 content_type: if json.is_some() {
                     None
                 } else {
-                    answer.content_type.map(|t| clean(&t, secrets))
+                    answer.content_type.as_deref().map(media_type)
                 },
-                error: error.map(|e| clean(e, secrets)),
+                error: error.map(|e| redactor.excerpt(e)),
                 retry_after: answer.retry_after,
             },
         });
@@ -102,17 +113,26 @@ pub(super) fn parse(
     let Some(map) = json else {
         return Err(IdpError::Malformed(format!(
             "the body is not a JSON object (content type {})",
-            answer.content_type.as_deref().unwrap_or("not given")
+            answer
+                .content_type
+                .as_deref()
+                .map_or("not given".into(), media_type)
         )));
     };
     let access_token = match map.get("access_token") {
-        Some(Value::String(token)) if !token.is_empty() => Secret::new(token.as_str()),
+        Some(Value::String(token)) if !token.is_empty() => checked_access_token(token)?,
         _ => return Err(IdpError::Malformed("no access_token string".into())),
     };
     let token_type = match map.get("token_type").and_then(Value::as_str) {
         None => "Bearer".to_owned(),
         Some(t) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
-        Some(t) => clean(t, secrets),
+        Some(t) if t.len() <= MAX_TOKEN_TYPE_BYTES && is_token(t) => t.to_owned(),
+        Some(_) => {
+            return Err(IdpError::Malformed(format!(
+                "the token_type is not 1-{MAX_TOKEN_TYPE_BYTES} token characters \
+                 (RFC 9110 §5.6.2), so it cannot go into an Authorization header"
+            )));
+        }
     };
 
     let (lifetime, expires_at) = match seconds(&map, "expires_in") {
@@ -135,7 +155,26 @@ pub(super) fn parse(
     if lifetime.is_zero() {
         return Err(IdpError::Malformed("the token has no lifetime left".into()));
     }
-    let refresh_in = seconds(&map, "refresh_in").filter(|r| *r < lifetime);
+    // Refused rather than used: the profile then backs off, where a token this short would
+    // have the refresher asking again at once.
+    if lifetime < MIN_LIFETIME {
+        return Err(IdpError::Malformed(format!(
+            "the token lives {lifetime:?}, less than the {MIN_LIFETIME:?} tokenvend needs \
+             to hand it out and replace it in time"
+        )));
+    }
+    // A provider cannot make a token live longer in tokenvend than the profile allows: a
+    // century-long `expires_in` would otherwise serve one token, revoked or not, forever.
+    let (lifetime, expires_at) = if lifetime > profile.max_lifetime {
+        (profile.max_lifetime, answer.sent_at + profile.max_lifetime)
+    } else {
+        (lifetime, expires_at)
+    };
+    // Entra ID asks to come back at half the lifetime; an earlier `refresh_in` would let a
+    // provider set tokenvend asking again and again, so it is taken no earlier than that.
+    let refresh_in = seconds(&map, "refresh_in")
+        .filter(|r| *r < lifetime)
+        .map(|r| r.max(lifetime / 2));
 
     let scopes = match map.get("scope") {
         Some(Value::String(scope)) => scope.split_whitespace().map(str::to_owned).collect(),
@@ -193,20 +232,21 @@ fn jwt_expiry(token: &str) -> Option<SystemTime> {
     (exp > 0.0 && exp < 1e11).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))
 }
 
-/// Makes provider text safe to pass on: no secret it may echo, no control characters,
-/// not too long.
-fn clean(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "<redacted>");
+/// An access token that can go into an HTTP header as it is: visible ASCII only (no
+/// CR/LF to forge a header line, no space to end the credential), and bounded in size.
+fn checked_access_token(token: &str) -> Result<Secret, IdpError> {
+    if token.len() > MAX_ACCESS_TOKEN_BYTES {
+        return Err(IdpError::Malformed(format!(
+            "the access_token is {} bytes, more than the {MAX_ACCESS_TOKEN_BYTES} accepted",
+            token.len()
+        )));
     }
-    let mut cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_DETAIL_CHARS)
-        .collect();
-    if text.chars().count() > MAX_DETAIL_CHARS {
-        cleaned.push('…');
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(IdpError::Malformed(
+            "the access_token holds characters an HTTP header cannot carry (control \
+             characters, spaces or non-ASCII)"
+                .into(),
+        ));
     }
-    cleaned
+    Ok(Secret::new(token))
 }

@@ -25,7 +25,11 @@ fn answer(status: u16, content_type: Option<&str>, body: &str) -> Result<IssuedT
             sent_at: now,
         },
         &profile(),
-        &["s+/=:%&?"],
+        &{
+            let mut redactor = redact::Redactor::default();
+            redactor.secret("s+/=:%&?");
+            redactor
+        },
     )
 }
 
@@ -144,6 +148,61 @@ fn unusable_success_bodies_never_echo_the_token() {
     assert_eq!(e.lifetime, Duration::from_secs(120));
 }
 
+/// Values a header cannot carry are refused whole, never cleaned and passed on.
+#[test]
+fn provider_values_a_header_cannot_carry_are_refused() {
+    let body = |token: &str, token_type: &str| {
+        serde_json::json!({"access_token": token, "token_type": token_type, "expires_in": 60})
+            .to_string()
+    };
+    let huge = "a".repeat(response::MAX_ACCESS_TOKEN_BYTES + 1);
+    for (token, token_type) in [
+        ("zq9\r\nX-Injected: 1", "Bearer"),
+        ("zq9 en", "Bearer"),
+        ("zq9ö", "Bearer"),
+        (huge.as_str(), "Bearer"),
+        ("zq9", ""),
+        ("zq9", "Bearer\r\nX-Injected: 1"),
+        ("zq9", "Be arer"),
+        ("zq9", &"X".repeat(65)),
+    ] {
+        let e = answer(200, None, &body(token, token_type)).unwrap_err();
+        assert!(matches!(e, IdpError::Malformed(_)), "{e}");
+        assert!(e.is_transient());
+        let text = e.to_string();
+        assert!(
+            !text.contains("Injected") && !text.contains("zq9") && !text.contains("aaaa"),
+            "{text}"
+        );
+    }
+    let t = answer(200, None, &body(&"a".repeat(8192), "DPoP")).unwrap();
+    assert_eq!(t.token_type, "DPoP");
+}
+
+#[test]
+fn lifetimes_are_floored_and_clamped() {
+    let e = answer(200, None, r#"{"access_token":"t","expires_in":0.001}"#).unwrap_err();
+    assert!(e.to_string().contains("less than the 1s"), "{e}");
+    let century = 100.0 * 365.0 * 86400.0;
+    let t = answer(
+        200,
+        None,
+        &format!(r#"{{"access_token":"t","expires_in":{century}}}"#),
+    )
+    .unwrap();
+    assert_eq!(t.lifetime, Duration::from_secs(24 * 3600));
+    let in_a_day = SystemTime::now() + Duration::from_secs(24 * 3600 + 5);
+    assert!(t.expires_at < in_a_day);
+    // A `refresh_in` that would have tokenvend ask again at once waits for half the life.
+    let t = answer(
+        200,
+        None,
+        r#"{"access_token":"t","expires_in":3600,"refresh_in":0.001}"#,
+    )
+    .unwrap();
+    assert_eq!(t.refresh_in, Some(Duration::from_secs(1800)));
+}
+
 #[test]
 fn basic_credentials_are_form_encoded_before_base64() {
     let value = basic_authorization("my id", &Secret::new("s+/=:%&?"));
@@ -203,7 +262,7 @@ mod properties {
                 sent_at: SystemTime::now(),
             },
             &profile(),
-            &["s+/=:%&?"],
+            &redact::Redactor::default(),
         )
     }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Cas, ChainStore, Record, Version};
+use crate::bounded;
 
 /// Why a record in `state_dir` cannot be used. Never carries the record's content.
 #[derive(Debug, thiserror::Error)]
@@ -106,13 +107,18 @@ impl FileStore {
 }
 
 fn read(path: &Path) -> Result<(Version, Option<Record>), FileError> {
-    let bytes = match fs::read(path) {
+    // Bounded: a record is a few hundred bytes, and whatever else sits at its path is not
+    // one.
+    let bytes = match bounded::read(path, bounded::SECRET_BYTES) {
         Ok(bytes) => Zeroizing::new(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Version::default(), None)),
-        Err(source) => {
+        Err(e) => {
             return Err(FileError::Io {
                 path: path.to_owned(),
-                source,
+                source: match e {
+                    bounded::ReadError::Io(source) => source,
+                    too_large => io::Error::new(too_large.kind(), too_large.to_string()),
+                },
             });
         }
     };

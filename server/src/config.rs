@@ -190,7 +190,7 @@ impl Default for ServerConfig {
 /// `PartialEq` tells whether a reloaded profile is configured the same way, so that it
 /// keeps its cached token. Secrets compare by source (`env`, `file`), not by the value
 /// they hold now: a rotated secret file is picked up at the next token request anyway.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// The profile's name, as callers ask for it.
     pub name: Arc<str>,

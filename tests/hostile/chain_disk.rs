@@ -109,3 +109,52 @@ async fn a_rotating_answer_slower_than_the_timeout_is_not_abandoned() {
     assert_eq!(sent(&idp), ["rt-0", "rt-1"]);
     server.stop().await;
 }
+
+fn authorize_config(state_dir: &Path) -> tokenvend_server::Config {
+    tokenvend_server::Config::from_yaml(&format!(
+        "server:\n  state_dir: {}\nprofiles:\n  p:\n    token_url: https://idp.example.com/token\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    authorize_url: https://idp.example.com/authorize\n    redirect_uri: https://app.example.com/callback\n",
+        state_dir.display()
+    ))
+    .unwrap()
+}
+
+/// Runs `tokenvend authorize` for `p`; whether it showed the provider's URL, and its error.
+async fn authorize(config: &tokenvend_server::Config) -> (bool, String) {
+    let mut shown = false;
+    let result = tokenvend_server::authorize::run(
+        config,
+        "p",
+        |_| shown = true,
+        async || Err(std::io::Error::other("no one at the terminal")),
+    )
+    .await;
+    (shown, result.unwrap_err().to_string())
+}
+
+#[tokio::test]
+async fn authorize_checks_the_state_dir_before_sending_anyone_to_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A state directory that cannot keep the answer: no one is sent to approve.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("p.refresh.json.tmp")).unwrap();
+    let (shown, error) = authorize(&authorize_config(&blocked)).await;
+    assert!(
+        !shown,
+        "the URL was shown for a directory that cannot be written"
+    );
+    assert!(error.contains("p.refresh.json.tmp"), "{error}");
+
+    // One that does not exist yet is made (owner only) before the URL is shown.
+    let missing = dir.path().join("new/state");
+    let (shown, _) = authorize(&authorize_config(&missing)).await;
+    assert!(shown);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&missing).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        std::fs::read_dir(&missing).unwrap().next().is_none(),
+        "the probe left nothing"
+    );
+}

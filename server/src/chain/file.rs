@@ -9,7 +9,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -69,6 +69,38 @@ impl FileStore {
             path: dir.join(format!("{profile}.refresh.json")),
             lock: dir.join(format!("{profile}.refresh.lock")),
         }
+    }
+}
+
+impl FileStore {
+    /// Makes sure a record can be written here: creates the directory if it is missing and
+    /// writes and removes the record's temporary file. `tokenvend authorize` asks this before
+    /// sending anyone to the provider, so that an approval is never wasted on a directory
+    /// that cannot keep its answer.
+    pub(crate) fn probe(&self) -> Result<(), FileError> {
+        if let Some(dir) = self.path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| self.io_error(e))?;
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        let written = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut file| {
+                file.write_all(b"{}")?;
+                file.sync_all()
+            });
+        let removed = fs::remove_file(&temporary);
+        written.and(removed).map_err(|source| FileError::Io {
+            path: temporary,
+            source,
+        })
     }
 }
 

@@ -1,10 +1,12 @@
-//! Hostile-input tests: what a broken or hostile peer (a caller who reaches the gRPC port,
-//! an identity provider, a resource API) can make tokenvend spend or do. One module per
-//! area.
+//! Hostile-input tests: what a hostile or broken peer (a caller who reaches the gRPC port,
+//! an identity provider, a resource API), a broken disk or a careless edit can make
+//! tokenvend spend or do, and what it gets. One module per area.
 
 mod support;
 
 mod hostile {
+    mod chain_disk;
+    mod config_edits;
     mod connections;
     mod echo;
     mod provider_values;

@@ -185,7 +185,11 @@ pub async fn run(
 fn chain_of(config: &Config, name: &str) -> Result<RefreshChain<Storage>, AuthorizeError> {
     let storage = match (&config.server.store, &config.server.state_dir) {
         (Some(redis), _) => Storage::Shared(SharedStore::new(redis)?.profile(name)),
-        (None, Some(dir)) => Storage::Dir(FileStore::new(dir, name)),
+        (None, Some(dir)) => {
+            let file = FileStore::new(dir, name);
+            file.probe().map_err(ChainError::from)?;
+            Storage::Dir(file)
+        }
         (None, None) => {
             return Err(AuthorizeError::Config(
                 "server.state_dir or server.store is required".into(),

@@ -168,6 +168,19 @@ pub(crate) struct Link {
     at: Position,
 }
 
+impl Link {
+    /// The link the provider rotated `spent` into, not yet stored: it takes `spent`'s place
+    /// in the chain, so that it (or the link it rotates into) is written from where `spent`
+    /// was read.
+    pub(crate) fn rotated(spent: Self, token: Secret, scope: Option<String>) -> Self {
+        Self {
+            token,
+            scope,
+            at: spent.at,
+        }
+    }
+}
+
 /// Where a link was read: what the next record is written from.
 struct Position {
     version: Version,
@@ -243,6 +256,18 @@ impl<S: ChainStore> RefreshChain<S> {
     ) -> Result<(), ChainError> {
         let record = Record::new(token, from.at.seed.clone(), false, scope);
         self.write(Some(from.at.version), &record).await
+    }
+
+    /// Stores `link` itself as the record after the one it replaces: a rotated link kept in
+    /// memory because its first write failed.
+    pub(crate) async fn persist(&self, link: &Link) -> Result<(), ChainError> {
+        let record = Record::new(
+            &link.token,
+            link.at.seed.clone(),
+            false,
+            link.scope.as_deref(),
+        );
+        self.write(Some(link.at.version), &record).await
     }
 
     /// Remembers that the provider refused `link`, so that it is never sent again.

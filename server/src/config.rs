@@ -19,6 +19,7 @@ mod allow;
 mod profile;
 mod server;
 mod store;
+mod unique;
 
 use http::HeaderName;
 use serde::Deserialize;
@@ -210,7 +211,7 @@ pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// `PartialEq` tells whether a reloaded profile is configured the same way, so that it
 /// keeps its cached token. Secrets compare by source (`env`, `file`), not by the value
 /// they hold now: a rotated secret file is picked up at the next token request anyway.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// The profile's name, as callers ask for it.
     pub name: Arc<str>,
@@ -493,9 +494,8 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read {}: {}", path.display(), e.kind()))
-        })?;
+        let text = crate::bounded::read_to_string(path, crate::bounded::CONFIG_BYTES)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
         let mut config = Self::from_yaml(&text)?;
         config.path = Some(path.to_owned());
         Ok(config)
@@ -514,6 +514,10 @@ impl Config {
     /// Parses and validates a configuration: its shape, every section, every profile,
     /// reporting each error found. Nothing it names is read here (see [`crate::app`]).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        serde_path_to_error::deserialize::<_, unique::Unique>(serde_yaml::Deserializer::from_str(
+            text,
+        ))
+        .map_err(yaml_error)?;
         let raw: RawConfig =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
                 .map_err(yaml_error)?;

@@ -14,6 +14,7 @@ mod assertion;
 mod audit;
 mod auth;
 pub mod authorize;
+mod bounded;
 mod cache;
 mod chain;
 pub mod cli;

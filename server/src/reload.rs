@@ -6,10 +6,16 @@
 //! is updated by swapping a `..data` symlink, which changes no watched file's inode, and
 //! a poll every couple of seconds hashes the file through a small buffer, which costs
 //! little even for a large file. SIGHUP reloads at once.
+//!
+//! A new version is applied only once two reads [`SETTLE`] apart find the same content:
+//! a file caught while an editor or `cp` is still writing it may parse (truncated after a
+//! profile, say) and would drop every profile after the cut, and the callers' `allow`
+//! rules with them. Writing elsewhere and renaming over the file avoids the wait's risk
+//! altogether (docs/configuration.md).
 
 use std::{
     fs::File,
-    io,
+    io::{self, Read as _},
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
@@ -22,9 +28,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Live,
+    bounded::{self, ReadError},
     config::{self, Config, ConfigError, ConfigErrors},
     metrics::Metrics,
 };
+
+/// How long a new version must stay unchanged before it is parsed: longer than any
+/// editor takes to write a file, short enough that a reload still feels immediate.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// A stream of nothing, one item per reload request (SIGHUP).
 pub(crate) type Triggers = Pin<Box<dyn Stream<Item = ()> + Send>>;
@@ -106,14 +117,18 @@ impl Watcher {
                 else => return None,
             };
             let unless = if forced { None } else { self.last };
-            let (digest, text) = match read_changed(self.path.clone(), unless).await {
-                Ok(Some(changed)) => changed,
+            let read = match read_changed(self.path.clone(), unless).await {
+                Ok(Some(changed)) => settled(&self.path, changed).await,
                 Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            let (digest, text) = match read {
+                Ok(settled) => settled,
                 Err(e) => {
                     if self.last.take().is_some() || forced {
                         self.refused(&ConfigErrors::from(ConfigError::new(
                             "",
-                            format!("cannot read {}: {}", self.path.display(), e.kind()),
+                            format!("cannot read {}: {e}", self.path.display()),
                         )));
                     }
                     continue;
@@ -144,6 +159,23 @@ fn refused(metrics: &Metrics, errors: &ConfigErrors) {
     }
 }
 
+/// `read` once the file at `path` has held it for [`SETTLE`]: read again until two reads
+/// that far apart agree, so that a version caught half-written is never parsed.
+async fn settled(path: &Path, mut read: (u64, Vec<u8>)) -> Result<(u64, Vec<u8>), ReadError> {
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        match read_changed(path.to_owned(), Some(read.0)).await? {
+            None => return Ok(read),
+            Some(newer) => {
+                tracing::debug!(
+                    "the configuration file is still changing; waiting for it to settle"
+                );
+                read = newer;
+            }
+        }
+    }
+}
+
 async fn tick(ticks: &mut Option<Interval>) {
     match ticks {
         Some(ticks) => {
@@ -155,22 +187,28 @@ async fn tick(ticks: &mut Option<Interval>) {
 
 /// The file's content and digest, or `None` if its digest is `unless`. An unchanged file is
 /// hashed through a small buffer: reading a large configuration whole at every poll
-/// left a file-sized block resident in the allocator (1.6 MiB at 10,000 profiles).
-async fn read_changed(path: PathBuf, unless: Option<u64>) -> io::Result<Option<(u64, Vec<u8>)>> {
+/// left a file-sized block resident in the allocator (1.6 MiB at 10,000 profiles). Both
+/// reads stop at [`bounded::CONFIG_BYTES`].
+async fn read_changed(
+    path: PathBuf,
+    unless: Option<u64>,
+) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
     tokio::task::spawn_blocking(move || {
         if let Some(last) = unless {
             let mut digest = config::Digest::default();
-            io::copy(&mut File::open(&path)?, &mut digest)?;
+            let file = File::open(&path).map_err(ReadError::Io)?;
+            io::copy(&mut file.take(bounded::CONFIG_BYTES + 1), &mut digest)
+                .map_err(ReadError::Io)?;
             if digest.finish() == last {
                 return Ok(None);
             }
         }
         // Hashed again as read: the file may have changed since.
-        let text = std::fs::read(&path)?;
+        let text = bounded::read(&path, bounded::CONFIG_BYTES)?;
         Ok(Some((config::digest(&text), text)))
     })
     .await
-    .map_err(io::Error::other)?
+    .map_err(|e| ReadError::Io(io::Error::other(e)))?
 }
 
 fn parse(path: &Path, text: Vec<u8>) -> Result<Config, ConfigErrors> {

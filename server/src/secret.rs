@@ -6,6 +6,8 @@ use std::{fmt, path::PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroize;
 
+use crate::bounded;
+
 /// A secret value: a client secret, an API key or a token.
 ///
 /// It has no `Display`, its `Debug` prints a placeholder, and its memory is wiped on drop,
@@ -89,12 +91,16 @@ impl SecretSource {
                 (value, format!("environment variable {name}"))
             }
             // Secret files are a few bytes and read once per token request, so a blocking
-            // read costs less than handing it to a thread pool.
+            // read costs less than handing it to a thread pool. Bounded: a path to a device
+            // or a huge file fails at once instead of filling memory.
             Self::File(path) => {
-                let mut value = std::fs::read_to_string(path).map_err(|e| SecretError::File {
-                    path: path.clone(),
-                    reason: e.kind().to_string(),
-                })?;
+                let mut value =
+                    bounded::read_to_string(path, bounded::SECRET_BYTES).map_err(|e| {
+                        SecretError::File {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 // `echo secret > file` and `kubectl create secret --from-file` keep a newline.
                 if value.ends_with('\n') {
                     value.pop();

@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::{
     audit::Fingerprint,
-    chain::{Cas, ChainError, ChainStore, FileStore, Record, RefreshChain, Version},
+    chain::{Cas, ChainError, ChainStore, FileStore, Link, Record, RefreshChain, Version},
     config::{Endpoint, Grant, Profile},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
     store::{ProfileStore, WhenDown},
@@ -23,7 +23,7 @@ pub(crate) struct TokenSource {
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
     // Boxed, as most profiles have neither: inline they made every slot 200 bytes larger.
-    chain: Option<Box<RefreshChain<Storage>>>,
+    chain: Option<Box<Chain>>,
     /// The store shared with other replicas, if any.
     shared: Option<Box<ProfileStore>>,
     /// The token this source last produced: the slot holds it, so a fetch means it no
@@ -35,12 +35,13 @@ impl TokenSource {
     /// A source for a profile; `chain` (its record in `state_dir`) is required for
     /// `grant: refresh_token` unless [`Self::with_store`] gives a shared store.
     pub(crate) fn new(profile: Arc<Profile>, idp: IdpClient, chain: Option<FileStore>) -> Self {
-        let seed = profile.refresh_token.clone();
         Self {
+            chain: chain
+                .filter(|_| profile.grant == Grant::RefreshToken)
+                .map(|file| Box::new(Chain::new(&profile, Storage::Dir(file)))),
             profile,
             idp,
             metadata: ArcSwapOption::empty(),
-            chain: chain.map(|file| Box::new(RefreshChain::new(Storage::Dir(file), seed))),
             shared: None,
             last: Mutex::new(None),
         }
@@ -52,9 +53,9 @@ impl TokenSource {
         if let Some(store) = &shared
             && self.profile.grant == Grant::RefreshToken
         {
-            self.chain = Some(Box::new(RefreshChain::new(
+            self.chain = Some(Box::new(Chain::new(
+                &self.profile,
                 Storage::Shared(store.clone()),
-                self.profile.refresh_token.clone(),
             )));
         }
         self.shared = shared.map(Box::new);
@@ -116,42 +117,87 @@ impl TokenSource {
         result
     }
 
-    async fn refresh(
-        &self,
-        chain: &RefreshChain<Storage>,
-        token_url: &Url,
-    ) -> Result<IssuedToken, IdpError> {
+    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, IdpError> {
         let profile = &self.profile;
-        let link = chain.current().await.map_err(|e| self.chain_error(e))?;
+        let (link, unsaved) = match chain.take_unsaved() {
+            None => (self.current(chain).await?, false),
+            Some(unsaved) => match chain.rule.persist(&unsaved).await {
+                Ok(()) => {
+                    tracing::info!(profile = %profile.name, "the rotated refresh token is stored at last");
+                    (self.current(chain).await?, false)
+                }
+                Err(ChainError::Conflict) => {
+                    tracing::warn!(
+                        profile = %profile.name,
+                        "the chain was written anew (`tokenvend authorize`?) while a rotated refresh token waited to be stored; the stored one is used"
+                    );
+                    (self.current(chain).await?, false)
+                }
+                Err(error) => {
+                    tracing::error!(
+                        profile = %profile.name,
+                        %error,
+                        "still cannot store the rotated refresh token; it is sent from memory"
+                    );
+                    (unsaved, true)
+                }
+            },
+        };
         let grant = GrantRequest::RefreshToken {
             token: &link.token,
             scope: link.scope.as_deref(),
         };
-        let result = self.idp.request_token(profile, token_url, grant).await;
+        // With the longer read deadline: the provider may spend the old token before it
+        // answers, and an answer given up on would take the new one with it.
+        let result = self
+            .idp
+            .request_token(&chain.profile, token_url, grant)
+            .await;
         match result {
             Ok(issued) => {
-                if let Some(rotated) = &issued.refresh_token {
-                    // Stored before the token is handed out: the old refresh token is
-                    // spent, and this one is the only way to the next access token.
-                    let scope = issued.granted_scope.as_deref().or(link.scope.as_deref());
-                    if let Err(error) = chain.rotate(&link, rotated, scope).await {
-                        tracing::error!(
-                            profile = %profile.name,
-                            %error,
-                            "cannot store the rotated refresh token; the chain is lost if the server stops"
-                        );
-                        return Err(IdpError::Credential {
-                            key: format!("profiles.{}.refresh_token", profile.name),
-                            reason: format!("cannot store the rotated refresh token: {error}"),
-                        });
+                match &issued.refresh_token {
+                    Some(rotated) => {
+                        // Stored before the token is handed out: the old refresh token is
+                        // spent, and this one is the only way to the next access token.
+                        let scope = issued
+                            .granted_scope
+                            .as_deref()
+                            .or(link.scope.as_deref())
+                            .map(str::to_owned);
+                        match chain.rule.rotate(&link, rotated, scope.as_deref()).await {
+                            Ok(()) => {}
+                            Err(error @ ChainError::Conflict) => {
+                                return Err(IdpError::Credential {
+                                    key: format!("profiles.{}.refresh_token", profile.name),
+                                    reason: format!(
+                                        "cannot store the rotated refresh token: {error}"
+                                    ),
+                                });
+                            }
+                            Err(error) => {
+                                // The access token is served: it is valid whatever becomes
+                                // of the store, and withholding it would not bring the
+                                // store back. The new link stays in memory, is sent next
+                                // instead of the spent one, and is written again then.
+                                tracing::error!(
+                                    profile = %profile.name,
+                                    %error,
+                                    "cannot store the rotated refresh token; it is kept in memory and written again at the next refresh, and the chain is lost if the server stops before then"
+                                );
+                                chain.keep(Link::rotated(link, rotated.clone(), scope));
+                            }
+                        }
                     }
+                    // Not rotated: an unsaved link is still the way on, and still unsaved.
+                    None if unsaved => chain.keep(link),
+                    None => {}
                 }
                 Ok(issued)
             }
             Err(IdpError::Rejected {
                 error, description, ..
             }) if error == "invalid_grant" => {
-                if let Err(store_error) = chain.refuse(&link).await {
+                if let Err(store_error) = chain.rule.refuse(&link).await {
                     tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
                 }
                 Err(IdpError::Reauthorize {
@@ -164,8 +210,18 @@ impl TokenSource {
                     },
                 })
             }
-            Err(other) => Err(other),
+            Err(other) => {
+                if unsaved {
+                    chain.keep(link);
+                }
+                Err(other)
+            }
         }
+    }
+
+    /// The chain's stored link (or seed).
+    async fn current(&self, chain: &Chain) -> Result<Link, IdpError> {
+        chain.rule.current().await.map_err(|e| self.chain_error(e))
     }
 
     fn chain_error(&self, error: ChainError) -> IdpError {
@@ -204,6 +260,60 @@ impl TokenSource {
         let metadata = Arc::new(self.idp.discover(issuer, self.profile.timeout).await?);
         self.metadata.store(Some(metadata.clone()));
         Ok(metadata)
+    }
+}
+
+/// How much longer than the profile's `timeout` a refresh waits for its answer: a provider
+/// that rotates spends the old refresh token when the request arrives, so an answer given
+/// up on loses the chain, while a late one costs only a wait.
+const REFRESH_TIMEOUT_FACTOR: u32 = 4;
+
+/// A profile's refresh-token chain, and what its rotation needs beyond the rule.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    rule: RefreshChain<Storage>,
+    /// The profile as refreshes send it: the read deadline is
+    /// [`REFRESH_TIMEOUT_FACTOR`] × `timeout`.
+    profile: Arc<Profile>,
+    /// A rotated link whose write failed (disk full, store down): the only copy of the way
+    /// on. It is sent next instead of the spent link, and written again at each fetch until
+    /// a write lands. Its token is a [`Secret`](crate::secret::Secret): never printed,
+    /// wiped on drop. Locked only to take or put it back; fetches run one at a time (the
+    /// slot's single flight).
+    unsaved: Mutex<Option<Link>>,
+}
+
+impl Chain {
+    fn new(profile: &Arc<Profile>, storage: Storage) -> Self {
+        let mut refreshing = Profile::clone(profile);
+        refreshing.timeout = profile.timeout.saturating_mul(REFRESH_TIMEOUT_FACTOR);
+        Self {
+            rule: RefreshChain::new(storage, profile.refresh_token.clone()),
+            profile: Arc::new(refreshing),
+            unsaved: Mutex::new(None),
+        }
+    }
+
+    fn take_unsaved(&self) -> Option<Link> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn keep(&self, link: Link) {
+        *self.unsaved.lock().unwrap_or_else(PoisonError::into_inner) = Some(link);
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if self.take_unsaved().is_some() {
+            tracing::error!(
+                profile = %self.profile.name,
+                "a rotated refresh token was never stored and is lost; run `tokenvend authorize` for this profile"
+            );
+        }
     }
 }
 

@@ -42,6 +42,10 @@ pub enum Behaviour {
     },
     /// Answer 200 with this JSON body, as is.
     Raw(String),
+    /// The refresh-token grant, rotating: the live refresh token (`rt-0` first) is spent
+    /// as soon as the request arrives, then `tok-N` and `rt-N` are issued after `delay`.
+    /// Any other refresh token is refused with `invalid_grant`.
+    Rotate { lifetime: u64, delay: Duration },
     /// Copy the request (headers first, then the form body, as received) into the
     /// answer, as careless or hostile providers do.
     Echo(EchoInto),
@@ -104,6 +108,8 @@ struct IdpState {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<Recorded>>,
     issued: AtomicUsize,
+    /// The refresh token `Behaviour::Rotate` accepts next.
+    live_refresh: Mutex<String>,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicUsize,
     peak: AtomicUsize,
@@ -140,6 +146,7 @@ impl TestIdp {
             behaviour: Mutex::new(behaviour),
             requests: Mutex::default(),
             issued: AtomicUsize::new(0),
+            live_refresh: Mutex::new("rt-0".into()),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
@@ -233,6 +240,28 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Byt
                     .insert(header::RETRY_AFTER, seconds.into());
             }
             response
+        }
+        Behaviour::Rotate { lifetime, delay } => {
+            if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+                return error(400, "unsupported_grant_type");
+            }
+            let n = {
+                let mut live = state.live_refresh.lock().unwrap();
+                if form.get("refresh_token") != Some(&*live) {
+                    return error(400, "invalid_grant");
+                }
+                let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                *live = format!("rt-{n}");
+                n
+            };
+            tokio::time::sleep(delay).await;
+            Json(json!({
+                "access_token": format!("tok-{n}"),
+                "token_type": "bearer",
+                "expires_in": lifetime,
+                "refresh_token": format!("rt-{n}"),
+            }))
+            .into_response()
         }
         Behaviour::Raw(body) => (
             StatusCode::OK,

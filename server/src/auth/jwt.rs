@@ -20,7 +20,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AuthError;
-use crate::config::{JwksSource, ServiceAccountConfig};
+use crate::{
+    bounded,
+    config::{JwksSource, ServiceAccountConfig},
+};
 
 /// Tokens longer than this are refused unread; projected tokens are about 1 KiB.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -372,7 +375,7 @@ impl KeySet {
 
     /// Reads and checks a JWKS file.
     pub(crate) fn read_file(path: &Path) -> Result<Self, KeysError> {
-        let bytes = std::fs::read(path).map_err(|e| KeysError::Read {
+        let bytes = bounded::read(path, bounded::DOCUMENT_BYTES).map_err(|e| KeysError::Read {
             path: path.to_owned(),
             kind: e.kind(),
         })?;
@@ -419,7 +422,7 @@ impl KeyStore {
             .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.jwks_ca {
             // Validated at load; an unreadable file here leaves the default roots.
-            if let Ok(pem) = std::fs::read(ca) {
+            if let Ok(pem) = bounded::read(ca, bounded::DOCUMENT_BYTES) {
                 for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
                     http = http.add_root_certificate(cert);
                 }
@@ -522,9 +525,11 @@ impl KeyStore {
             .get(url)
             .header(http::header::ACCEPT, "application/json");
         if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path).map_err(|e| KeysError::Read {
-                path: path.clone(),
-                kind: e.kind(),
+            let token = bounded::read_to_string(path, bounded::SECRET_BYTES).map_err(|e| {
+                KeysError::Read {
+                    path: path.clone(),
+                    kind: e.kind(),
+                }
             })?;
             request = request.bearer_auth(token.trim());
         }
@@ -532,7 +537,7 @@ impl KeyStore {
             url: url.to_owned(),
             error: error.without_url(),
         };
-        let response = request.send().await.map_err(request_error)?;
+        let mut response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(KeysError::Status {
                 url: url.to_owned(),
@@ -547,13 +552,18 @@ impl KeyStore {
                 url: url.to_owned(),
             });
         }
-        let body = response.bytes().await.map_err(request_error)?;
-        if body.len() > MAX_DOCUMENT_BYTES {
-            return Err(KeysError::TooLarge {
-                url: url.to_owned(),
-            });
+        // Read chunk by chunk: an answer without a length (chunked) could otherwise grow
+        // without end before its size was known.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(KeysError::TooLarge {
+                    url: url.to_owned(),
+                });
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 }
 

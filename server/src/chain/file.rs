@@ -9,7 +9,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Cas, ChainStore, Record, Version};
+use crate::bounded;
 
 /// Why a record in `state_dir` cannot be used. Never carries the record's content.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,38 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Makes sure a record can be written here: creates the directory if it is missing and
+    /// writes and removes the record's temporary file. `tokenvend authorize` asks this before
+    /// sending anyone to the provider, so that an approval is never wasted on a directory
+    /// that cannot keep its answer.
+    pub(crate) fn probe(&self) -> Result<(), FileError> {
+        if let Some(dir) = self.path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| self.io_error(e))?;
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        let written = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut file| {
+                file.write_all(b"{}")?;
+                file.sync_all()
+            });
+        let removed = fs::remove_file(&temporary);
+        written.and(removed).map_err(|source| FileError::Io {
+            path: temporary,
+            source,
+        })
+    }
+}
+
 impl ChainStore for FileStore {
     type Error = FileError;
 
@@ -106,13 +139,18 @@ impl FileStore {
 }
 
 fn read(path: &Path) -> Result<(Version, Option<Record>), FileError> {
-    let bytes = match fs::read(path) {
+    // Bounded: a record is a few hundred bytes, and whatever else sits at its path is not
+    // one.
+    let bytes = match bounded::read(path, bounded::SECRET_BYTES) {
         Ok(bytes) => Zeroizing::new(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Version::default(), None)),
-        Err(source) => {
+        Err(e) => {
             return Err(FileError::Io {
                 path: path.to_owned(),
-                source,
+                source: match e {
+                    bounded::ReadError::Io(source) => source,
+                    too_large => io::Error::new(too_large.kind(), too_large.to_string()),
+                },
             });
         }
     };

@@ -1,0 +1,160 @@
+//! A refresh-token chain survives disk and provider trouble: a rotated refresh token whose
+//! write fails is kept and sent next (never the spent one), and a slow rotating answer is
+//! waited for rather than abandoned.
+//!
+//! A full disk is stood in for by a directory at the path of the record's temporary file:
+//! the tests run as root, where a read-only directory does not stop a write, but no one
+//! can open a directory for writing.
+
+use std::{path::Path, time::Duration};
+
+use tonic::Code;
+
+use crate::support::{Behaviour, Server, TestIdp, eventually};
+
+fn config(idp: &TestIdp, state_dir: &Path, timeout: &str) -> String {
+    format!(
+        "server:\n  shutdown_delay: 0s\n  state_dir: {dir}\nprofiles:\n  p:\n    token_url: {url}\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    refresh_token: {{ value: rt-0 }}\n    timeout: {timeout}\n",
+        dir = state_dir.display(),
+        url = idp.token_url(),
+    )
+}
+
+/// The refresh token stored in `state_dir` for profile `p`.
+fn stored(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join("p.refresh.json")).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["refresh_token"].as_str().map(str::to_owned)
+}
+
+/// The refresh tokens the IdP was sent, in order.
+fn sent(idp: &TestIdp) -> Vec<String> {
+    idp.requests()
+        .iter()
+        .filter_map(|r| r.form.get("refresh_token").cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotated_token_that_cannot_be_written_is_kept_and_sent_next() {
+    let idp = TestIdp::start(Behaviour::Rotate {
+        lifetime: 3600,
+        delay: Duration::ZERO,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The disk "fills": no record can be written.
+    let blocker = dir.path().join("p.refresh.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let server = Server::start(&config(&idp, dir.path(), "5s")).await;
+
+    // The access token is served although its refresh token could not be stored.
+    let first = server.get("p").await.expect("served while the write fails");
+    assert_eq!(first.access_token, "tok-1");
+    assert_eq!(stored(dir.path()), None);
+
+    // The next refresh sends the rotated token from memory, not the spent seed.
+    let second = server.reject("p", &first.access_token).await.unwrap();
+    assert_eq!(second.access_token, "tok-2");
+
+    // The disk is freed: the next refresh stores the kept link first, then its successor.
+    std::fs::remove_dir(&blocker).unwrap();
+    let third = server.reject("p", &second.access_token).await.unwrap();
+    assert_eq!(third.access_token, "tok-3");
+    assert_eq!(stored(dir.path()).as_deref(), Some("rt-3"));
+    assert_eq!(
+        sent(&idp),
+        ["rt-0", "rt-1", "rt-2"],
+        "no spent token was sent"
+    );
+    server.stop().await;
+
+    // The chain survives a restart.
+    let server = Server::start(&config(&idp, dir.path(), "5s")).await;
+    assert_eq!(server.get("p").await.unwrap().access_token, "tok-4");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotating_answer_slower_than_the_timeout_is_not_abandoned() {
+    // The provider spends `rt-0` at once and answers after 600 ms; the profile's timeout
+    // is 300 ms, and the caller gives up after 100 ms.
+    let idp = TestIdp::start(Behaviour::Rotate {
+        lifetime: 3600,
+        delay: Duration::from_millis(600),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(&idp, dir.path(), "300ms")).await;
+
+    let mut client = server.client.clone();
+    let mut request = tonic::Request::new(tokenvend::pb::GetTokenRequest {
+        profile: "p".into(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(100));
+    let status = client.get_token(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+
+    // The fetch went on without the caller, and its rotated token was stored.
+    eventually(
+        Duration::from_secs(5),
+        "the rotated token to be stored",
+        || async { (stored(dir.path()).as_deref() == Some("rt-1")).then_some(()) },
+    )
+    .await;
+    assert_eq!(server.get("p").await.unwrap().access_token, "tok-1");
+    let again = server.reject("p", "tok-1").await.unwrap();
+    assert_eq!(again.access_token, "tok-2");
+    assert_eq!(sent(&idp), ["rt-0", "rt-1"]);
+    server.stop().await;
+}
+
+fn authorize_config(state_dir: &Path) -> tokenvend_server::Config {
+    tokenvend_server::Config::from_yaml(&format!(
+        "server:\n  state_dir: {}\nprofiles:\n  p:\n    token_url: https://idp.example.com/token\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    authorize_url: https://idp.example.com/authorize\n    redirect_uri: https://app.example.com/callback\n",
+        state_dir.display()
+    ))
+    .unwrap()
+}
+
+/// Runs `tokenvend authorize` for `p`; whether it showed the provider's URL, and its error.
+async fn authorize(config: &tokenvend_server::Config) -> (bool, String) {
+    let mut shown = false;
+    let result = tokenvend_server::authorize::run(
+        config,
+        "p",
+        |_| shown = true,
+        async || Err(std::io::Error::other("no one at the terminal")),
+    )
+    .await;
+    (shown, result.unwrap_err().to_string())
+}
+
+#[tokio::test]
+async fn authorize_checks_the_state_dir_before_sending_anyone_to_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A state directory that cannot keep the answer: no one is sent to approve.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("p.refresh.json.tmp")).unwrap();
+    let (shown, error) = authorize(&authorize_config(&blocked)).await;
+    assert!(
+        !shown,
+        "the URL was shown for a directory that cannot be written"
+    );
+    assert!(error.contains("p.refresh.json.tmp"), "{error}");
+
+    // One that does not exist yet is made (owner only) before the URL is shown.
+    let missing = dir.path().join("new/state");
+    let (shown, _) = authorize(&authorize_config(&missing)).await;
+    assert!(shown);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&missing).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        std::fs::read_dir(&missing).unwrap().next().is_none(),
+        "the probe left nothing"
+    );
+}

@@ -645,7 +645,10 @@ pub(crate) fn fuzz_response(profile: &Profile, secret: &str, data: &[u8]) {
         body,
         sent_at: SystemTime::now(),
     };
-    if let Err(error) = response::parse(answer, profile, &[secret]) {
+    let mut redactor = redact::Redactor::default();
+    redactor.secret(secret);
+    redactor.basic(&profile.client_id, secret);
+    if let Err(error) = response::parse(answer, profile, &redactor) {
         assert!(
             !error.to_string().contains(secret),
             "the secret reached an error"

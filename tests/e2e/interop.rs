@@ -244,9 +244,11 @@ fn free_port() -> u16 {
 /// A `grant: refresh_token` profile for `tv-code`, found by discovery, whose first refresh
 /// token comes from `tokenvend authorize`. OpenID providers grant `offline_access` (and so
 /// a refresh token) only with `prompt=consent`, which the authorize URL carries.
+/// Rejections are not spaced (`rejected_token_min_interval: 0s`): these tests drive each
+/// refresh by reporting the current token rejected.
 fn code_profile(provider: &OidcProvider, state_dir: &Path) -> String {
     format!(
-        "server:\n  state_dir: {dir}\nprofiles:\n  code:\n    issuer: {issuer}\n    grant: refresh_token\n    client_id: tv-code\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_post\n    authorize_url: \"{auth}?prompt=consent\"\n    redirect_uri: http://127.0.0.1:{port}/cb\n    scopes: [openid, offline_access, \"api:read\"]\n",
+        "server:\n  state_dir: {dir}\nprofiles:\n  code:\n    issuer: {issuer}\n    grant: refresh_token\n    client_id: tv-code\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_post\n    authorize_url: \"{auth}?prompt=consent\"\n    redirect_uri: http://127.0.0.1:{port}/cb\n    scopes: [openid, offline_access, \"api:read\"]\n    rejected_token_min_interval: 0s\n",
         dir = state_dir.display(),
         issuer = provider.issuer,
         auth = provider.authorization_endpoint,

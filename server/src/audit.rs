@@ -6,7 +6,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::{auth::Caller, error::ServeError};
+use crate::auth::Caller;
 
 /// The tracing target of audit events.
 pub(crate) const TARGET: &str = "tokenvend::audit";
@@ -115,7 +115,7 @@ pub(crate) fn refused(
     rpc: &'static str,
     caller: Option<&Caller>,
     profile: &str,
-    error: &ServeError,
+    outcome: &'static str,
     reason: &dyn fmt::Display,
 ) {
     let caller = caller.map_or(&"unauthenticated" as &dyn fmt::Display, |c| c as _);
@@ -124,7 +124,7 @@ pub(crate) fn refused(
         rpc,
         caller = %caller,
         profile,
-        outcome = error.outcome(),
+        outcome,
         reason = %reason,
         "no token"
     );

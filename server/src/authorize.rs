@@ -20,6 +20,7 @@ use url::Url;
 use crate::{
     chain::{ChainError, FileStore, RefreshChain},
     config::{Authorize, Config, Grant, Profile, is_loopback},
+    credential::{self, CredentialError},
     idp::{Grant as GrantRequest, IdpClient, IdpError},
     secret::Secret,
     source::{Storage, TokenSource},
@@ -41,6 +42,9 @@ pub enum AuthorizeError {
     /// The provider refused or failed.
     #[error(transparent)]
     Idp(#[from] IdpError),
+    /// The client's credential cannot be used.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     /// Local I/O (listener, terminal).
     #[error("{0}")]
     Io(String),
@@ -158,10 +162,12 @@ pub async fn run(
         .map_err(|e| AuthorizeError::Io(e.to_string()))?;
     let source = TokenSource::new(profile.clone(), idp.clone(), None);
     let token_url = source.token_url().await?;
+    let credential = credential::load(profile, &token_url)?;
     let issued = idp
         .request_token(
             profile,
             &token_url,
+            &credential,
             GrantRequest::AuthorizationCode {
                 code: &code,
                 redirect_uri: authorize.redirect_uri.as_str(),

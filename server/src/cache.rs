@@ -42,10 +42,11 @@ use crate::{
     audit::{self, Fingerprint, TokenDigest},
     chain::FileStore,
     config::{Profile, Retry},
+    credential::CredentialError,
     error::ServeError,
-    idp::{IdpClient, IdpError, IssuedToken},
+    idp::{IdpClient, IssuedToken},
     metrics::{CacheLookup, Metrics, ProfileMetrics, Trigger},
-    source::TokenSource,
+    source::{FetchError, TokenSource},
     state::StateDir,
     store::SharedStore,
 };
@@ -259,7 +260,7 @@ impl std::fmt::Debug for CachedToken {
 }
 
 impl CachedToken {
-    fn new(profile: &Profile, issued: IssuedToken, sent: Instant) -> Result<Self, IdpError> {
+    fn new(profile: &Profile, issued: IssuedToken, sent: Instant) -> Result<Self, FetchError> {
         // A token another replica obtained was issued before this request was sent.
         let sent = sent.checked_sub(issued.age).unwrap_or(sent);
         let mut headers = std::collections::HashMap::with_capacity(1 + profile.headers.len());
@@ -268,9 +269,8 @@ impl CachedToken {
             format!("{} {}", issued.token_type, issued.access_token.expose()),
         );
         for (name, source) in &profile.headers {
-            let value = source.load().map_err(|e| IdpError::Credential {
-                key: format!("profiles.{}.headers.{name}", profile.name),
-                reason: e.to_string(),
+            let value = source.load().map_err(|e| {
+                CredentialError::new(profile, &format!("headers.{name}"), e.to_string())
             })?;
             headers.insert(name.as_str().to_owned(), value.expose().to_owned());
         }
@@ -353,14 +353,15 @@ pub(crate) struct Need {
     pub rejected: Option<TokenDigest>,
 }
 
+/// How a flight ended without a token.
 #[derive(Debug, Clone)]
-enum FetchError {
-    Idp(Arc<IdpError>),
+enum FlightError {
+    Failed(Arc<FetchError>),
     Stopped,
     Panicked,
 }
 
-type FetchResult = Result<Arc<CachedToken>, FetchError>;
+type FetchResult = Result<Arc<CachedToken>, FlightError>;
 type Flight = Shared<BoxFuture<'static, FetchResult>>;
 
 enum Step {
@@ -436,7 +437,7 @@ pub(crate) struct Slot {
 struct SlotState {
     flight: Option<Flight>,
     failures: u32,
-    last_error: Option<Arc<IdpError>>,
+    last_error: Option<Arc<FetchError>>,
     /// No request to the provider before this, after a failure.
     retry_at: Option<Instant>,
     last_refresh: Option<SystemTime>,
@@ -820,7 +821,7 @@ impl Slot {
             slot.fetch(trigger, rejection)
                 .instrument(tracing::Span::current()),
         );
-        let flight = async move { task.await.unwrap_or(Err(FetchError::Stopped)) }
+        let flight = async move { task.await.unwrap_or(Err(FlightError::Stopped)) }
             .boxed()
             .shared();
         state.flight = Some(flight.clone());
@@ -832,13 +833,13 @@ impl Slot {
         let sent = Instant::now();
         let request = AssertUnwindSafe(self.source.fetch()).catch_unwind();
         let outcome = tokio::select! {
-            () = self.stop.cancelled() => Err(FetchError::Stopped),
+            () = self.stop.cancelled() => Err(FlightError::Stopped),
             result = request => match result {
                 Ok(Ok(issued)) => CachedToken::new(&self.profile, issued, sent)
                     .map(Arc::new)
-                    .map_err(|e| FetchError::Idp(Arc::new(e))),
-                Ok(Err(e)) => Err(FetchError::Idp(Arc::new(e))),
-                Err(_) => Err(FetchError::Panicked),
+                    .map_err(|e| FlightError::Failed(Arc::new(e))),
+                Ok(Err(e)) => Err(FlightError::Failed(Arc::new(e))),
+                Err(_) => Err(FlightError::Panicked),
             },
         };
         self.finish(outcome, trigger, rejection)
@@ -853,9 +854,9 @@ impl Slot {
     ) -> FetchResult {
         let failure = match &outcome {
             Ok(_) => Some(None),
-            Err(FetchError::Idp(error)) => Some(Some(error.kind())),
-            Err(FetchError::Panicked) => Some(Some("panicked")),
-            Err(FetchError::Stopped) => None,
+            Err(FlightError::Failed(error)) => Some(Some(error.kind())),
+            Err(FlightError::Panicked) => Some(Some("panicked")),
+            Err(FlightError::Stopped) => None,
         };
         if let Some(failure) = failure {
             self.metrics.refreshed(&self.profile.name, trigger, failure);
@@ -888,7 +889,7 @@ impl Slot {
                     "token obtained"
                 );
             }
-            Err(FetchError::Idp(error)) => {
+            Err(FlightError::Failed(error)) => {
                 state.failures += 1;
                 let delay = backoff(self.profile.retry, state.failures)
                     .max(error.retry_after().unwrap_or_default());
@@ -904,26 +905,26 @@ impl Slot {
                     "token request failed"
                 );
             }
-            Err(FetchError::Panicked) => {
+            Err(FlightError::Panicked) => {
                 // Backing off keeps a bug from turning into a request storm.
                 state.failures += 1;
                 state.retry_at = Some(Instant::now() + backoff(self.profile.retry, state.failures));
                 drop(state);
                 tracing::error!(profile = %self.profile.name, "token request panicked");
             }
-            Err(FetchError::Stopped) => {}
+            Err(FlightError::Stopped) => {}
         }
         outcome
     }
 
-    fn serve_error(&self, error: FetchError) -> ServeError {
+    fn serve_error(&self, error: FlightError) -> ServeError {
         match error {
-            FetchError::Idp(error) => ServeError::Fetch {
+            FlightError::Failed(error) => ServeError::Fetch {
                 profile: self.profile.name.clone(),
                 error,
             },
-            FetchError::Stopped => ServeError::ShuttingDown,
-            FetchError::Panicked => ServeError::Internal,
+            FlightError::Stopped => ServeError::ShuttingDown,
+            FlightError::Panicked => ServeError::Internal,
         }
     }
 

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::{auth::AuthError, idp::IdpError};
+use crate::{auth::AuthError, source::FetchError};
 
 /// Why a call could not be answered with a token. The text is safe to send to the caller:
 /// it never holds a secret or a token.
@@ -22,7 +22,7 @@ pub enum ServeError {
         /// The profile.
         profile: Arc<str>,
         /// What the provider did.
-        error: Arc<IdpError>,
+        error: Arc<FetchError>,
     },
     /// The last provider request failed and the next one is not due yet.
     #[error("profile `{profile}`: {error} (next attempt in {}s)", retry_in.as_secs().max(1))]
@@ -30,7 +30,7 @@ pub enum ServeError {
         /// The profile.
         profile: Arc<str>,
         /// What the provider did last time.
-        error: Arc<IdpError>,
+        error: Arc<FetchError>,
         /// When the next request is due.
         retry_in: Duration,
     },

@@ -14,8 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use url::{Url, form_urlencoded};
 
 use crate::{
-    assertion::Signer,
-    config::{ClientAuth, Profile},
+    config::Profile,
     metrics::{IdpRequest, Metrics},
     secret::Secret,
 };
@@ -95,26 +94,6 @@ pub enum IdpError {
     /// plain-http endpoint): a configuration problem, not a passing one.
     #[error("{0}")]
     Misconfigured(String),
-    /// A credential of the profile (secret, key, refresh token) cannot be used.
-    #[error("{key}: {reason}")]
-    Credential {
-        /// The configuration key of the credential.
-        key: String,
-        /// Why, never including its value.
-        reason: String,
-    },
-    /// No usable refresh token: a person must authorize again.
-    #[error("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")]
-    Reauthorize {
-        /// The profile.
-        profile: String,
-        /// Why, with the provider's error if it gave one.
-        reason: String,
-    },
-    /// The store shared by replicas cannot be reached, and this request needs it (a
-    /// refresh-token chain must not be rotated by one replica alone).
-    #[error("the shared store is unavailable ({0}); retry when it is back")]
-    StoreUnavailable(String),
 }
 
 fn describe(detail: &Option<String>) -> String {
@@ -135,21 +114,15 @@ impl IdpError {
     /// Whether trying again later may succeed without a change of configuration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Rejected { .. }
-            | Self::Credential { .. }
-            | Self::Reauthorize { .. }
-            | Self::Misconfigured(_) => false,
+            Self::Rejected { .. } | Self::Misconfigured(_) => false,
             // An OAuth error code in a `Status` is one of the transient ones.
             Self::Status { status, error, .. } => is_transient_status(*status) || error.is_some(),
-            Self::Unreachable { .. }
-            | Self::Timeout { .. }
-            | Self::Malformed(_)
-            | Self::StoreUnavailable(_) => true,
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Malformed(_) => true,
         }
     }
 
     /// A short name for metrics: `rejected`, `http_error`, `unreachable`, `timeout`,
-    /// `malformed`, `misconfigured`, `credential`, `reauthorize`, `store_unavailable`.
+    /// `malformed`, `misconfigured`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Rejected { .. } => "rejected",
@@ -158,9 +131,6 @@ impl IdpError {
             Self::Timeout { .. } => "timeout",
             Self::Malformed(_) => "malformed",
             Self::Misconfigured(_) => "misconfigured",
-            Self::Credential { .. } => "credential",
-            Self::Reauthorize { .. } => "reauthorize",
-            Self::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -207,15 +177,16 @@ impl IdpClient {
         }
     }
 
-    /// Requests a token from `token_url` with the profile's client authentication.
+    /// Requests a token from `token_url`, the client authenticated by `credential`
+    /// (see [`crate::credential`]).
     pub(crate) async fn request_token(
         &self,
         profile: &Profile,
         token_url: &Url,
+        credential: &Credential,
         grant: Grant<'_>,
     ) -> Result<IssuedToken, IdpError> {
-        let credential = client_credential(profile, token_url)?;
-        let (body, authorization) = token_request(profile, &credential, &grant);
+        let (body, authorization) = token_request(profile, credential, &grant);
         let host = token_url.host_str().unwrap_or_default();
         // A client span per the HTTP semantic conventions. The URL is shown without its
         // query and fragment, which might carry something sensitive.
@@ -234,7 +205,7 @@ impl IdpClient {
         );
         let started = Instant::now();
         let result = self
-            .exchange(profile, token_url, &credential, &grant, body, authorization)
+            .exchange(profile, token_url, credential, &grant, body, authorization)
             .instrument(span.clone())
             .await;
         let (status, result) = match result {
@@ -388,9 +359,12 @@ fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> re
 }
 
 /// The client's proof of identity for one request.
-enum Credential {
+pub(crate) enum Credential {
+    /// `client_secret` in the form body.
     Post(Secret),
+    /// HTTP Basic.
     Basic(Secret),
+    /// A signed JWT client assertion.
     Assertion(Secret),
 }
 
@@ -400,35 +374,6 @@ impl Credential {
             Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => s,
         }
     }
-}
-
-fn client_credential(profile: &Profile, token_url: &Url) -> Result<Credential, IdpError> {
-    let credential_error = |key: &str, reason: String| IdpError::Credential {
-        key: format!("profiles.{}.{key}", profile.name),
-        reason,
-    };
-    Ok(match &profile.client_auth {
-        ClientAuth::SecretPost(source) => Credential::Post(
-            source
-                .load()
-                .map_err(|e| credential_error("client_secret", e.to_string()))?,
-        ),
-        ClientAuth::SecretBasic(source) => Credential::Basic(
-            source
-                .load()
-                .map_err(|e| credential_error("client_secret", e.to_string()))?,
-        ),
-        ClientAuth::PrivateKeyJwt(config) => {
-            // Loaded per request (a few an hour) so that a rotated key file is used.
-            let signer =
-                Signer::load(config).map_err(|e| credential_error(e.key(), e.to_string()))?;
-            Credential::Assertion(
-                signer
-                    .assertion(&profile.client_id, token_url.as_str())
-                    .map_err(|e| credential_error("private_key", e.to_string()))?,
-            )
-        }
-    })
 }
 
 /// A response read off the wire.

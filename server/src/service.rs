@@ -172,7 +172,7 @@ impl TokenService {
             ServeError::NotFound(_) => &"no such profile",
             other => other,
         };
-        audit::refused(rpc.as_str(), caller, profile, &error, reason);
+        audit::refused(rpc.as_str(), caller, profile, error.outcome(), reason);
         let outcome = error.outcome();
         let status = Status::from(error);
         let counters =

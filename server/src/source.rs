@@ -11,9 +11,71 @@ use crate::{
     audit::Fingerprint,
     chain::{Cas, ChainError, ChainStore, FileStore, Link, Record, RefreshChain, Version},
     config::{Endpoint, Grant, Profile},
+    credential::{self, CredentialError},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
-    store::{ProfileStore, WhenDown},
+    store::{ProfileStore, StoreDown, WhenDown},
 };
+
+/// Why a profile's token could not be obtained: the provider's answer, or one of the
+/// things around the request (the profile's credentials, its refresh-token chain, the
+/// store shared with other replicas), each its own kind.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The provider refused, failed or did not answer.
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    /// A credential of the profile cannot be used.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// No usable refresh token: a person must authorize again.
+    #[error("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")]
+    Reauthorize {
+        /// The profile.
+        profile: String,
+        /// Why, with the provider's error if it gave one.
+        reason: String,
+    },
+    /// The store shared by replicas cannot be reached, and this request needs it (a
+    /// refresh-token chain must not be rotated by one replica alone).
+    #[error("the shared store is unavailable ({0}); retry when it is back")]
+    StoreUnavailable(String),
+}
+
+impl From<StoreDown> for FetchError {
+    fn from(down: StoreDown) -> Self {
+        Self::StoreUnavailable(down.0)
+    }
+}
+
+impl FetchError {
+    /// Whether trying again later may succeed without a change of configuration.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Self::Idp(error) => error.is_transient(),
+            Self::Credential(_) | Self::Reauthorize { .. } => false,
+            Self::StoreUnavailable(_) => true,
+        }
+    }
+
+    /// A short name for metrics: the provider error's, or `credential`, `reauthorize`,
+    /// `store_unavailable`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Idp(error) => error.kind(),
+            Self::Credential(_) => "credential",
+            Self::Reauthorize { .. } => "reauthorize",
+            Self::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+
+    /// How long the provider asked us to wait before trying again.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Idp(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+}
 
 /// Gets tokens for one profile.
 #[derive(Debug)]
@@ -64,7 +126,7 @@ impl TokenSource {
 
     /// Obtains a token: from the store shared with other replicas if there is one and it
     /// holds a usable token, else from the provider.
-    pub(crate) async fn fetch(&self) -> Result<IssuedToken, IdpError> {
+    pub(crate) async fn fetch(&self) -> Result<IssuedToken, FetchError> {
         let result = match &self.shared {
             None => self.request().await,
             Some(shared) => {
@@ -88,27 +150,30 @@ impl TokenSource {
     }
 
     /// Requests a token from the provider.
-    async fn request(&self) -> Result<IssuedToken, IdpError> {
+    async fn request(&self) -> Result<IssuedToken, FetchError> {
         let token_url = self.token_url().await?;
         let result = match (&self.profile.grant, &self.chain) {
             (Grant::RefreshToken, Some(chain)) => self.refresh(chain, &token_url).await,
-            (Grant::RefreshToken, None) => Err(IdpError::Credential {
+            (Grant::RefreshToken, None) => Err(FetchError::Credential(CredentialError {
                 key: "server.state_dir".into(),
                 reason: "(or server.store) is required for refresh-token profiles".into(),
-            }),
+            })),
             (Grant::ClientCredentials, _) => {
+                let credential = credential::load(&self.profile, &token_url)?;
                 self.idp
-                    .request_token(&self.profile, &token_url, GrantRequest::ClientCredentials)
+                    .request_token(
+                        &self.profile,
+                        &token_url,
+                        &credential,
+                        GrantRequest::ClientCredentials,
+                    )
                     .await
+                    .map_err(FetchError::from)
             }
         };
-        if let Err(error) = &result
-            && !matches!(
-                error,
-                IdpError::Rejected { .. }
-                    | IdpError::Credential { .. }
-                    | IdpError::Reauthorize { .. }
-            )
+        // Only the provider's failures to answer can mean that the endpoint moved.
+        if let Err(FetchError::Idp(error)) = &result
+            && !matches!(error, IdpError::Rejected { .. })
             && self.metadata.load().is_some()
         {
             // The endpoint may have moved: ask the issuer again next time.
@@ -117,7 +182,7 @@ impl TokenSource {
         result
     }
 
-    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, IdpError> {
+    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, FetchError> {
         let profile = &self.profile;
         let (link, unsaved) = match chain.take_unsaved() {
             None => (self.current(chain).await?, false),
@@ -149,9 +214,10 @@ impl TokenSource {
         };
         // With the longer read deadline: the provider may spend the old token before it
         // answers, and an answer given up on would take the new one with it.
+        let credential = credential::load(&chain.profile, token_url)?;
         let result = self
             .idp
-            .request_token(&chain.profile, token_url, grant)
+            .request_token(&chain.profile, token_url, &credential, grant)
             .await;
         match result {
             Ok(issued) => {
@@ -167,12 +233,11 @@ impl TokenSource {
                         match chain.rule.rotate(&link, rotated, scope.as_deref()).await {
                             Ok(()) => {}
                             Err(error @ ChainError::Conflict) => {
-                                return Err(IdpError::Credential {
-                                    key: format!("profiles.{}.refresh_token", profile.name),
-                                    reason: format!(
-                                        "cannot store the rotated refresh token: {error}"
-                                    ),
-                                });
+                                return Err(FetchError::Credential(CredentialError::new(
+                                    profile,
+                                    "refresh_token",
+                                    format!("cannot store the rotated refresh token: {error}"),
+                                )));
                             }
                             Err(error) => {
                                 // The access token is served: it is valid whatever becomes
@@ -200,7 +265,7 @@ impl TokenSource {
                 if let Err(store_error) = chain.rule.refuse(&link).await {
                     tracing::error!(profile = %profile.name, %store_error, "cannot record the refused refresh token");
                 }
-                Err(IdpError::Reauthorize {
+                Err(FetchError::Reauthorize {
                     profile: profile.name.to_string(),
                     reason: match description {
                         Some(d) => {
@@ -214,32 +279,33 @@ impl TokenSource {
                 if unsaved {
                     chain.keep(link);
                 }
-                Err(other)
+                Err(other.into())
             }
         }
     }
 
     /// The chain's stored link (or seed).
-    async fn current(&self, chain: &Chain) -> Result<Link, IdpError> {
+    async fn current(&self, chain: &Chain) -> Result<Link, FetchError> {
         chain.rule.current().await.map_err(|e| self.chain_error(e))
     }
 
-    fn chain_error(&self, error: ChainError) -> IdpError {
+    fn chain_error(&self, error: ChainError) -> FetchError {
         let profile = self.profile.name.to_string();
         match error {
-            ChainError::Refused => IdpError::Reauthorize {
+            ChainError::Refused => FetchError::Reauthorize {
                 profile,
                 reason: "the provider refused the stored refresh token".into(),
             },
-            ChainError::Missing => IdpError::Reauthorize {
+            ChainError::Missing => FetchError::Reauthorize {
                 profile,
                 reason: "there is no refresh token yet".into(),
             },
-            ChainError::Store(error) => IdpError::StoreUnavailable(error.to_string()),
-            other => IdpError::Credential {
-                key: format!("profiles.{profile}.refresh_token"),
-                reason: other.to_string(),
-            },
+            ChainError::Store(error) => FetchError::StoreUnavailable(error.to_string()),
+            other => FetchError::Credential(CredentialError::new(
+                &self.profile,
+                "refresh_token",
+                other.to_string(),
+            )),
         }
     }
 

@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 pub(crate) use crypto::KeyError;
 use crypto::Keyring;
-pub(crate) use flight::WhenDown;
+pub(crate) use flight::{StoreDown, WhenDown};
 
 use crate::{
     config::RedisConfig,

@@ -12,9 +12,10 @@ use tonic::Code;
 
 use crate::support::{Behaviour, Server, TestIdp, eventually};
 
+/// Refreshes are driven by reporting each token rejected, so rejections are not spaced.
 fn config(idp: &TestIdp, state_dir: &Path, timeout: &str) -> String {
     format!(
-        "server:\n  shutdown_delay: 0s\n  state_dir: {dir}\nprofiles:\n  p:\n    token_url: {url}\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    refresh_token: {{ value: rt-0 }}\n    timeout: {timeout}\n",
+        "server:\n  shutdown_delay: 0s\n  state_dir: {dir}\nprofiles:\n  p:\n    token_url: {url}\n    grant: refresh_token\n    client_id: c\n    client_secret: {{ value: s }}\n    refresh_token: {{ value: rt-0 }}\n    timeout: {timeout}\n    rejected_token_min_interval: 0s\n",
         dir = state_dir.display(),
         url = idp.token_url(),
     )

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{ProfileStore, SharedToken, StoreError};
-use crate::{
-    audit::Fingerprint,
-    config::Profile,
-    idp::{IdpError, IssuedToken},
-};
+use crate::{audit::Fingerprint, config::Profile, idp::IssuedToken};
+
+/// The shared store cannot be reached (or its lock is held too long), and this request
+/// needs it: a refresh-token chain must not be rotated by one replica alone.
+#[derive(Debug)]
+pub(crate) struct StoreDown(pub(crate) String);
 
 /// What the store may do when it cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +27,13 @@ pub(crate) enum WhenDown {
 impl ProfileStore {
     /// A token for a local miss: the shared one if it is usable and not `skip` (the token
     /// this replica already holds and found wanting), else one `fetch` across replicas.
-    pub(crate) async fn obtain(
+    pub(crate) async fn obtain<E: From<StoreDown>>(
         &self,
         profile: &Profile,
         skip: Option<Fingerprint>,
         when_down: WhenDown,
-        fetch: impl AsyncFnOnce() -> Result<IssuedToken, IdpError>,
-    ) -> Result<IssuedToken, IdpError> {
+        fetch: impl AsyncFnOnce() -> Result<IssuedToken, E>,
+    ) -> Result<IssuedToken, E> {
         // The holder's request may take the profile's timeout twice (discovery, then the
         // token endpoint); the lock outlives that, and waiters wait as long.
         let lock_ttl = profile.timeout * 2 + Duration::from_secs(1);
@@ -63,10 +64,11 @@ impl ProfileStore {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(IdpError::StoreUnavailable(format!(
+                return Err(StoreDown(format!(
                     "another replica has held the lock of profile {} for {lock_ttl:?} without sharing a token",
                     profile.name
-                )));
+                ))
+                .into());
             }
             if let Err(error) = self.wait_for_update(left.min(lock_ttl)).await {
                 return self.alone(profile, down(error), when_down, fetch).await;
@@ -75,12 +77,12 @@ impl ProfileStore {
     }
 
     /// This replica holds the lock: ask the provider, share the token, release the lock.
-    async fn fetch_holding(
+    async fn fetch_holding<E>(
         &self,
         profile: &Profile,
         fence: &str,
-        fetch: impl AsyncFnOnce() -> Result<IssuedToken, IdpError>,
-    ) -> Result<IssuedToken, IdpError> {
+        fetch: impl AsyncFnOnce() -> Result<IssuedToken, E>,
+    ) -> Result<IssuedToken, E> {
         let result = fetch().await.map(|mut issued| {
             // Fixed here, once for all replicas, so that they all refresh together (and
             // so find each other's token instead of asking the provider).
@@ -109,18 +111,18 @@ impl ProfileStore {
         result
     }
 
-    async fn alone(
+    async fn alone<E: From<StoreDown>>(
         &self,
         profile: &Profile,
         error: StoreError,
         when_down: WhenDown,
-        fetch: impl AsyncFnOnce() -> Result<IssuedToken, IdpError>,
-    ) -> Result<IssuedToken, IdpError> {
+        fetch: impl AsyncFnOnce() -> Result<IssuedToken, E>,
+    ) -> Result<IssuedToken, E> {
         match when_down {
             WhenDown::FetchAlone => fetch().await,
             WhenDown::Refuse => {
                 tracing::warn!(profile = %profile.name, %error, "not rotating the refresh token while the shared store is down");
-                Err(IdpError::StoreUnavailable(error.to_string()))
+                Err(StoreDown(error.to_string()).into())
             }
         }
     }

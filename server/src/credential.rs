@@ -1,0 +1,57 @@
+//! A profile's proof of identity for one token request: its client secret, or a client
+//! assertion signed with its key, read (and signed) afresh for each request so that a
+//! rotated secret or key file is used at once. A credential that cannot be had is a
+//! [`CredentialError`], a problem of the profile's configuration, never of the provider.
+
+use url::Url;
+
+use crate::{
+    assertion::Signer,
+    config::{ClientAuth, Profile},
+    idp::Credential,
+};
+
+/// A credential of a profile (secret, key, companion header) cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct CredentialError {
+    /// The configuration key of the credential.
+    pub(crate) key: String,
+    /// Why, never including its value.
+    pub(crate) reason: String,
+}
+
+impl CredentialError {
+    pub(crate) fn new(profile: &Profile, key: &str, reason: impl ToString) -> Self {
+        Self {
+            key: format!("profiles.{}.{key}", profile.name),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The credential for a request to `token_url` (the audience of an assertion).
+pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, CredentialError> {
+    let error = |key: &str, reason: String| CredentialError::new(profile, key, reason);
+    Ok(match &profile.client_auth {
+        ClientAuth::SecretPost(source) => Credential::Post(
+            source
+                .load()
+                .map_err(|e| error("client_secret", e.to_string()))?,
+        ),
+        ClientAuth::SecretBasic(source) => Credential::Basic(
+            source
+                .load()
+                .map_err(|e| error("client_secret", e.to_string()))?,
+        ),
+        ClientAuth::PrivateKeyJwt(config) => {
+            // Loaded per request (a few an hour) so that a rotated key file is used.
+            let signer = Signer::load(config).map_err(|e| error(e.key(), e.to_string()))?;
+            Credential::Assertion(
+                signer
+                    .assertion(&profile.client_id, token_url.as_str())
+                    .map_err(|e| error("private_key", e.to_string()))?,
+            )
+        }
+    })
+}

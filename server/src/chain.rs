@@ -158,7 +158,7 @@ impl Record {
 }
 
 /// A refresh token and the scope the provider granted with it, as read from a chain.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Link {
     /// The refresh token.
     pub token: Secret,
@@ -169,6 +169,11 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Whether `other` is this link: the same token, read at the same place.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        self.at.version == other.at.version && self.token == other.token
+    }
+
     /// The link the provider rotated `spent` into, not yet stored: it takes `spent`'s place
     /// in the chain, so that it (or the link it rotates into) is written from where `spent`
     /// was read.
@@ -182,6 +187,7 @@ impl Link {
 }
 
 /// Where a link was read: what the next record is written from.
+#[derive(Clone)]
 struct Position {
     version: Version,
     /// The seed fingerprint the next record carries.

@@ -2,9 +2,13 @@
 //! and cached) and the grant (client credentials, or the next link of a refresh-token
 //! chain, stored durably before it is needed again).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
 
 use arc_swap::ArcSwapOption;
+use tokio_util::task::AbortOnDropHandle;
 use url::Url;
 
 use crate::{
@@ -69,7 +73,7 @@ impl FetchError {
     }
 
     /// How long the provider asked us to wait before trying again.
-    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Idp(error) => error.retry_after(),
             _ => None,
@@ -85,7 +89,7 @@ pub(crate) struct TokenSource {
     /// Discovery metadata, kept until a request to its token endpoint fails.
     metadata: ArcSwapOption<Metadata>,
     // Boxed, as most profiles have neither: inline they made every slot 200 bytes larger.
-    chain: Option<Box<Chain>>,
+    chain: Option<Arc<Chain>>,
     /// The store shared with other replicas, if any.
     shared: Option<Box<ProfileStore>>,
     /// The token this source last produced: the slot holds it, so a fetch means it no
@@ -100,7 +104,7 @@ impl TokenSource {
         Self {
             chain: chain
                 .filter(|_| profile.grant == Grant::RefreshToken)
-                .map(|file| Box::new(Chain::new(&profile, Storage::Dir(file)))),
+                .map(|file| Arc::new(Chain::new(&profile, Storage::Dir(file)))),
             profile,
             idp,
             metadata: ArcSwapOption::empty(),
@@ -115,7 +119,7 @@ impl TokenSource {
         if let Some(store) = &shared
             && self.profile.grant == Grant::RefreshToken
         {
-            self.chain = Some(Box::new(Chain::new(
+            self.chain = Some(Arc::new(Chain::new(
                 &self.profile,
                 Storage::Shared(store.clone()),
             )));
@@ -182,7 +186,11 @@ impl TokenSource {
         result
     }
 
-    async fn refresh(&self, chain: &Chain, token_url: &Url) -> Result<IssuedToken, FetchError> {
+    async fn refresh(
+        &self,
+        chain: &Arc<Chain>,
+        token_url: &Url,
+    ) -> Result<IssuedToken, FetchError> {
         let profile = &self.profile;
         let (link, unsaved) = match chain.take_unsaved() {
             None => (self.current(chain).await?, false),
@@ -342,11 +350,63 @@ pub(crate) struct Chain {
     /// [`REFRESH_TIMEOUT_FACTOR`] × `timeout`.
     profile: Arc<Profile>,
     /// A rotated link whose write failed (disk full, store down): the only copy of the way
-    /// on. It is sent next instead of the spent link, and written again at each fetch until
-    /// a write lands. Its token is a [`Secret`](crate::secret::Secret): never printed,
-    /// wiped on drop. Locked only to take or put it back; fetches run one at a time (the
-    /// slot's single flight).
+    /// on. It is sent next instead of the spent link, and written again at each fetch and
+    /// by `retry` until a write lands. Its token is a [`Secret`](crate::secret::Secret):
+    /// never printed, wiped on drop. Locked only to take, copy or put it back; fetches run
+    /// one at a time (the slot's single flight).
     unsaved: Mutex<Option<Link>>,
+    /// The task that writes `unsaved` again with backoff, so that the link is stored as
+    /// soon as the store takes it, not only at the next refresh (hours away, perhaps, and
+    /// after a restart that would lose it). Ends with the chain.
+    retry: Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+/// The first wait before a kept link is written again; it doubles up to [`KEEP_RETRY_MAX`].
+const KEEP_RETRY_FIRST: Duration = Duration::from_secs(1);
+const KEEP_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Writes a chain's kept link until a write lands, the link is taken by a refresh, or the
+/// chain is gone. A conflict means the link was written meanwhile (by a refresh) or a new
+/// chain was started (`tokenvend authorize`): either way it is no longer needed.
+async fn store_kept(chain: Weak<Chain>) {
+    let mut wait = KEEP_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(chain) = chain.upgrade() else {
+            return;
+        };
+        let Some(link) = chain
+            .unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        let result = chain.rule.persist(&link).await;
+        match result {
+            Ok(()) | Err(ChainError::Conflict) => {
+                let mut unsaved = chain.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
+                if unsaved.as_ref().is_some_and(|kept| kept.same(&link)) {
+                    *unsaved = None;
+                }
+                drop(unsaved);
+                if result.is_ok() {
+                    tracing::info!(profile = %chain.profile.name, "the rotated refresh token is stored at last");
+                }
+                return;
+            }
+            Err(error) => {
+                wait = (wait * 2).min(KEEP_RETRY_MAX);
+                tracing::warn!(
+                    profile = %chain.profile.name,
+                    %error,
+                    retry_in_s = wait.as_secs(),
+                    "still cannot store the rotated refresh token; it is kept in memory"
+                );
+            }
+        }
+    }
 }
 
 impl Chain {
@@ -357,6 +417,7 @@ impl Chain {
             rule: RefreshChain::new(storage, profile.refresh_token.clone()),
             profile: Arc::new(refreshing),
             unsaved: Mutex::new(None),
+            retry: Mutex::new(None),
         }
     }
 
@@ -367,8 +428,14 @@ impl Chain {
             .take()
     }
 
-    fn keep(&self, link: Link) {
+    fn keep(self: &Arc<Self>, link: Link) {
         *self.unsaved.lock().unwrap_or_else(PoisonError::into_inner) = Some(link);
+        let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
+        if retry.as_ref().is_none_or(|task| task.is_finished()) {
+            *retry = Some(AbortOnDropHandle::new(tokio::spawn(store_kept(
+                Arc::downgrade(self),
+            ))));
+        }
     }
 }
 

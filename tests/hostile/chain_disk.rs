@@ -37,6 +37,31 @@ fn sent(idp: &TestIdp) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_kept_token_is_stored_as_soon_as_the_disk_takes_it_without_another_refresh() {
+    let idp = TestIdp::start(Behaviour::Rotate {
+        lifetime: 3600,
+        delay: Duration::ZERO,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("p.refresh.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let server = Server::start(&config(&idp, dir.path(), "5s")).await;
+    server.get("p").await.expect("served while the write fails");
+    assert_eq!(stored(dir.path()), None);
+
+    // The disk is freed; nobody asks for a token. The kept link is written anyway, so a
+    // restart now would not lose the chain.
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually(Duration::from_secs(10), "the kept link stored", || async {
+        (stored(dir.path()).as_deref() == Some("rt-1")).then_some(())
+    })
+    .await;
+    assert_eq!(sent(&idp), ["rt-0"], "no further refresh was needed");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_rotated_token_that_cannot_be_written_is_kept_and_sent_next() {
     let idp = TestIdp::start(Behaviour::Rotate {
         lifetime: 3600,

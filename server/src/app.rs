@@ -188,6 +188,15 @@ fn check_store(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
     {
         errors.push(ConfigError::new(format!("{KEY}.password"), e.to_string()));
     }
+    if let crate::config::RedisTarget::Sentinel(sentinel) = &redis.target
+        && let Some(password) = &sentinel.password
+        && let Err(e) = password.load()
+    {
+        errors.push(ConfigError::new(
+            format!("{KEY}.sentinel.password"),
+            e.to_string(),
+        ));
+    }
     for (i, key) in redis.encryption_keys.iter().enumerate() {
         if let Err(m) = decode_key(&key.key) {
             errors.push(ConfigError::new(

@@ -27,7 +27,7 @@ use url::Url;
 
 pub use allow::{Pattern, PatternError};
 pub(crate) use store::decode_key;
-pub use store::{EncryptionKey, RedisConfig};
+pub use store::{EncryptionKey, RedisConfig, RedisTarget, SentinelConfig, SentinelNode};
 
 use crate::secret::{RawSecretSource, SecretSource};
 

@@ -15,10 +15,13 @@
 //!
 //! Redis is reached through a connection manager that reconnects by itself; the first
 //! connection is made on first use, so a server starts (degraded) while Redis is down.
+//! With Sentinel, the primary is asked for again after a failure ([`primary`]), and a
+//! chain write waits until replicas have it (`WAIT`), so that a failover loses no link.
 
 mod chain;
 mod crypto;
 mod flight;
+mod primary;
 
 use std::{
     sync::{
@@ -28,14 +31,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use redis::{AsyncCommands as _, Client, IntoConnectionInfo as _, aio::ConnectionManager};
+use redis::{AsyncCommands as _, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 pub(crate) use crypto::KeyError;
 use crypto::Keyring;
 pub(crate) use flight::{StoreDown, WhenDown};
+use primary::Primary;
 
 use crate::{
     config::RedisConfig,
@@ -62,6 +65,18 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Fewer replicas than `replicas_to_ack` acknowledged a chain write in time: the
+    /// primary had it, but a failover could lose it, so it was taken back and counts as
+    /// not written.
+    #[error(
+        "{acked} of the {wanted} replicas required (replicas_to_ack) acknowledged the refresh-token chain's write in time"
+    )]
+    NotReplicated {
+        /// How many did.
+        acked: u32,
+        /// How many must.
+        wanted: u32,
+    },
 }
 
 /// Why the shared store's settings cannot be used. Names the setting, never its value
@@ -77,6 +92,12 @@ pub enum SetupError {
     /// The client cannot be built from the settings.
     #[error("server.store.redis: {0:?}")]
     Client(redis::ErrorKind),
+    /// The sentinels' password cannot be read.
+    #[error("server.store.redis.sentinel.password: {0}")]
+    SentinelPassword(SecretError),
+    /// The sentinels cannot be used.
+    #[error("server.store.redis.sentinel: {0:?}")]
+    Sentinel(redis::ErrorKind),
     /// The encryption keys cannot be used.
     #[error("server.store.redis.encryption_keys: {0}")]
     Keys(#[from] KeyError),
@@ -96,12 +117,20 @@ pub(crate) struct SharedStore {
 }
 
 struct Inner {
-    client: Client,
-    connection: OnceCell<ConnectionManager>,
+    primary: Primary,
+    /// What a chain write waits for, if anything.
+    acks: Option<Acks>,
     prefix: String,
     keys: Keyring,
     /// Whether the last use failed, so that the change is logged once each way.
     down: AtomicBool,
+}
+
+/// How many replicas must acknowledge a chain write, and how long it waits for them.
+#[derive(Debug, Clone, Copy)]
+struct Acks {
+    replicas: u32,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -113,23 +142,17 @@ impl std::fmt::Debug for SharedStore {
 }
 
 impl SharedStore {
-    /// A store for this configuration. Reads the password and keys now; connects later.
+    /// A store for this configuration. Reads the passwords and keys now; connects later.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, SetupError> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| SetupError::Url(e.kind()))?;
-        if let Some(password) = &config.password {
-            let password = password.load().map_err(SetupError::Password)?;
-            info.redis.password = Some(password.expose().to_owned());
-        }
-        let client = Client::open(info).map_err(|e| SetupError::Client(e.kind()))?;
+        let primary = Primary::new(config)?;
         let keys = Keyring::load(&config.encryption_keys)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                connection: OnceCell::new(),
+                primary,
+                acks: (config.replicas_to_ack > 0).then_some(Acks {
+                    replicas: config.replicas_to_ack,
+                    timeout: config.ack_timeout,
+                }),
                 prefix: config.key_prefix.clone(),
                 keys,
                 down: AtomicBool::new(false),
@@ -150,30 +173,23 @@ impl SharedStore {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let connection = self
-            .inner
-            .connection
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(REDIS_TIMEOUT)
-                    .set_response_timeout(REDIS_TIMEOUT)
-                    .set_number_of_retries(1)
-                    .set_max_delay(500);
-                ConnectionManager::new_with_config(self.inner.client.clone(), config).await
-            })
-            .await?;
-        Ok(connection.clone())
+        Ok(self.inner.primary.connected().await?.commands.clone())
     }
 
     /// Records whether Redis answered, logging each change once.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match &result {
-            Ok(_) => {
+            // A write the replicas did not acknowledge was answered: the store is up, and
+            // the chain's own logging says what became of the write.
+            Ok(_) | Err(StoreError::NotReplicated { .. }) => {
                 if self.inner.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("shared store reachable again: replicas share tokens again");
                 }
             }
             Err(error) => {
+                if matches!(error, StoreError::Redis(_)) {
+                    self.inner.primary.failed();
+                }
                 if !self.inner.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         %error,
@@ -381,10 +397,10 @@ impl ProfileStore {
     /// Waits until the lock holder publishes, the lock is gone, or `timeout` passes.
     async fn wait_for_update(&self, timeout: Duration) -> Result<(), StoreError> {
         let result = async {
-            let mut pubsub =
-                tokio::time::timeout(REDIS_TIMEOUT, self.store.inner.client.get_async_pubsub())
-                    .await
-                    .map_err(|_| StoreError::Redis("timed out connecting".into()))??;
+            let client = self.store.inner.primary.connected().await?.client.clone();
+            let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| StoreError::Redis("timed out connecting".into()))??;
             pubsub.subscribe(&self.channel).await?;
             // Subscribed: from here no publication is missed. One may have come before,
             // in which case the holder has also released the lock.

@@ -14,15 +14,13 @@ use crate::{
     assertion::Signer,
     auth::{Authenticator, jwt::KeySet},
     cache::TokenCache,
-    config::{
-        ClientAuth, Config, ConfigError, ConfigErrors, JwksSource, Profile, ServerConfig,
-        decode_key,
-    },
+    config::{ClientAuth, Config, ConfigError, ConfigErrors, JwksSource, Profile, ServerConfig},
     conn::Rules,
     idp::IdpClient,
     limit::{Holdings, RateLimiter},
     metrics::Metrics,
     service::{LiveService, TokenService},
+    store::decode_key,
     tls::{self, ConnectionLimit},
 };
 
@@ -198,10 +196,10 @@ fn check_store(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
         ));
     }
     for (i, key) in redis.encryption_keys.iter().enumerate() {
-        if let Err(m) = decode_key(&key.key) {
+        if let Err(e) = decode_key(&key.key) {
             errors.push(ConfigError::new(
                 format!("{KEY}.encryption_keys[{i}].key"),
-                m,
+                e.to_string(),
             ));
         }
     }

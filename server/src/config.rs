@@ -26,7 +26,6 @@ use serde::Deserialize;
 use url::Url;
 
 pub use allow::{Pattern, PatternError};
-pub(crate) use store::decode_key;
 pub use store::{EncryptionKey, RedisConfig, RedisTarget, SentinelConfig, SentinelNode};
 
 use crate::secret::{RawSecretSource, SecretSource};

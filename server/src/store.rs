@@ -35,8 +35,8 @@ use redis::{AsyncCommands as _, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub(crate) use crypto::KeyError;
 use crypto::Keyring;
+pub(crate) use crypto::{KeyError, decode_key};
 pub(crate) use flight::{StoreDown, WhenDown};
 use primary::Primary;
 

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use url::Url;
 
@@ -321,27 +320,6 @@ fn sentinel_node(text: &str) -> Result<SentinelNode, String> {
         host,
         port: url.port().unwrap_or(26379),
     })
-}
-
-/// Reads a key: 32 bytes, base64 (standard alphabet, padded or not).
-pub(crate) fn decode_key(source: &SecretSource) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
-    let text = source.load().map_err(|e| e.to_string())?;
-    let bytes = zeroize::Zeroizing::new(
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(text.expose().trim().trim_end_matches('='))
-            .map_err(|_| {
-                "is not base64 (generate one with `openssl rand -base64 32`)".to_owned()
-            })?,
-    );
-    let mut key = zeroize::Zeroizing::new([0; 32]);
-    if bytes.len() != key.len() {
-        return Err(format!(
-            "must be 32 bytes (base64 of `openssl rand -base64 32`), not {}",
-            bytes.len()
-        ));
-    }
-    key.copy_from_slice(&bytes);
-    Ok(key)
 }
 
 #[cfg(test)]

@@ -11,8 +11,12 @@ use aes_gcm::{
     aead::{Aead as _, Payload},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD as B64};
+use zeroize::Zeroizing;
 
-use crate::config::{EncryptionKey, decode_key};
+use crate::{
+    config::EncryptionKey,
+    secret::{SecretError, SecretSource},
+};
 
 const VERSION: &str = "v1";
 const NONCE_LEN: usize = 12;
@@ -51,12 +55,42 @@ pub enum KeyError {
     Unusable {
         /// The key's id.
         id: String,
-        /// Why, as the configuration layer says it.
-        reason: String,
+        /// Why.
+        reason: BadKey,
     },
     /// No key is configured: nothing could be sealed.
     #[error("no encryption key")]
     None,
+}
+
+/// Why a key's value cannot be used. Never includes the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadKey {
+    /// Its source cannot be read.
+    #[error("{0}")]
+    Source(SecretError),
+    /// It is not base64.
+    #[error("is not base64 (generate one with `openssl rand -base64 32`)")]
+    NotBase64,
+    /// It is not 32 bytes long.
+    #[error("must be 32 bytes (base64 of `openssl rand -base64 32`), not {0}")]
+    Length(usize),
+}
+
+/// Reads a key: 32 bytes, base64 (standard alphabet, padded or not).
+pub(crate) fn decode_key(source: &SecretSource) -> Result<Zeroizing<[u8; 32]>, BadKey> {
+    let text = source.load().map_err(BadKey::Source)?;
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text.expose().trim().trim_end_matches('='))
+            .map_err(|_| BadKey::NotBase64)?,
+    );
+    let mut key = Zeroizing::new([0; 32]);
+    if bytes.len() != key.len() {
+        return Err(BadKey::Length(bytes.len()));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
 }
 
 impl Keyring {

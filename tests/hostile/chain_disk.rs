@@ -184,3 +184,85 @@ async fn authorize_checks_the_state_dir_before_sending_anyone_to_the_provider() 
         "the probe left nothing"
     );
 }
+
+/// A small tmpfs mounted for one test, and unmounted when dropped: a disk that really
+/// fills. Mounting needs root (CI runs as root); elsewhere the test says so and skips,
+/// unless `TOKENVEND_REQUIRE_TMPFS` is set.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("TOKENVEND_REQUIRE_TMPFS").is_none(),
+                "TOKENVEND_REQUIRE_TMPFS is set but a tmpfs cannot be mounted here"
+            );
+            eprintln!("skipping: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system until a write fails; returns the filler, to free it later.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = [0u8; 4096];
+        while file.write_all(&block).and_then(|()| file.sync_all()).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_does_not_lose_the_chain() {
+    let Some(disk) = Tmpfs::mount("64k") else {
+        return;
+    };
+    let idp = TestIdp::start(Behaviour::Rotate {
+        lifetime: 3600,
+        delay: Duration::ZERO,
+    })
+    .await;
+    let state = disk.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let server = Server::start(&config(&idp, &state, "5s")).await;
+    let filler = disk.fill();
+
+    // The rotation's write fails with ENOSPC; the access token is served all the same.
+    let first = server.get("p").await.expect("served on a full disk");
+    assert_eq!(first.access_token, "tok-1");
+    assert_eq!(stored(&state), None);
+    // The next refresh sends the kept token, not the spent one.
+    let second = server.reject("p", &first.access_token).await.unwrap();
+    assert_eq!(second.access_token, "tok-2");
+
+    // Space again: the kept link is written without waiting for another refresh.
+    std::fs::remove_file(&filler).unwrap();
+    eventually(Duration::from_secs(10), "the kept link stored", || async {
+        (stored(&state).as_deref() == Some("rt-2")).then_some(())
+    })
+    .await;
+    assert_eq!(sent(&idp), ["rt-0", "rt-1"], "no spent token was sent");
+    server.stop().await;
+}

@@ -9,6 +9,7 @@ mod hostile {
     mod config_edits;
     mod connections;
     mod echo;
+    mod identities;
     mod provider_values;
     mod rejected_storm;
     mod statuses;

@@ -5,6 +5,7 @@
 mod support;
 
 mod hostile {
+    mod admin;
     mod chain_disk;
     mod config_edits;
     mod connections;

@@ -140,7 +140,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
 
 async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.metrics_token
-        && let Err(refused) = authorize(token, &headers)
+        && let Some(refused) = refusal(token, &headers)
     {
         return refused;
     }
@@ -154,34 +154,39 @@ async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> Re
         .into_response()
 }
 
-/// Whether the request carries the metrics token as `authorization: Bearer <token>`. The
-/// token is read at each scrape (a few bytes), so a rotated Secret is picked up at once.
-fn authorize(token: &SecretSource, headers: &HeaderMap) -> Result<(), Response> {
-    let expected = token.load().map_err(|error| {
-        tracing::warn!(key = "server.admin.metrics_token", %error, "cannot read the metrics token; refusing /metrics");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the metrics token cannot be read\n",
-        )
-            .into_response()
-    })?;
+/// The answer to a request without the metrics token as `authorization: Bearer <token>`;
+/// `None` for one with it. The token is read at each scrape (a few bytes), so a rotated
+/// Secret is picked up at once.
+fn refusal(token: &SecretSource, headers: &HeaderMap) -> Option<Response> {
+    let expected = match token.load() {
+        Ok(expected) => expected,
+        Err(error) => {
+            tracing::warn!(key = "server.admin.metrics_token", %error, "cannot read the metrics token; refusing /metrics");
+            let answer = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the metrics token cannot be read\n",
+            );
+            return Some(answer.into_response());
+        }
+    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().split_first_chunk::<7>())
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
         .map(|(_, token)| token);
-    match presented {
-        Some(presented) if same_secret(presented, expected.expose().as_bytes()) => Ok(()),
-        _ => Err((
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                "Bearer realm=\"tokenvend-metrics\"",
-            )],
-            "send the metrics token as `authorization: Bearer <token>`\n",
-        )
-            .into_response()),
+    if presented.is_some_and(|p| same_secret(p, expected.expose().as_bytes())) {
+        return None;
     }
+    let challenge = [(
+        header::WWW_AUTHENTICATE,
+        "Bearer realm=\"tokenvend-metrics\"",
+    )];
+    let answer = (
+        StatusCode::UNAUTHORIZED,
+        challenge,
+        "send the metrics token as `authorization: Bearer <token>`\n",
+    );
+    Some(answer.into_response())
 }
 
 /// Compares in time that depends on neither value: the digests of both are compared

@@ -56,6 +56,13 @@ render() { # name, extra helm args...
 }
 render default
 render full -f "$chart/ci/full-values.yaml"
+"$venv/bin/python" - "$out/full.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+assert monitor["spec"]["endpoints"][0]["authorization"] == {
+    "type": "Bearer", "credentials": {"name": "tokenvend-scrape", "key": "bearer"}}, monitor
+PY
 
 echo "--- a grace period shorter than the drain is refused"
 if "$helm" template tokenvend "$chart" --kube-version "$KUBERNETES_VERSION" --set terminationGracePeriodSeconds=20 >/dev/null 2>"$out/grace.err"; then
@@ -155,6 +162,8 @@ for profile in config["profiles"].values():
     for source in profile.get("headers", {}).values():
         provide(source)
 server = config["server"]
+if "metrics_token" in server.get("admin", {}):
+    provide(server["admin"]["metrics_token"])
 tls = server.get("tls", {})
 for key, pem in (("cert", "tls.crt"), ("key", "tls.key"), ("client_ca", "ca.crt")):
     if key in tls:
@@ -218,6 +227,31 @@ if env $(cat "$dir/env") timeout 10 "$bin" serve --config "$dir/config.yaml" \
   exit 1
 fi
 grep -q "without caller authentication" "$dir/serve.log" || { cat "$dir/serve.log" >&2; exit 1; }
+
+echo "--- the same configuration without server.admin is refused by tokenvend check"
+# The chart's admin port is on the pod address: /metrics there needs the chart's token.
+dir=$(prepare "$out/default.yaml" 'del server["admin"]')
+if check "$dir" 2>"$dir/check.err"; then
+  echo "tokenvend check accepted /metrics open on 0.0.0.0 without a token" >&2
+  exit 1
+fi
+grep -q "server.admin.metrics_token" "$dir/check.err" || { cat "$dir/check.err" >&2; exit 1; }
+
+echo "--- metrics.unauthenticated opens /metrics on purpose, with no token to mount or send"
+"$helm" template tokenvend "$chart" --namespace tokenvend --kube-version "$KUBERNETES_VERSION" \
+  --set metrics.unauthenticated=true --set serviceMonitor.enabled=true >"$out/open-metrics.yaml"
+"$venv/bin/python" - "$out/open-metrics.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+assert config["server"]["admin"] == {"unauthenticated_metrics": True}, config["server"]
+monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+assert "authorization" not in monitor["spec"]["endpoints"][0], monitor
+deployment = next(d for d in docs if d["kind"] == "Deployment")
+assert "metrics-token" not in str(deployment), "no token Secret is mounted"
+PY
+dir=$(prepare "$out/open-metrics.yaml")
+check "$dir"
 
 echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists)"
 dir=$(prepare "$out/full.yaml")

@@ -5,11 +5,13 @@
 mod support;
 
 mod hostile {
+    mod admin;
     mod chain_disk;
     mod config_edits;
     mod connections;
     mod echo;
     mod failover;
+    mod identities;
     mod provider_values;
     mod rejected_storm;
     mod statuses;

@@ -1,5 +1,6 @@
-//! The admin HTTP endpoints: `/metrics` (Prometheus text), and `/livez` and `/readyz` for
-//! Kubernetes probes.
+//! The admin HTTP endpoints: `/metrics` (Prometheus text, behind a bearer token when one
+//! is configured), and `/livez` and `/readyz` for Kubernetes probes, open to all and
+//! naming no profile.
 
 use std::sync::{
     Arc,
@@ -9,14 +10,15 @@ use std::sync::{
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
     routing::get,
 };
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{cache::TokenCache, metrics::Metrics};
+use crate::{cache::TokenCache, metrics::Metrics, secret::SecretSource};
 
 /// Whether the server should get traffic.
 ///
@@ -63,14 +65,13 @@ impl Readiness {
             return Err(NotReady::Starting);
         }
         if !self.warmed.load(Ordering::SeqCst) {
-            let cold: Vec<String> = self
+            let cold = self
                 .cache
                 .slots()
                 .iter()
                 .filter(|slot| slot.profile().warm_up && !slot.has_had_token())
-                .map(|slot| slot.profile().name.to_string())
-                .collect();
-            if !cold.is_empty() {
+                .count();
+            if cold > 0 {
                 return Err(NotReady::WarmingUp(cold));
             }
             self.warmed.store(true, Ordering::SeqCst);
@@ -86,15 +87,19 @@ enum NotReady {
     Stopping,
     #[error("starting: the gRPC listener is not served yet")]
     Starting,
-    /// The profiles with `warm_up: true` that have no token yet.
-    #[error("warming up: no token yet for {}", .0.join(", "))]
-    WarmingUp(Vec<String>),
+    /// How many profiles with `warm_up: true` have no token yet. Not which: the probe is
+    /// open to anyone who reaches the port, and the names are in `/metrics` and the logs.
+    #[error("warming up: {0} profile(s) with warm_up have no token yet")]
+    WarmingUp(usize),
 }
 
 #[derive(Clone)]
 struct AdminState {
     readiness: Arc<Readiness>,
     metrics: Metrics,
+    /// The bearer token `/metrics` asks for (`server.admin.metrics_token`); without one it
+    /// is open, which `App::build` allows only on loopback or when configured so.
+    metrics_token: Option<Arc<SecretSource>>,
 }
 
 /// Serves until `stop` is cancelled.
@@ -102,9 +107,15 @@ pub(crate) async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
     metrics: Metrics,
+    metrics_token: Option<SecretSource>,
     stop: CancellationToken,
 ) {
-    if let Err(error) = axum::serve(listener, app(readiness, metrics))
+    let state = AdminState {
+        readiness,
+        metrics,
+        metrics_token: metrics_token.map(Arc::new),
+    };
+    if let Err(error) = axum::serve(listener, app(state))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
@@ -112,12 +123,12 @@ pub(crate) async fn serve(
     }
 }
 
-fn app(readiness: Arc<Readiness>, metrics: Metrics) -> Router {
+fn app(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { readiness, metrics })
+        .with_state(state)
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
@@ -127,7 +138,12 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token
+        && let Some(refused) = refusal(token, &headers)
+    {
+        return refused;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -135,6 +151,51 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         state.metrics.prometheus_text(),
     )
+        .into_response()
+}
+
+/// The answer to a request without the metrics token as `authorization: Bearer <token>`;
+/// `None` for one with it. The token is read at each scrape (a few bytes), so a rotated
+/// Secret is picked up at once.
+fn refusal(token: &SecretSource, headers: &HeaderMap) -> Option<Response> {
+    let expected = match token.load() {
+        Ok(expected) => expected,
+        Err(error) => {
+            tracing::warn!(key = "server.admin.metrics_token", %error, "cannot read the metrics token; refusing /metrics");
+            let answer = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the metrics token cannot be read\n",
+            );
+            return Some(answer.into_response());
+        }
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().split_first_chunk::<7>())
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|(_, token)| token);
+    if presented.is_some_and(|p| same_secret(p, expected.expose().as_bytes())) {
+        return None;
+    }
+    let challenge = [(
+        header::WWW_AUTHENTICATE,
+        "Bearer realm=\"tokenvend-metrics\"",
+    )];
+    let answer = (
+        StatusCode::UNAUTHORIZED,
+        challenge,
+        "send the metrics token as `authorization: Bearer <token>`\n",
+    );
+    Some(answer.into_response())
+}
+
+/// Compares in time that depends on neither value: the digests of both are compared
+/// byte by byte without stopping early, so neither the length nor a common prefix of
+/// the token shows in how long a guess takes to refuse.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(expected));
+    let difference = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]
@@ -156,6 +217,14 @@ mod tests {
         Readiness::new(Arc::new(TokenCache::new(&profiles, idp, None, metrics)))
     }
 
+    #[test]
+    fn the_metrics_token_must_match_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret ", b"S3cret", b"s3cret\0"] {
+            assert!(!same_secret(wrong, b"s3cret"));
+        }
+    }
+
     #[tokio::test]
     async fn not_ready_until_the_listener_is_served_nor_once_stopping() {
         let readiness = readiness("");
@@ -172,7 +241,10 @@ mod tests {
         readiness.serving();
         // Nothing listens there: the warm-up fails, and stays failed.
         let reason = readiness.check().unwrap_err();
-        assert_eq!(reason, NotReady::WarmingUp(vec!["p".into()]));
-        assert_eq!(reason.to_string(), "warming up: no token yet for p");
+        assert_eq!(reason, NotReady::WarmingUp(1));
+        assert_eq!(
+            reason.to_string(),
+            "warming up: 1 profile(s) with warm_up have no token yet"
+        );
     }
 }

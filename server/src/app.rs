@@ -48,9 +48,14 @@ impl std::fmt::Debug for App {
 
 impl App {
     /// Loads what `config` names and builds the live objects, for a gRPC port on `grpc`
-    /// (which decides whether callers must authenticate). Reports every error found,
-    /// each with its key.
-    pub(crate) fn build(config: Config, grpc: SocketAddr) -> Result<Self, ConfigErrors> {
+    /// (which decides whether callers must authenticate) and an admin port on `admin`
+    /// (`None` when there are no admin endpoints; which decides whether `/metrics` needs
+    /// a token). Reports every error found, each with its key.
+    pub(crate) fn build(
+        config: Config,
+        grpc: SocketAddr,
+        admin: Option<SocketAddr>,
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         for profile in &config.profiles {
             check_profile(profile, &mut errors);
@@ -65,10 +70,12 @@ impl App {
         check_service_account(server, &mut errors);
         check_store(server, &mut errors);
         let mut warnings = config.warnings();
-        match check_listener(server, grpc) {
-            Ok(None) => {}
-            Ok(Some(warning)) => warnings.push(warning),
-            Err(error) => errors.push(error),
+        for check in [check_listener(server, grpc), check_admin(server, admin)] {
+            match check {
+                Ok(None) => {}
+                Ok(Some(warning)) => warnings.push(warning),
+                Err(error) => errors.push(error),
+            }
         }
         let auth = Authenticator::new(server)
             .map_err(|e| {
@@ -233,6 +240,43 @@ fn check_listener(
     )))
 }
 
+/// `/metrics` names every profile and how much each is used: on an address others can
+/// reach it needs a bearer token, unless the configuration opens it on purpose. The token
+/// must be readable now; it is read again at each scrape, so a rotated one is picked up.
+fn check_admin(
+    server: &ServerConfig,
+    admin: Option<SocketAddr>,
+) -> Result<Option<ConfigError>, ConfigError> {
+    const KEY: &str = "server.admin.metrics_token";
+    if let Some(token) = &server.admin.metrics_token {
+        return match token.load() {
+            Ok(_) => Ok(None),
+            Err(e) => Err(ConfigError::new(KEY, e.to_string())),
+        };
+    }
+    let Some(admin) = admin.filter(|a| !a.ip().is_loopback()) else {
+        return Ok(None);
+    };
+    if !server.admin.unauthenticated_metrics {
+        return Err(ConfigError::new(
+            KEY,
+            format!(
+                "refusing to serve /metrics on {admin} without a token: anyone who can reach \
+                 it would read every profile's name and use. Set `server.admin.metrics_token` \
+                 (the bearer token the scraper sends), listen on loopback \
+                 (`server.admin_listen: 127.0.0.1:9090`), or set \
+                 `server.admin.unauthenticated_metrics: true` if a network policy guards the port"
+            ),
+        ));
+    }
+    Ok(Some(ConfigError::new(
+        "server.admin.unauthenticated_metrics",
+        format!(
+            "serving /metrics on {admin} without a token: anyone who can reach it reads every profile's name"
+        ),
+    )))
+}
+
 /// When a connection on the gRPC port is closed for holding its slot for nothing.
 pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
     Rules {
@@ -248,6 +292,8 @@ pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
 /// a warning. Everything else in the configuration takes effect on reload.
 ///
 /// - `server.listen`, `server.admin_listen`: the sockets are bound once.
+/// - `server.admin`: the admin endpoints' access, fixed with their socket (the token
+///   file's content is read at each scrape, so a rotated token needs no restart).
 /// - `server.state_dir`: locked at start; a running server cannot move its chains.
 /// - `server.store`: the shared store's connection and the chains in it.
 /// - `server.tls` turned on or off (its files may change): the listener's kind.
@@ -269,6 +315,8 @@ pub(crate) fn keep_restart_only(
         new.admin_listen != running.admin_listen,
     );
     new.admin_listen = running.admin_listen;
+    keep("server.admin", new.admin != running.admin);
+    new.admin.clone_from(&running.admin);
     keep("server.state_dir", new.state_dir != running.state_dir);
     new.state_dir.clone_from(&running.state_dir);
     keep("server.store", new.store != running.store);
@@ -299,6 +347,8 @@ pub(crate) struct Live {
     /// What callers hold open; shared by every service a reload builds.
     pub(crate) holdings: Holdings,
     pub(crate) grpc: SocketAddr,
+    /// The admin port, if one is served.
+    pub(crate) admin: Option<SocketAddr>,
     /// Ends `WatchToken` streams at shutdown; every service built shares it.
     pub(crate) streams: CancellationToken,
     pub(crate) metrics: Metrics,
@@ -331,7 +381,7 @@ impl Live {
     pub(crate) fn reload(&self, mut config: Config) -> Result<(), ConfigErrors> {
         let running = self.settings.load_full();
         let restart = keep_restart_only(&mut config.server, &running);
-        let app = App::build(config, self.grpc)?;
+        let app = App::build(config, self.grpc, self.admin)?;
         for key in restart {
             tracing::warn!(
                 key,

@@ -79,6 +79,9 @@ pub enum AuthError {
     /// No credentials at all.
     #[error("no caller credentials: {0}")]
     Missing(&'static str),
+    /// A client certificate from the client CA that names no identity tokenvend accepts.
+    #[error("{0}")]
+    Certificate(crate::conn::CertificateRefusal),
     /// A ServiceAccount token that does not verify.
     #[error("the ServiceAccount token was refused: {0}")]
     Token(jwt::Rejection),
@@ -120,7 +123,8 @@ impl Authenticator {
 
     /// Who is calling. A bearer token, when ServiceAccount authentication is on and the
     /// caller sends one, must verify and names the caller; else the client certificate
-    /// does; else the caller is anonymous, which is refused when authentication is on.
+    /// does (a certificate whose name is refused refuses the call); else the caller is
+    /// anonymous, which is refused when authentication is on.
     pub(crate) async fn caller(
         &self,
         metadata: &MetadataMap,
@@ -136,8 +140,13 @@ impl Authenticator {
                 .await
                 .map(Caller::Identified);
         }
-        if let Some(identity) = peer.and_then(|p| p.identity.as_ref()) {
-            return Ok(Caller::Identified(identity.clone()));
+        if let Some(peer) = peer {
+            if let Some(identity) = &peer.identity {
+                return Ok(Caller::Identified(identity.clone()));
+            }
+            if let Some(refused) = peer.refused {
+                return Err(AuthError::Certificate(refused));
+            }
         }
         if self.required {
             return Err(AuthError::Missing(self.what_to_send));

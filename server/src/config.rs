@@ -51,8 +51,10 @@ pub struct Config {
 pub struct ServerConfig {
     /// The gRPC listen address.
     pub listen: SocketAddr,
-    /// The admin HTTP listen address (`/livez`, `/readyz`).
+    /// The admin HTTP listen address (`/metrics`, `/livez`, `/readyz`).
     pub admin_listen: SocketAddr,
+    /// Who may read `/metrics` on it.
+    pub admin: AdminConfig,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// After a shutdown signal, how long the server goes on accepting and serving calls
@@ -74,6 +76,17 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Limits that keep one caller from starving the others or the identity providers.
     pub limits: Limits,
+}
+
+/// Access to the admin endpoints. `/livez` and `/readyz` are open to all (the kubelet
+/// probes them); `/metrics` names every profile, so on an address other than loopback it
+/// needs a bearer token, or an explicit choice to serve it to anyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The bearer token a scraper must send for `/metrics`.
+    pub metrics_token: Option<SecretSource>,
+    /// Serve `/metrics` without a token on a non-loopback address, on purpose.
+    pub unauthenticated_metrics: bool,
 }
 
 /// TLS for the gRPC port. The files are read again when they change.
@@ -186,7 +199,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            // Loopback: `/metrics` names every profile. A pod's probes need the pod
+            // address, which the Helm chart sets with a token for `/metrics`.
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin: AdminConfig::default(),
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::from_secs(5),
             reload_interval: Duration::from_secs(2),

@@ -26,8 +26,33 @@ pub(crate) struct Peer {
     pub remote: Option<SocketAddr>,
     /// The identity in the client certificate (URI SAN, else DNS SAN), if one was verified.
     pub identity: Option<Arc<str>>,
+    /// Why a verified client certificate gave no identity, if it did not.
+    pub refused: Option<CertificateRefusal>,
     /// The calls on the connection, as its watchdog reads them.
     pub activity: Arc<Activity>,
+}
+
+/// Why a client certificate that chains to the client CA identifies nobody. Certificate
+/// identities are SPIFFE IDs (`scheme://...`) or host names, ServiceAccount identities are
+/// `system:serviceaccount:...`: refusing every other form keeps the two kinds apart, so
+/// that no certificate is taken for a ServiceAccount and an `allow` pattern matches one
+/// kind only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateRefusal {
+    /// Neither a URI SAN nor a DNS SAN.
+    #[error("the client certificate has no URI or DNS SAN")]
+    NoName,
+    /// A SAN that starts with `system:`, the prefix of Kubernetes identities.
+    #[error(
+        "the client certificate's SAN starts with `system:`, which only ServiceAccount tokens may carry"
+    )]
+    ServiceAccountName,
+    /// A URI SAN that is not `scheme://...` in printable ASCII.
+    #[error("the client certificate's URI SAN is not a URI such as spiffe://trust-domain/path")]
+    NotUri,
+    /// A DNS SAN that is not a host name.
+    #[error("the client certificate's DNS SAN is not a host name")]
+    NotHostName,
 }
 
 /// The calls on one connection: how many have started, how many are open, and whether

@@ -79,16 +79,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listeners.grpc.local_addr()?;
-    let app = App::build(config, addr)?;
-    for warning in app.warnings() {
-        tracing::warn!(key = %warning.key, "{}", warning.message);
-    }
-    // Only now: a configuration refused above never said it was listening.
     let admin = listeners
         .admin
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    let app = App::build(config, addr, admin)?;
+    for warning in app.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+    // Only now: a configuration refused above never said it was listening.
     let profiles = app
         .config()
         .profiles
@@ -112,6 +112,11 @@ async fn run(
 ) -> Result<(), ServerError> {
     let config = app.config();
     let grpc_addr = listeners.grpc.local_addr()?;
+    let admin_addr = listeners
+        .admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let limits = config.server.limits;
     let root = CancellationToken::new();
     let drain = root.child_token();
@@ -195,6 +200,7 @@ async fn run(
         limiter: ArcSwap::new(app.limiter()),
         holdings,
         grpc: grpc_addr,
+        admin: admin_addr,
         streams,
         metrics: metrics.clone(),
         tasks: tasks.clone(),
@@ -231,6 +237,7 @@ async fn run(
             listener,
             readiness.clone(),
             metrics.clone(),
+            config.server.admin.metrics_token.clone(),
             root.child_token(),
         ));
     }

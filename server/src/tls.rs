@@ -34,7 +34,7 @@ use x509_cert::{
 
 use crate::{
     config::TlsConfig,
-    conn::{Activity, Peer, Rules, Watchdog},
+    conn::{Activity, CertificateRefusal, Peer, Rules, Watchdog},
 };
 
 /// How long a client has to finish the TLS handshake.
@@ -423,6 +423,7 @@ pub(crate) fn incoming(
                     peer: Peer {
                         remote: Some(remote),
                         identity: None,
+                        refused: None,
                         activity,
                     },
                     _slot: slot,
@@ -453,7 +454,15 @@ pub(crate) fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .and_then(|cert| certificate_identity(cert));
+                    .map(|cert| certificate_identity(cert));
+                let (identity, refused) = match identity {
+                    None => (None, None),
+                    Some(Ok(identity)) => (Some(identity), None),
+                    Some(Err(refused)) => {
+                        tracing::debug!(%remote, %refused, "client certificate gives no identity");
+                        (None, Some(refused))
+                    }
+                };
                 // A verified client certificate has authenticated the connection.
                 let activity = Activity::new(identity.is_some());
                 let conn = Conn {
@@ -462,6 +471,7 @@ pub(crate) fn incoming(
                     peer: Peer {
                         remote: Some(remote),
                         identity,
+                        refused,
                         activity,
                     },
                     _slot: slot,
@@ -475,23 +485,70 @@ pub(crate) fn incoming(
 }
 
 /// The identity in a verified client certificate: its URI SAN (a SPIFFE ID) if it has
-/// one, else its first DNS SAN. The subject's CN is not used: it is not a SAN.
-pub(crate) fn certificate_identity(der: &[u8]) -> Option<Arc<str>> {
+/// one, else its first DNS SAN. The subject's CN is not used: it is not a SAN. A name of
+/// another form is refused, not skipped: a certificate whose URI SAN is refused does not
+/// fall back to its DNS SAN.
+pub(crate) fn certificate_identity(der: &[u8]) -> Result<Arc<str>, CertificateRefusal> {
+    let names = subject_alt_names(der).ok_or(CertificateRefusal::NoName)?;
+    let mut dns = None;
+    for name in names.0 {
+        match name {
+            GeneralName::UniformResourceIdentifier(uri) => return uri_identity(uri.as_str()),
+            GeneralName::DnsName(name) if dns.is_none() => dns = Some(name),
+            _ => {}
+        }
+    }
+    dns_identity(dns.ok_or(CertificateRefusal::NoName)?.as_str())
+}
+
+fn subject_alt_names(der: &[u8]) -> Option<SubjectAltName> {
     let cert = Certificate::from_der(der).ok()?;
     let extensions = cert.tbs_certificate.extensions.as_ref()?;
     let san = extensions
         .iter()
         .find(|e| e.extn_id == SubjectAltName::OID)?;
-    let names = SubjectAltName::from_der(san.extn_value.as_bytes()).ok()?;
-    let mut dns = None;
-    for name in names.0 {
-        match name {
-            GeneralName::UniformResourceIdentifier(uri) => return Some(uri.as_str().into()),
-            GeneralName::DnsName(name) if dns.is_none() => dns = Some(name.as_str().into()),
-            _ => {}
-        }
+    SubjectAltName::from_der(san.extn_value.as_bytes()).ok()
+}
+
+/// The prefix of every Kubernetes identity (`system:serviceaccount:`, `system:node:`).
+fn is_kubernetes_name(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("system:"))
+}
+
+/// `scheme://rest`, printable ASCII without spaces: a SPIFFE ID or another URI with an
+/// authority. Such a name holds `//`, which no ServiceAccount name or host name does.
+fn uri_identity(uri: &str) -> Result<Arc<str>, CertificateRefusal> {
+    if is_kubernetes_name(uri) {
+        return Err(CertificateRefusal::ServiceAccountName);
     }
-    dns
+    let well_formed = uri.split_once("://").is_some_and(|(scheme, rest)| {
+        let mut chars = scheme.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && !rest.is_empty()
+            && rest.chars().all(|c| c.is_ascii_graphic())
+    });
+    if !well_formed {
+        return Err(CertificateRefusal::NotUri);
+    }
+    Ok(uri.into())
+}
+
+/// Letters, digits, `-`, `_` and `.`: no `:` or `/`, so no other kind of identity.
+fn dns_identity(name: &str) -> Result<Arc<str>, CertificateRefusal> {
+    if is_kubernetes_name(name) {
+        return Err(CertificateRefusal::ServiceAccountName);
+    }
+    let host = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !host {
+        return Err(CertificateRefusal::NotHostName);
+    }
+    Ok(name.into())
 }
 
 #[cfg(test)]

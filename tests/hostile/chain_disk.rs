@@ -221,7 +221,11 @@ impl Tmpfs {
         let filler = self.path().join("filler");
         let mut file = std::fs::File::create(&filler).unwrap();
         let block = [0u8; 4096];
-        while file.write_all(&block).and_then(|()| file.sync_all()).is_ok() {}
+        while file
+            .write_all(&block)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
         filler
     }
 }

@@ -73,6 +73,11 @@ impl Pki {
         self.leaf(vec![SanType::URI(spiffe_id.try_into().unwrap())])
     }
 
+    /// A client certificate with a DNS SAN (written as given, valid host name or not).
+    pub fn client_dns(&self, name: &str) -> ClientCert {
+        self.leaf(vec![SanType::DnsName(name.try_into().unwrap())])
+    }
+
     fn leaf(&self, sans: Vec<SanType>) -> ClientCert {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

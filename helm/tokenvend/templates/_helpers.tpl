@@ -50,18 +50,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tokenvend.tlsDir" -}}/etc/tokenvend-tls/server{{- end }}
 {{- define "tokenvend.clientCADir" -}}/etc/tokenvend-tls/client-ca{{- end }}
 {{- define "tokenvend.secretsDir" -}}/var/run/secrets/tokenvend{{- end }}
+{{- define "tokenvend.metricsTokenDir" -}}/var/run/secrets/tokenvend-metrics{{- end }}
+
+{{/* The Secret holding the /metrics bearer token. */}}
+{{- define "tokenvend.metricsTokenSecret" -}}
+{{- default (printf "%s-metrics" (include "tokenvend.fullname" .)) .Values.metrics.tokenSecret.name }}
+{{- end }}
 
 {{/*
 The configuration file: `server` from the values (with the listen addresses, and the TLS
 and caller-authentication keys built from `tls` and `auth`) and `profiles` as given.
-The keys are those of docs/configuration.md: server.tls.{cert,key,client_ca,
-reload_interval} and server.auth.{allow_unauthenticated,service_account.{issuer,audience,
+The keys are those of docs/configuration.md: server.admin.{metrics_token,
+unauthenticated_metrics}, server.tls.{cert,key,client_ca,reload_interval} and server.auth.{allow_unauthenticated,service_account.{issuer,audience,
 jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
 */}}
 {{- define "tokenvend.config" -}}
 {{- $server := deepCopy (.Values.server | default dict) }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) }}
 {{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
+{{- if .Values.metrics.unauthenticated }}
+{{- $_ := set $server "admin" (dict "unauthenticated_metrics" true) }}
+{{- else }}
+{{- $_ := set $server "admin" (dict "metrics_token" (dict "file" (printf "%s/token" (include "tokenvend.metricsTokenDir" .)))) }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 {{- $tls := dict "cert" (printf "%s/tls.crt" (include "tokenvend.tlsDir" .)) "key" (printf "%s/tls.key" (include "tokenvend.tlsDir" .)) }}
 {{- if .Values.tls.clientCA.enabled }}

@@ -13,7 +13,8 @@ const ANY: &str = "0.0.0.0:50051";
 
 fn build(yaml: &str, grpc: &str) -> Result<App, ConfigErrors> {
     let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
-    App::build(config, grpc.parse::<SocketAddr>().unwrap())
+    let admin = config.server.admin_listen;
+    App::build(config, grpc.parse::<SocketAddr>().unwrap(), Some(admin))
 }
 
 fn error(yaml: &str) -> ConfigError {
@@ -144,7 +145,7 @@ fn restart_only_settings_are_kept_and_named() {
     .unwrap()
     .server;
     let mut new = Config::from_yaml(&format!(
-        "server:\n  listen: 127.0.0.1:2\n  admin_listen: 127.0.0.1:3\n  state_dir: /b\n  tls: {{ cert: /c, key: /k }}\n  shutdown_grace: 1s\n  limits: {{ max_concurrent_streams: 9, rate: 7 }}\n{}",
+        "server:\n  listen: 127.0.0.1:2\n  admin_listen: 127.0.0.1:3\n  admin: {{ unauthenticated_metrics: true }}\n  state_dir: /b\n  tls: {{ cert: /c, key: /k }}\n  shutdown_grace: 1s\n  limits: {{ max_concurrent_streams: 9, rate: 7 }}\n{}",
         profile_yaml("")
     ))
     .unwrap()
@@ -155,6 +156,7 @@ fn restart_only_settings_are_kept_and_named() {
         [
             "server.listen",
             "server.admin_listen",
+            "server.admin",
             "server.state_dir",
             "server.tls",
             "server.limits.max_concurrent_streams",
@@ -162,6 +164,7 @@ fn restart_only_settings_are_kept_and_named() {
     );
     assert_eq!(new.listen, running.listen);
     assert_eq!(new.admin_listen, running.admin_listen);
+    assert_eq!(new.admin, running.admin);
     assert_eq!(new.state_dir, running.state_dir);
     assert_eq!(new.tls, None);
     assert_eq!(new.limits.max_concurrent_streams, 8);
@@ -191,4 +194,62 @@ fn only_a_port_that_requires_authentication_closes_unauthenticated_connections_e
         required.unauthenticated_timeout,
         Some(Duration::from_secs(2))
     );
+}
+
+#[test]
+fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
+    let build = |server: &str, admin: Option<&str>| {
+        let yaml = format!("server:\n{server}{}", profile_yaml(""));
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let admin = admin.map(|a| a.parse::<SocketAddr>().unwrap());
+        App::build(config, LOOPBACK.parse().unwrap(), admin)
+    };
+    let refused = build("  admin_listen: 0.0.0.0:9090\n", Some("0.0.0.0:9090")).unwrap_err();
+    let e = refused.first();
+    assert_eq!(e.key, "server.admin.metrics_token");
+    assert!(e.message.contains("unauthenticated_metrics: true"), "{e}");
+    // `check` judges the configured address as `serve` judges the bound one.
+    let no_admin = build("  admin_listen: \"[::]:9090\"\n", None).unwrap();
+    assert!(no_admin.warnings().is_empty());
+    let config = Config::from_yaml(&format!(
+        "server:\n  admin_listen: \"[::]:9090\"\n{}",
+        profile_yaml("")
+    ))
+    .unwrap();
+    assert_eq!(
+        App::build(
+            config,
+            LOOPBACK.parse().unwrap(),
+            Some("[::]:9090".parse().unwrap()),
+        )
+        .unwrap_err()
+        .first()
+        .key,
+        "server.admin.metrics_token"
+    );
+
+    // Loopback needs nothing; an explicit opening is a warning; a token must be readable.
+    assert!(build("  listen: 127.0.0.1:1\n", Some("127.0.0.1:9090")).is_ok());
+    let open = build(
+        "  admin: { unauthenticated_metrics: true }\n",
+        Some("0.0.0.0:9090"),
+    )
+    .unwrap();
+    assert_eq!(
+        open.warnings()[0].key,
+        "server.admin.unauthenticated_metrics"
+    );
+    assert!(
+        build(
+            "  admin: { metrics_token: { value: t } }\n",
+            Some("0.0.0.0:9090")
+        )
+        .is_ok()
+    );
+    let e = build(
+        "  admin: { metrics_token: { env: TOKENVEND_TEST_NOT_SET_ANYWHERE } }\n",
+        Some("127.0.0.1:9090"),
+    )
+    .unwrap_err();
+    assert_eq!(e.first().key, "server.admin.metrics_token");
 }

@@ -275,11 +275,21 @@ fn check(token: &str, alg: Algorithm, key: &Key, verifier: &Verifier) -> Result<
     Ok(data.claims)
 }
 
-/// `system:serviceaccount:<namespace>:<name>`, each part present and without `:`.
+/// `system:serviceaccount:<namespace>:<name>`, with a namespace and a name as Kubernetes
+/// writes them (lower-case letters, digits, `-`, and `.` in names). Any other `sub`, a
+/// SPIFFE ID or a host name above all, is refused: those are certificate identities, and a
+/// token must not pass for one.
 fn is_service_account(sub: &str) -> bool {
+    let kubernetes_name = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+            })
+    };
     sub.strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
-        .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
+        .is_some_and(|(ns, name)| kubernetes_name(ns, false) && kubernetes_name(name, true))
 }
 
 fn unix_now() -> u64 {

@@ -13,6 +13,10 @@ pub(super) struct Args {
     /// The gRPC listen address `serve --listen` would use, overriding `server.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The admin listen address `serve --admin-listen` would use, overriding
+    /// `server.admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 pub(super) fn run(args: Args) -> Result<(), ()> {
@@ -23,7 +27,8 @@ pub(super) fn run(args: Args) -> Result<(), ()> {
         }
     })?;
     let listen = args.listen.unwrap_or(config.server.listen);
-    let app = App::build(config, listen).map_err(|errors| {
+    let admin = args.admin_listen.unwrap_or(config.server.admin_listen);
+    let app = App::build(config, listen, Some(admin)).map_err(|errors| {
         for error in errors.iter() {
             eprintln!("tokenvend check: {path}: {error}");
         }

@@ -6,9 +6,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use url::Url;
 
+use crate::secret::RawSecretSource;
+
 use super::{
-    AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig, ServiceAccountConfig,
-    TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
+    AdminConfig, AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig,
+    ServiceAccountConfig, TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -16,6 +18,8 @@ use super::{
 pub(super) struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
+    #[serde(default)]
+    admin: RawAdmin,
     shutdown_grace: Option<Dur>,
     shutdown_delay: Option<Dur>,
     reload_interval: Option<Dur>,
@@ -27,6 +31,14 @@ pub(super) struct RawServer {
     auth: RawAuth,
     #[serde(default)]
     limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    metrics_token: Option<RawSecretSource>,
+    #[serde(default)]
+    unauthenticated_metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +85,26 @@ struct RawLimits {
     request_timeout: Option<Dur>,
     max_watches_per_caller: Option<usize>,
     max_pending_per_caller: Option<usize>,
+}
+
+impl RawAdmin {
+    fn validate(self) -> Result<AdminConfig, ConfigError> {
+        let metrics_token = self
+            .metrics_token
+            .map(RawSecretSource::into_source)
+            .transpose()
+            .map_err(|e| ConfigError::new("server.admin.metrics_token", e.to_string()))?;
+        if metrics_token.is_some() && self.unauthenticated_metrics {
+            return Err(ConfigError::new(
+                "server.admin.unauthenticated_metrics",
+                "give `metrics_token` or `unauthenticated_metrics: true`, not both",
+            ));
+        }
+        Ok(AdminConfig {
+            metrics_token,
+            unauthenticated_metrics: self.unauthenticated_metrics,
+        })
+    }
 }
 
 impl RawTls {
@@ -223,6 +255,7 @@ impl RawServer {
             self.admin_listen,
             defaults.admin_listen,
         ));
+        let admin = found.take(self.admin.validate());
         let idp_connect_timeout = found.take(nonzero(
             "server.idp_connect_timeout",
             self.idp_connect_timeout,
@@ -245,6 +278,7 @@ impl RawServer {
         let (
             Some(listen),
             Some(admin_listen),
+            Some(admin),
             Some(idp_connect_timeout),
             Some(store),
             Some(tls),
@@ -253,6 +287,7 @@ impl RawServer {
         ) = (
             listen,
             admin_listen,
+            admin,
             idp_connect_timeout,
             store,
             tls,
@@ -265,6 +300,7 @@ impl RawServer {
         Ok(ServerConfig {
             listen,
             admin_listen,
+            admin,
             shutdown_grace: self.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
             shutdown_delay: self.shutdown_delay.map_or(defaults.shutdown_delay, |d| d.0),
             reload_interval: self

@@ -24,7 +24,10 @@ fn contract_example_profile_parses_with_defaults() {
     assert_eq!(profile.headers[0].0.as_str(), "x-api-key");
     assert_eq!(profile.refresh_ahead, RefreshAhead::Fraction(0.8));
     assert_eq!(config.server.listen, "0.0.0.0:50051".parse().unwrap());
-    assert_eq!(config.server.admin_listen, "0.0.0.0:9090".parse().unwrap());
+    assert_eq!(
+        config.server.admin_listen,
+        "127.0.0.1:9090".parse().unwrap()
+    );
 }
 
 #[test]
@@ -475,4 +478,24 @@ fn lifetime_bounds_and_rejection_spacing_have_defaults_and_checks() {
     assert_eq!(e.key, "profiles.jama.default_lifetime");
     let e = error(&profile_yaml("    max_lifetime: 500ms\n"));
     assert_eq!(e.key, "profiles.jama.max_lifetime");
+}
+
+#[test]
+fn the_metrics_token_is_a_secret_source_and_excludes_open_metrics() {
+    let server = |admin: &str| {
+        Config::from_yaml(&format!("server:\n  admin: {admin}\n{}", profile_yaml("")))
+            .map(|c| c.server.admin)
+    };
+    assert_eq!(server("{}").unwrap(), AdminConfig::default());
+    let admin = server("{ metrics_token: { file: /run/token } }").unwrap();
+    assert_eq!(
+        admin.metrics_token,
+        Some(SecretSource::File("/run/token".into()))
+    );
+    let e = server("{ metrics_token: { file: /t }, unauthenticated_metrics: true }").unwrap_err();
+    assert_eq!(e.first().key, "server.admin.unauthenticated_metrics");
+    let e = server("{ metrics_token: {} }").unwrap_err();
+    assert_eq!(e.first().key, "server.admin.metrics_token");
+    let e = server("{ metrics_tokens: { file: /t } }").unwrap_err();
+    assert!(e.first().to_string().contains("metrics_tokens"), "{e}");
 }

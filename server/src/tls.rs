@@ -63,8 +63,9 @@ fn tls_error(key: &str, message: impl Into<String>) -> TlsError {
 /// rather than a failed handshake.
 pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = read_certs(&tls.cert).map_err(|m| tls_error("cert", m))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+    let certs = read_certs("cert", &tls.cert)?;
+    let key_pem = read_file("key", &tls.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         tls_error(
             "key",
             format!("{}: no PEM private key ({e})", tls.key.display()),
@@ -77,7 +78,7 @@ pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsErr
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for cert in read_certs(path).map_err(|m| tls_error("client_ca", m))? {
+            for cert in read_certs("client_ca", path)? {
                 roots
                     .add(cert)
                     .map_err(|e| tls_error("client_ca", format!("{}: {e}", path.display())))?;
@@ -96,12 +97,23 @@ pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// A TLS file, read with a ceiling: a certificate chain or a key is a few KiB, and a path
+/// that names a device or a huge file must not eat memory.
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::bounded::read(path, crate::bounded::DOCUMENT_BYTES)
+        .map_err(|e| tls_error(key, format!("{}: {e}", path.display())))
+}
+
+fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(key, format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", path.display()));
+        return Err(tls_error(
+            key,
+            format!("{}: no PEM certificate", path.display()),
+        ));
     }
     Ok(certs)
 }
@@ -114,7 +126,7 @@ fn digest(tls: &TlsConfig) -> [u8; 32] {
         .flatten()
     {
         // An unreadable file (mid-rotation) hashes as empty and is retried next round.
-        hash.update(std::fs::read(path).unwrap_or_default());
+        hash.update(crate::bounded::read(path, crate::bounded::DOCUMENT_BYTES).unwrap_or_default());
         hash.update([0]);
     }
     hash.finalize().into()

@@ -253,3 +253,14 @@ fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
     .unwrap_err();
     assert_eq!(e.first().key, "server.admin.metrics_token");
 }
+
+#[test]
+fn tls_files_are_read_with_a_ceiling() {
+    // A device that never ends: refused at once, naming the key, without eating memory.
+    let e = error(&format!(
+        "server:\n  tls: {{ cert: /dev/zero, key: /dev/zero }}\n{}",
+        profile_yaml("")
+    ));
+    assert_eq!(e.key, "server.tls.cert");
+    assert!(e.message.contains("/dev/zero: larger than"), "{e}");
+}

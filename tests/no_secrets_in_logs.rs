@@ -5,11 +5,6 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,28 +20,9 @@ use support::{
 
 const API_KEY: &str = "api-key-7f3a9c";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn nothing_secret_is_logged_at_trace() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = support::logs::Logs::capture();
 
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let failing = TestIdp::start(Behaviour::oauth_error(
@@ -148,7 +124,7 @@ async fn nothing_secret_is_logged_at_trace() {
     scraped.push_str(&guarded.metrics().await.text);
     guarded.stop().await;
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.contains("token obtained"), "the capture works");
     assert!(logs.contains("h2"), "dependencies log at trace too");
     let encoded_secret: String =

@@ -1,39 +1,26 @@
 //! Hot reload: the configuration file of a running server is edited (as a ConfigMap update
 //! does) and each outcome is observed over gRPC and at the identity provider.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tokenvend::pb::{ListProfilesRequest, WatchTokenRequest};
 use tokio::time::timeout;
 use tonic::Code;
 
-use crate::support::{Behaviour, ConfigFile, Server, TestIdp, eventually, profile};
+use crate::support::{Behaviour, ConfigFile, Logs, Server, TestIdp, eventually, profile};
 
 const HEADER: &str = "server:\n  shutdown_delay: 0s\n  reload_interval: 50ms\nprofiles:\n";
 
-/// Log lines written on this thread (the test's single-threaded runtime runs the server's
-/// tasks, the reloader included, on it).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
+/// Waits until a reload has made `profile` appear in `ListProfiles`.
+async fn until_listed(server: &Server, profile: &str) {
+    eventually(Duration::from_secs(10), profile, || async {
+        profile_names(server)
+            .await
+            .iter()
+            .any(|p| p == profile)
+            .then_some(())
+    })
+    .await;
 }
 
 async fn profile_names(server: &Server) -> Vec<String> {
@@ -60,14 +47,7 @@ fn requests_for(idp: &TestIdp, scope: &str) -> usize {
 
 #[tokio::test]
 async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let _logging = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, _logging) = Logs::capture();
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let kept = profile("kept", &idp, "    scopes: [kept.read]\n");
     let mut file = ConfigFile::new(&format!(
@@ -96,13 +76,7 @@ async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
         profile("changed", &idp, "    scopes: [new.read]\n"),
         profile("added", &idp, "")
     ));
-    eventually(Duration::from_secs(10), "the added profile", || async {
-        profile_names(&server)
-            .await
-            .contains(&"added".to_owned())
-            .then_some(())
-    })
-    .await;
+    until_listed(&server, "added").await;
     assert_eq!(profile_names(&server).await, ["added", "changed", "kept"]);
     server.get("added").await.expect("the added profile serves");
 
@@ -292,13 +266,7 @@ async fn a_reload_of_timeouts_takes_effect() {
         server_section("  limits: { request_timeout: 200ms }\n"),
         profile("late", &idp, "")
     ));
-    eventually(Duration::from_secs(10), "the reload", || async {
-        profile_names(&server)
-            .await
-            .contains(&"late".to_owned())
-            .then_some(())
-    })
-    .await;
+    until_listed(&server, "late").await;
     let started = std::time::Instant::now();
     let status = server.get("late").await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -352,14 +320,7 @@ async fn a_reload_of_tls_files_takes_effect() {
 
 #[tokio::test]
 async fn a_restart_only_change_is_named_and_the_rest_applied() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let _logging = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, _logging) = Logs::capture();
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let demo = profile("demo", &idp, "");
     let mut file = ConfigFile::new(&format!("{}{demo}", server_section("")));
@@ -370,13 +331,7 @@ async fn a_restart_only_change_is_named_and_the_rest_applied() {
         server_section("  listen: 127.0.0.1:1\n  limits: { max_concurrent_streams: 7 }\n"),
         profile("added", &idp, "")
     ));
-    eventually(Duration::from_secs(10), "the added profile", || async {
-        profile_names(&server)
-            .await
-            .contains(&"added".to_owned())
-            .then_some(())
-    })
-    .await;
+    until_listed(&server, "added").await;
     let log = logs.text();
     for key in ["server.listen", "server.limits.max_concurrent_streams"] {
         assert!(

@@ -120,7 +120,9 @@ impl DevIssuer {
             min_ttl: Duration::ZERO,
             default_lifetime: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(24 * 3600),
-            rejected_token_min_interval: Duration::from_secs(30),
+            // Every reported token is replaced: the demo is where a client's 401 path is
+            // tried (the client suites run against it), one rejection after another.
+            rejected_token_min_interval: Duration::ZERO,
             timeout: Duration::from_secs(5),
             warm_up: true,
             idle_refresh: Duration::from_secs(24 * 3600),

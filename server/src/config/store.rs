@@ -282,7 +282,7 @@ impl RawSentinel {
         let mut nodes: Vec<SentinelNode> = Vec::with_capacity(self.nodes.len());
         for (i, text) in self.nodes.iter().enumerate() {
             let key = format!("{KEY}.nodes[{i}]");
-            let node = sentinel_node(text).map_err(|m| ConfigError::new(&key, m))?;
+            let node = sentinel_node(text).map_err(|e| ConfigError::new(&key, e.to_string()))?;
             if nodes.contains(&node) {
                 return Err(ConfigError::new(key, format!("`{text}` is listed twice")));
             }
@@ -301,10 +301,15 @@ impl RawSentinel {
     }
 }
 
-/// `host:port`, `host` (port 26379) or `[v6]:port`: an address, nothing else. The text is
-/// not echoed: one written as a URL may carry a password.
-fn sentinel_node(text: &str) -> Result<SentinelNode, String> {
-    let shape = || "is not an address like sentinel-0.redis:26379".to_owned();
+/// A Sentinel node that is not an address. Its text is not echoed: one written as a URL
+/// may carry a password.
+#[derive(Debug, thiserror::Error)]
+#[error("is not an address like sentinel-0.redis:26379")]
+struct NotAnAddress;
+
+/// `host:port`, `host` (port 26379) or `[v6]:port`: an address, nothing else.
+fn sentinel_node(text: &str) -> Result<SentinelNode, NotAnAddress> {
+    let shape = || NotAnAddress;
     if text.is_empty() || text.contains(['/', '@', '?', '#']) || text.contains(char::is_whitespace)
     {
         return Err(shape());

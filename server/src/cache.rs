@@ -818,7 +818,7 @@ impl Slot {
         // The fetch belongs to the span of whoever started it (a call's server span, or a
         // background refresh's), so its provider request shows as a child of that span.
         let task = tokio::spawn(
-            slot.fetch(trigger, rejection)
+            slot.fetch(trigger, rejection, rejected.map(|r| r.fingerprint()))
                 .instrument(tracing::Span::current()),
         );
         let flight = async move { task.await.unwrap_or(Err(FlightError::Stopped)) }
@@ -828,10 +828,17 @@ impl Slot {
         Ok(Step::Started(flight))
     }
 
-    /// Asks the provider; `rejection` when a caller reported the current token rejected.
-    async fn fetch(self: Arc<Self>, trigger: Trigger, rejection: bool) -> FetchResult {
+    /// Asks the provider; `rejection` when a caller reported the current token rejected,
+    /// `rejected` the fingerprint of any token a caller reported (this slot may not hold
+    /// it, but another replica may have shared it).
+    async fn fetch(
+        self: Arc<Self>,
+        trigger: Trigger,
+        rejection: bool,
+        rejected: Option<Fingerprint>,
+    ) -> FetchResult {
         let sent = Instant::now();
-        let request = AssertUnwindSafe(self.source.fetch()).catch_unwind();
+        let request = AssertUnwindSafe(self.source.fetch(rejected)).catch_unwind();
         let outcome = tokio::select! {
             () = self.stop.cancelled() => Err(FlightError::Stopped),
             result = request => match result {

@@ -130,7 +130,12 @@ impl TokenSource {
 
     /// Obtains a token: from the store shared with other replicas if there is one and it
     /// holds a usable token, else from the provider.
-    pub(crate) async fn fetch(&self) -> Result<IssuedToken, FetchError> {
+    /// `rejected` is a token a caller reported rejected: another replica may have shared
+    /// it, and this replica may not hold it, so the shared store must not hand it back.
+    pub(crate) async fn fetch(
+        &self,
+        rejected: Option<Fingerprint>,
+    ) -> Result<IssuedToken, FetchError> {
         let result = match &self.shared {
             None => self.request().await,
             Some(shared) => {
@@ -138,7 +143,10 @@ impl TokenSource {
                     Grant::ClientCredentials => WhenDown::FetchAlone,
                     Grant::RefreshToken => WhenDown::Refuse,
                 };
-                let skip = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                let skip = [
+                    *self.last.lock().unwrap_or_else(PoisonError::into_inner),
+                    rejected,
+                ];
                 shared
                     .obtain(&self.profile, skip, when_down, async || {
                         self.request().await

@@ -109,6 +109,27 @@ async fn a_rejected_token_is_replaced_once_across_replicas() {
 }
 
 #[tokio::test]
+async fn a_replica_that_never_held_a_rejected_token_does_not_hand_back_the_shared_copy() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let servers = replicas(2, &shared_config(&redis, &idp)).await;
+    let first = servers[0].get("p").await.unwrap().access_token;
+    // The second replica has no token of its own; the store holds `first`, which the
+    // caller reports rejected.
+    let fresh = servers[1].reject("p", &first).await.unwrap().access_token;
+    assert_ne!(
+        fresh, first,
+        "the rejected token came back from the shared store"
+    );
+    assert_eq!(idp.count(), 2);
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn replicas_refresh_about_once_per_window_between_them() {
     let Some(redis) = RedisServer::start() else {
         return;

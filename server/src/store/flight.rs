@@ -25,12 +25,12 @@ pub(crate) enum WhenDown {
 }
 
 impl ProfileStore {
-    /// A token for a local miss: the shared one if it is usable and not `skip` (the token
+    /// A token for a local miss: the shared one if it is usable and none of `skip` (the token
     /// this replica already holds and found wanting), else one `fetch` across replicas.
     pub(crate) async fn obtain<E: From<StoreDown>>(
         &self,
         profile: &Profile,
-        skip: Option<Fingerprint>,
+        skip: [Option<Fingerprint>; 2],
         when_down: WhenDown,
         fetch: impl AsyncFnOnce() -> Result<IssuedToken, E>,
     ) -> Result<IssuedToken, E> {
@@ -40,7 +40,7 @@ impl ProfileStore {
         let deadline = Instant::now() + lock_ttl * 2;
         let usable = |token: &SharedToken| {
             token.usable(SystemTime::now())
-                && skip.is_none_or(|s| s != Fingerprint::of(token.issued.access_token.expose()))
+                && !skip.contains(&Some(Fingerprint::of(token.issued.access_token.expose())))
         };
         let down = |error: StoreError| {
             tracing::debug!(profile = %profile.name, %error, "shared store not used");

@@ -36,8 +36,10 @@ fn sent(idp: &TestIdp) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_kept_token_is_stored_as_soon_as_the_disk_takes_it_without_another_refresh() {
+/// A rotating provider and a server whose `state_dir` cannot take a record: the disk
+/// "fills" (a directory stands at the record's temporary path). Remove the returned path
+/// to free it.
+async fn blocked_disk() -> (TestIdp, tempfile::TempDir, std::path::PathBuf, Server) {
     let idp = TestIdp::start(Behaviour::Rotate {
         lifetime: 3600,
         delay: Duration::ZERO,
@@ -47,6 +49,12 @@ async fn a_kept_token_is_stored_as_soon_as_the_disk_takes_it_without_another_ref
     let blocker = dir.path().join("p.refresh.json.tmp");
     std::fs::create_dir(&blocker).unwrap();
     let server = Server::start(&config(&idp, dir.path(), "5s")).await;
+    (idp, dir, blocker, server)
+}
+
+#[tokio::test]
+async fn a_kept_token_is_stored_as_soon_as_the_disk_takes_it_without_another_refresh() {
+    let (idp, dir, blocker, server) = blocked_disk().await;
     server.get("p").await.expect("served while the write fails");
     assert_eq!(stored(dir.path()), None);
 
@@ -63,16 +71,7 @@ async fn a_kept_token_is_stored_as_soon_as_the_disk_takes_it_without_another_ref
 
 #[tokio::test]
 async fn a_rotated_token_that_cannot_be_written_is_kept_and_sent_next() {
-    let idp = TestIdp::start(Behaviour::Rotate {
-        lifetime: 3600,
-        delay: Duration::ZERO,
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    // The disk "fills": no record can be written.
-    let blocker = dir.path().join("p.refresh.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
-    let server = Server::start(&config(&idp, dir.path(), "5s")).await;
+    let (idp, dir, blocker, server) = blocked_disk().await;
 
     // The access token is served although its refresh token could not be stored.
     let first = server.get("p").await.expect("served while the write fails");

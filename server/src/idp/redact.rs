@@ -7,6 +7,7 @@ use base64::{
     engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD},
 };
 use url::form_urlencoded;
+use zeroize::Zeroizing;
 
 /// The most characters of provider text an error carries.
 pub(super) const MAX_EXCERPT_CHARS: usize = 200;
@@ -22,9 +23,12 @@ const REDACTED: &str = "<redacted>";
 /// `application/x-www-form-urlencoded` form (`~` as `%7E`), a lower-case re-encoding, and
 /// any mix a provider's echo makes of them. The HTTP Basic credentials are matched as
 /// Base64 (standard and URL-safe; the unpadded form is a prefix of the padded one).
+///
+/// The needles are the secrets themselves (and their Base64 forms), so they are wiped on
+/// drop like every other copy of a secret.
 #[derive(Default)]
 pub(crate) struct Redactor {
-    needles: Vec<Vec<u8>>,
+    needles: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl Redactor {
@@ -32,20 +36,27 @@ impl Redactor {
     /// companion header value).
     pub(crate) fn secret(&mut self, value: &str) {
         if !value.is_empty() {
-            self.needles.push(value.as_bytes().to_vec());
+            self.needles.push(Zeroizing::new(value.as_bytes().to_vec()));
         }
     }
 
     /// Adds the HTTP Basic credentials of `id` and `secret`: Base64 of the form-urlencoded
     /// pair as RFC 6749 §2.3.1 has it, and of the plain pair as some clients send it.
     pub(crate) fn basic(&mut self, id: &str, secret: &str) {
-        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let encode = |s: &str| {
+            Zeroizing::new(form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>())
+        };
         for pair in [
-            format!("{}:{}", encode(id), encode(secret)),
-            format!("{id}:{secret}"),
+            Zeroizing::new(format!(
+                "{}:{}",
+                encode(id).as_str(),
+                encode(secret).as_str()
+            )),
+            Zeroizing::new(format!("{id}:{secret}")),
         ] {
             for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-                self.needles.push(engine.encode(&pair).into_bytes());
+                self.needles
+                    .push(Zeroizing::new(engine.encode(pair.as_bytes()).into_bytes()));
             }
         }
     }
@@ -54,7 +65,7 @@ impl Redactor {
     pub(crate) fn excerpt(&self, text: &str) -> String {
         // Redacted before it is cut, so that a cut cannot leave the start of a secret; only
         // a window is searched, so a megabyte of echo costs no more than its first lines.
-        let longest = self.needles.iter().map(Vec::len).max().unwrap_or(0);
+        let longest = self.needles.iter().map(|n| n.len()).max().unwrap_or(0);
         let window = cut(text, (MAX_EXCERPT_CHARS + 1) * 4 + longest * 3);
         sanitize(&self.redact(window))
     }

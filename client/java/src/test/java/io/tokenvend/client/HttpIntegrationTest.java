@@ -43,7 +43,7 @@ class HttpIntegrationTest {
   }
 
   /** What tokenvend hands out now, asked by a client without a local copy. */
-  private String currentToken() {
+  private String currentToken() throws Exception {
     try (TokenClient fresh = TokenClient.create(server.target())) {
       return fresh.getToken("demo").accessToken();
     }
@@ -125,9 +125,9 @@ class HttpIntegrationTest {
     @Test
     void unknownProfileFailsAsIOExceptionWithTheGrpcCode() throws Exception {
       try (Upstream api = Upstream.accepting()) {
-        TokenUnavailableException e =
+        TokenvendException e =
             assertThrows(
-                TokenUnavailableException.class,
+                TokenvendException.class,
                 () ->
                     TokenvendHttp.send(
                         http,
@@ -232,8 +232,8 @@ class HttpIntegrationTest {
               .build();
       try (Upstream api = Upstream.accepting()) {
         Request request = new Request.Builder().url(api.uri().toString()).build();
-        TokenUnavailableException e =
-            assertThrows(TokenUnavailableException.class, () -> wrong.newCall(request).execute());
+        TokenvendException e =
+            assertThrows(TokenvendException.class, () -> wrong.newCall(request).execute());
 
         assertEquals(Status.Code.NOT_FOUND, e.code());
         assertEquals(0, api.requests().size());

@@ -277,6 +277,12 @@ public final class TokenClient implements AutoCloseable {
     return w;
   }
 
+  /** The local copy of {@code profile}'s token, if any; for tests. */
+  Token cached(String profile) {
+    Entry e = cache.get(profile);
+    return e == null ? null : e.token();
+  }
+
   /** Forgets every local copy; the next {@link #getToken(String)} asks tokenvend. */
   public void clearCache() {
     cache.clear();

@@ -27,9 +27,9 @@ final class TokenvendProcess implements AutoCloseable {
   private final String target;
   private final Path log;
 
-  private TokenvendProcess(List<String> args, String name) throws IOException, InterruptedException {
+  private TokenvendProcess(List<String> args, String name, int grpcPort)
+      throws IOException, InterruptedException {
     String bin = binary();
-    int grpcPort = freePort();
     int adminPort = freePort();
     target = "127.0.0.1:" + grpcPort;
     log = Path.of("target", "tokenvend-" + name + ".log").toAbsolutePath();
@@ -50,7 +50,12 @@ final class TokenvendProcess implements AutoCloseable {
 
   /** {@code tokenvend serve --dev}: the {@code demo} profile, 300 s tokens. */
   static TokenvendProcess dev(String name) throws IOException, InterruptedException {
-    return new TokenvendProcess(List.of("--dev"), name);
+    return new TokenvendProcess(List.of("--dev"), name, freePort());
+  }
+
+  /** {@code tokenvend serve --dev} on this gRPC port, such as where another one ran. */
+  static TokenvendProcess dev(String name, int grpcPort) throws IOException, InterruptedException {
+    return new TokenvendProcess(List.of("--dev"), name, grpcPort);
   }
 
   /** {@code tokenvend serve --config} with this YAML. */
@@ -58,12 +63,16 @@ final class TokenvendProcess implements AutoCloseable {
       throws IOException, InterruptedException {
     Path file = dir.resolve(name + ".yaml");
     Files.writeString(file, yaml);
-    return new TokenvendProcess(List.of("--config", file.toString()), name);
+    return new TokenvendProcess(List.of("--config", file.toString()), name, freePort());
   }
 
   /** The gRPC address, {@code 127.0.0.1:<port>}. */
   String target() {
     return target;
+  }
+
+  int port() {
+    return Integer.parseInt(target.substring(target.lastIndexOf(':') + 1));
   }
 
   static String binary() throws IOException {

@@ -40,6 +40,11 @@ final class BlackHole implements AutoCloseable {
 
   @Override
   public void close() throws IOException {
+    hangUp();
+  }
+
+  /** Stops listening and drops every connection, so that RPCs on them end at once. */
+  void hangUp() throws IOException {
     listener.close();
     for (Socket s : held) {
       s.close();

@@ -1,6 +1,7 @@
 package io.tokenvend.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
@@ -10,6 +11,9 @@ import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
 import okhttp3.MediaType;
 import okhttp3.OkHttpClient;
 import okhttp3.Request;
@@ -119,6 +123,42 @@ class HttpIntegrationTest {
         assertEquals(401, r.statusCode());
         assertEquals("refused", r.body());
         assertRetriedWithNewToken(api.requests(), currentToken());
+      }
+    }
+
+    @Test
+    void sendAsyncRetriesOnceWithANewTokenAfter401() throws Exception {
+      try (Upstream api = Upstream.refusingFirst()) {
+        HttpResponse<String> r =
+            TokenvendHttp.sendAsync(
+                    http,
+                    HttpRequest.newBuilder(api.uri()).build(),
+                    tokens,
+                    "demo",
+                    HttpResponse.BodyHandlers.ofString())
+                .get(10, TimeUnit.SECONDS);
+
+        assertEquals(200, r.statusCode());
+        assertRetriedWithNewToken(api.requests(), currentToken());
+      }
+    }
+
+    @Test
+    void sendAsyncFailsWithTheTokenvendExceptionItself() throws Exception {
+      try (Upstream api = Upstream.accepting()) {
+        CompletableFuture<HttpResponse<Void>> f =
+            TokenvendHttp.sendAsync(
+                http,
+                HttpRequest.newBuilder(api.uri()).build(),
+                tokens,
+                "no-such-profile",
+                HttpResponse.BodyHandlers.discarding());
+        ExecutionException e =
+            assertThrows(ExecutionException.class, () -> f.get(10, TimeUnit.SECONDS));
+
+        TokenvendException cause = assertInstanceOf(TokenvendException.class, e.getCause());
+        assertEquals(Status.Code.NOT_FOUND, cause.code());
+        assertEquals(0, api.requests().size());
       }
     }
 

@@ -27,6 +27,7 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
@@ -79,7 +80,8 @@ public final class TokenClient implements AutoCloseable {
   private final Duration maxRefreshMargin;
   private final Duration callTimeout;
   private final Clock clock;
-  private final ScheduledExecutorService scheduler;
+  private ScheduledExecutorService scheduler; // guarded by this; started by the first watch
+  private boolean closed; // guarded by this
 
   /** The local copy of a profile's token and the margin fixed when it was first received. */
   private record Entry(Token token, Duration margin) {}
@@ -121,13 +123,20 @@ public final class TokenClient implements AutoCloseable {
     maxRefreshMargin = b.maxRefreshMargin;
     callTimeout = b.callTimeout;
     clock = b.clock;
-    scheduler =
-        Executors.newSingleThreadScheduledExecutor(
-            r -> {
-              Thread t = new Thread(r, "tokenvend-watch");
-              t.setDaemon(true); // never keeps an application alive
-              return t;
-            });
+  }
+
+  /** The thread that reopens broken watches; null once the client is closed. */
+  private synchronized ScheduledExecutorService scheduler() {
+    if (scheduler == null && !closed) {
+      scheduler =
+          Executors.newSingleThreadScheduledExecutor(
+              r -> {
+                Thread t = new Thread(r, "tokenvend-watch");
+                t.setDaemon(true); // never keeps an application alive
+                return t;
+              });
+    }
+    return scheduler;
   }
 
   /** Starts a builder; set {@link Builder#target(String)} or {@link Builder#channel(Channel)}. */
@@ -271,6 +280,9 @@ public final class TokenClient implements AutoCloseable {
    */
   public Watch watch(String profile) {
     checkProfile(profile);
+    if (scheduler() == null) {
+      throw new IllegalStateException("the TokenClient is closed");
+    }
     Watch w = new Watch(profile);
     watches.add(w);
     w.open();
@@ -295,10 +307,15 @@ public final class TokenClient implements AutoCloseable {
    */
   @Override
   public void close() {
+    synchronized (this) {
+      closed = true;
+      if (scheduler != null) {
+        scheduler.shutdownNow();
+      }
+    }
     for (Watch w : watches) {
       w.close();
     }
-    scheduler.shutdownNow();
     if (ownedChannel == null) {
       return;
     }
@@ -369,6 +386,9 @@ public final class TokenClient implements AutoCloseable {
               reopenLater();
             }
           });
+      if (closed) {
+        close(); // closed while the stream was being opened
+      }
     }
 
     private void reopenLater() {
@@ -380,9 +400,12 @@ public final class TokenClient implements AutoCloseable {
               WATCH_BACKOFF_MAX.toMillis(), WATCH_BACKOFF_MIN.toMillis() << Math.min(failures, 10));
       failures++;
       long delay = max / 2 + ThreadLocalRandom.current().nextLong(max / 2 + 1);
+      ScheduledExecutorService s = scheduler();
       try {
-        scheduler.schedule(this::open, delay, TimeUnit.MILLISECONDS);
-      } catch (java.util.concurrent.RejectedExecutionException stopped) {
+        if (s != null) {
+          s.schedule(this::open, delay, TimeUnit.MILLISECONDS);
+        }
+      } catch (RejectedExecutionException stopped) {
         // The client was closed meanwhile.
       }
     }

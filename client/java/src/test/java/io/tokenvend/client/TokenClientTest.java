@@ -81,6 +81,27 @@ class TokenClientTest {
   }
 
   @Test
+  void maxRefreshMarginCapsTheMargin() throws Exception {
+    try (TokenClient capped =
+        TokenClient.builder()
+            .target(server.target())
+            .intercept(rpcs)
+            .clock(clock)
+            .maxRefreshMargin(Duration.ofSeconds(5))
+            .build()) {
+      Token t = capped.getToken("demo");
+      // 10 s left: inside a tenth of the lifetime, outside the 5 s cap.
+      clock.advance(t.remaining(clock).minusSeconds(10));
+      assertSame(t, capped.getToken("demo"));
+      assertEquals(1, rpcs.count());
+
+      clock.advance(Duration.ofSeconds(6));
+      capped.getToken("demo");
+      assertEquals(2, rpcs.count());
+    }
+  }
+
+  @Test
   void minTtlBeyondTheCachedTokenAsksTokenvendWithIt() throws Exception {
     Token cached = tokens.getToken("demo");
     // Within what the copy has, but not with its margin (a tenth of 300 s) on top.

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Java client (stubs generated from ../../proto, javac lint with -Werror) and runs
 # its tests against the real tokenvend binary: $TOKENVEND_BIN, else ../../target/debug/tokenvend.
+# They include the conformance scenarios (ConformanceTest, one test per id) and the Spring
+# adapters with real RestClient and WebClient; several tokenvend processes are started on
+# free loopback ports, the longest test waits out an 8 s token (about 45 s in all).
 # Needs JDK 17+ and Maven 3.8+; everything else comes from Maven Central into ~/.m2
 # (override with MAVEN_REPO_LOCAL=/some/dir).
 set -euo pipefail

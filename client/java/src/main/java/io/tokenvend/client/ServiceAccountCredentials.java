@@ -4,6 +4,7 @@ import io.grpc.CallCredentials;
 import io.grpc.Metadata;
 import io.grpc.Status;
 import java.io.IOException;
+import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -22,6 +23,8 @@ import java.util.concurrent.Executor;
  */
 final class ServiceAccountCredentials extends CallCredentials {
   static final Duration MAX_AGE = Duration.ofMinutes(1);
+  // Projected tokens are about 1 KiB; gRPC would refuse a header this size anyway.
+  static final int MAX_BYTES = 64 * 1024;
   private static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
 
@@ -71,12 +74,25 @@ final class ServiceAccountCredentials extends CallCredentials {
     if (cached == null
         || !cached.modified().equals(modified)
         || !now.isBefore(cached.readAt().plus(MAX_AGE))) {
-      String value = Files.readString(file, StandardCharsets.UTF_8).strip();
+      String value = read(file);
       if (value.isEmpty()) {
         throw new IOException("the ServiceAccount token file " + file + " is empty");
       }
       cached = new Cached(value, modified, now);
     }
     return cached.value();
+  }
+
+  /** The file's content, refusing more than {@link #MAX_BYTES} (a device, a wrong path). */
+  private static String read(Path file) throws IOException {
+    byte[] bytes;
+    try (InputStream in = Files.newInputStream(file)) {
+      bytes = in.readNBytes(MAX_BYTES + 1);
+    }
+    if (bytes.length > MAX_BYTES) {
+      throw new IOException(
+          "the ServiceAccount token file " + file + " is larger than " + MAX_BYTES + " bytes");
+    }
+    return new String(bytes, StandardCharsets.UTF_8).strip();
   }
 }

@@ -1,6 +1,5 @@
 package io.tokenvend.client;
 
-import io.grpc.StatusRuntimeException;
 import java.io.IOException;
 import java.util.Objects;
 import okhttp3.Authenticator;
@@ -15,12 +14,14 @@ import okhttp3.Route;
  * <p>It gives up (returns {@code null}, so the 401 reaches the caller) when the request was
  * already retried after a 401, when its body cannot be sent twice ({@code
  * RequestBody.isOneShot()}), or when tokenvend has no token other than the refused one. Used
- * alone, without the interceptor, it adds the token only after a first 401.
+ * alone, without the interceptor, it adds the token only after a first 401. The wait for the
+ * new token takes what is left of the call's time.
  */
 public final class TokenvendAuthenticator implements Authenticator {
   private final TokenClient tokens;
   private final String profile;
 
+  /** Answers a 401 with a new token of {@code profile} from {@code tokens}. */
   public TokenvendAuthenticator(TokenClient tokens, String profile) {
     this.tokens = Objects.requireNonNull(tokens, "tokens");
     this.profile = Objects.requireNonNull(profile, "profile");
@@ -35,17 +36,21 @@ public final class TokenvendAuthenticator implements Authenticator {
     if (request.body() != null && request.body().isOneShot()) {
       return null;
     }
-    AccessToken sent = request.tag(AccessToken.class);
-    AccessToken fresh;
-    try {
-      fresh = sent == null ? tokens.getToken(profile) : tokens.reject(profile, sent.accessToken());
-    } catch (StatusRuntimeException e) {
-      throw new TokenUnavailableException(profile, e);
+    TokenvendInterceptor.Sent sent = request.tag(TokenvendInterceptor.Sent.class);
+    if (sent == null) {
+      Token token = tokens.getToken(profile);
+      return TokenvendInterceptor.withToken(
+          request,
+          new TokenvendInterceptor.Sent(
+              token, System.nanoTime() + TokenClient.DEFAULT_TIMEOUT.toNanos()));
     }
-    if (sent != null && fresh.accessToken().equals(sent.accessToken())) {
+    String refused = sent.token().accessToken();
+    Token fresh = tokens.reject(profile, refused, sent.left());
+    if (fresh.accessToken().equals(refused)) {
       return null;
     }
-    return TokenvendInterceptor.withToken(request, fresh);
+    return TokenvendInterceptor.withToken(
+        request, new TokenvendInterceptor.Sent(fresh, sent.deadlineNanos()));
   }
 
   /** Whether this call already got a 401 and retried; redirects before it do not count. */

@@ -1,6 +1,7 @@
 package io.tokenvend.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
@@ -10,6 +11,9 @@ import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
 import okhttp3.MediaType;
 import okhttp3.OkHttpClient;
 import okhttp3.Request;
@@ -43,7 +47,7 @@ class HttpIntegrationTest {
   }
 
   /** What tokenvend hands out now, asked by a client without a local copy. */
-  private String currentToken() {
+  private String currentToken() throws Exception {
     try (TokenClient fresh = TokenClient.create(server.target())) {
       return fresh.getToken("demo").accessToken();
     }
@@ -123,11 +127,47 @@ class HttpIntegrationTest {
     }
 
     @Test
+    void sendAsyncRetriesOnceWithANewTokenAfter401() throws Exception {
+      try (Upstream api = Upstream.refusingFirst()) {
+        HttpResponse<String> r =
+            TokenvendHttp.sendAsync(
+                    http,
+                    HttpRequest.newBuilder(api.uri()).build(),
+                    tokens,
+                    "demo",
+                    HttpResponse.BodyHandlers.ofString())
+                .get(10, TimeUnit.SECONDS);
+
+        assertEquals(200, r.statusCode());
+        assertRetriedWithNewToken(api.requests(), currentToken());
+      }
+    }
+
+    @Test
+    void sendAsyncFailsWithTheTokenvendExceptionItself() throws Exception {
+      try (Upstream api = Upstream.accepting()) {
+        CompletableFuture<HttpResponse<Void>> f =
+            TokenvendHttp.sendAsync(
+                http,
+                HttpRequest.newBuilder(api.uri()).build(),
+                tokens,
+                "no-such-profile",
+                HttpResponse.BodyHandlers.discarding());
+        ExecutionException e =
+            assertThrows(ExecutionException.class, () -> f.get(10, TimeUnit.SECONDS));
+
+        TokenvendException cause = assertInstanceOf(TokenvendException.class, e.getCause());
+        assertEquals(Status.Code.NOT_FOUND, cause.code());
+        assertEquals(0, api.requests().size());
+      }
+    }
+
+    @Test
     void unknownProfileFailsAsIOExceptionWithTheGrpcCode() throws Exception {
       try (Upstream api = Upstream.accepting()) {
-        TokenUnavailableException e =
+        TokenvendException e =
             assertThrows(
-                TokenUnavailableException.class,
+                TokenvendException.class,
                 () ->
                     TokenvendHttp.send(
                         http,
@@ -232,8 +272,8 @@ class HttpIntegrationTest {
               .build();
       try (Upstream api = Upstream.accepting()) {
         Request request = new Request.Builder().url(api.uri().toString()).build();
-        TokenUnavailableException e =
-            assertThrows(TokenUnavailableException.class, () -> wrong.newCall(request).execute());
+        TokenvendException e =
+            assertThrows(TokenvendException.class, () -> wrong.newCall(request).execute());
 
         assertEquals(Status.Code.NOT_FOUND, e.code());
         assertEquals(0, api.requests().size());

@@ -1,7 +1,10 @@
 package io.tokenvend.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.FileTime;
@@ -36,5 +39,15 @@ class ServiceAccountCredentialsTest {
     // Briefly missing mid-rotation: the last token is kept.
     Files.delete(file);
     assertEquals("three", creds.current());
+  }
+
+  @Test
+  void refusesAnOversizedFile(@TempDir Path dir) throws Exception {
+    Path file = dir.resolve("token");
+    Files.write(file, new byte[ServiceAccountCredentials.MAX_BYTES + 1]);
+    ServiceAccountCredentials creds = new ServiceAccountCredentials(file, new MutableClock());
+
+    IOException e = assertThrows(IOException.class, creds::current);
+    assertTrue(e.getMessage().contains("larger than"), e.getMessage());
   }
 }

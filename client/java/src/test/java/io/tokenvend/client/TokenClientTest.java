@@ -8,7 +8,6 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.grpc.Status;
-import io.grpc.StatusRuntimeException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -51,8 +50,8 @@ class TokenClientTest {
   }
 
   @Test
-  void getTokenReturnsDemoJwtWithHeaders() {
-    AccessToken t = tokens.getToken("demo");
+  void getTokenReturnsDemoJwtWithHeaders() throws Exception {
+    Token t = tokens.getToken("demo");
 
     assertTrue(t.accessToken().matches(JWT), "not a JWT");
     assertEquals("Bearer", t.tokenType());
@@ -64,16 +63,16 @@ class TokenClientTest {
   }
 
   @Test
-  void secondCallIsServedFromTheLocalCache() {
-    AccessToken first = tokens.getToken("demo");
-    AccessToken second = tokens.getToken("demo");
+  void secondCallIsServedFromTheLocalCache() throws Exception {
+    Token first = tokens.getToken("demo");
+    Token second = tokens.getToken("demo");
 
     assertSame(first, second);
     assertEquals(1, rpcs.count());
   }
 
   @Test
-  void tokenNearExpiryIsReplaced() {
+  void tokenNearExpiryIsReplaced() throws Exception {
     tokens.getToken("demo");
     clock.advance(Duration.ofSeconds(280)); // within the 60 s margin of every demo token
     tokens.getToken("demo");
@@ -82,41 +81,61 @@ class TokenClientTest {
   }
 
   @Test
-  void minTtlBeyondTheCachedTokenAsksTokenvend() {
-    AccessToken cached = tokens.getToken("demo");
-    // Just more than the local copy can give on top of the refresh margin.
-    Duration minTtl =
-        cached.remaining(clock).minus(TokenClient.DEFAULT_REFRESH_MARGIN).plusSeconds(5);
-    AccessToken t = tokens.getToken("demo", minTtl);
+  void maxRefreshMarginCapsTheMargin() throws Exception {
+    try (TokenClient capped =
+        TokenClient.builder()
+            .target(server.target())
+            .intercept(rpcs)
+            .clock(clock)
+            .maxRefreshMargin(Duration.ofSeconds(5))
+            .build()) {
+      Token t = capped.getToken("demo");
+      // 10 s left: inside a tenth of the lifetime, outside the 5 s cap.
+      clock.advance(t.remaining(clock).minusSeconds(10));
+      assertSame(t, capped.getToken("demo"));
+      assertEquals(1, rpcs.count());
 
-    assertTrue(t.remaining(clock).compareTo(minTtl) >= 0);
-    assertTrue(rpcs.count() >= 2, "served from the local copy");
+      clock.advance(Duration.ofSeconds(6));
+      capped.getToken("demo");
+      assertEquals(2, rpcs.count());
+    }
   }
 
   @Test
-  void minTtlNearTheTokenLifetimeStillSucceeds() {
-    // 250 s plus the 60 s margin is more than a demo token lives: the client must fall back
-    // to asking for what the caller needs.
-    AccessToken t = tokens.getToken("demo", Duration.ofSeconds(250));
+  void minTtlBeyondTheCachedTokenAsksTokenvendWithIt() throws Exception {
+    Token cached = tokens.getToken("demo");
+    // Within what the copy has, but not with its margin (a tenth of 300 s) on top.
+    Duration minTtl = cached.remaining(clock).minusSeconds(20).withNanos(0);
+    Token t = tokens.getToken("demo", minTtl);
+
+    assertTrue(t.remaining(clock).compareTo(minTtl) >= 0);
+    assertEquals(2, rpcs.count());
+    assertEquals(minTtl.getSeconds(), rpcs.sent().get(1).request().getMinTtl().getSeconds());
+  }
+
+  @Test
+  void minTtlNearTheTokenLifetimeStillSucceeds() throws Exception {
+    // Close to the 300 s a demo token lives: tokenvend replaces its copy if it must.
+    Token t = tokens.getToken("demo", Duration.ofSeconds(250));
 
     assertTrue(Duration.between(Instant.now(), t.expiresAt()).toSeconds() >= 249);
   }
 
   @Test
-  void minTtlLongerThanTokensLiveIsOutOfRange() {
-    StatusRuntimeException e =
+  void minTtlLongerThanTokensLiveIsOutOfRange() throws Exception {
+    TokenvendException e =
         assertThrows(
-            StatusRuntimeException.class, () -> tokens.getToken("demo", Duration.ofHours(1)));
+            TokenvendException.class, () -> tokens.getToken("demo", Duration.ofHours(1)));
 
-    assertEquals(Status.Code.OUT_OF_RANGE, e.getStatus().getCode());
+    assertEquals(Status.Code.OUT_OF_RANGE, e.code());
   }
 
   @Test
-  void unknownProfileIsNotFound() {
-    StatusRuntimeException e =
-        assertThrows(StatusRuntimeException.class, () -> tokens.getToken("no-such-profile"));
+  void unknownProfileIsNotFound() throws Exception {
+    TokenvendException e =
+        assertThrows(TokenvendException.class, () -> tokens.getToken("no-such-profile"));
 
-    assertEquals(Status.Code.NOT_FOUND, e.getStatus().getCode());
+    assertEquals(Status.Code.NOT_FOUND, e.code());
   }
 
   @Test
@@ -125,7 +144,7 @@ class TokenClientTest {
     ExecutorService pool = Executors.newFixedThreadPool(callers);
     try {
       CountDownLatch go = new CountDownLatch(1);
-      List<Future<AccessToken>> results = new ArrayList<>();
+      List<Future<Token>> results = new ArrayList<>();
       for (int i = 0; i < callers; i++) {
         results.add(
             pool.submit(
@@ -136,7 +155,7 @@ class TokenClientTest {
       }
       go.countDown();
       Set<String> seen = new HashSet<>();
-      for (Future<AccessToken> f : results) {
+      for (Future<Token> f : results) {
         seen.add(f.get().accessToken());
       }
 
@@ -148,9 +167,9 @@ class TokenClientTest {
   }
 
   @Test
-  void rejectReturnsANewTokenAndCachesIt() {
-    AccessToken old = tokens.getToken("demo");
-    AccessToken fresh = tokens.reject("demo", old.accessToken());
+  void rejectReturnsANewTokenAndCachesIt() throws Exception {
+    Token old = tokens.getToken("demo");
+    Token fresh = tokens.reject("demo", old.accessToken());
 
     assertNotEquals(old.accessToken(), fresh.accessToken());
     assertSame(fresh, tokens.getToken("demo"));
@@ -163,9 +182,9 @@ class TokenClientTest {
   }
 
   @Test
-  void rejectingAnOlderTokenReturnsTheCurrentOne() {
-    AccessToken old = tokens.getToken("demo");
-    AccessToken current = tokens.reject("demo", old.accessToken());
+  void rejectingAnOlderTokenReturnsTheCurrentOne() throws Exception {
+    Token old = tokens.getToken("demo");
+    Token current = tokens.reject("demo", old.accessToken());
 
     try (TokenClient other = TokenClient.create(server.target())) {
       // No local copy: tokenvend itself must not mint another token for the old one.
@@ -174,8 +193,8 @@ class TokenClientTest {
   }
 
   @Test
-  void toStringNeverShowsTheToken() {
-    AccessToken t = tokens.getToken("demo");
+  void toStringNeverShowsTheToken() throws Exception {
+    Token t = tokens.getToken("demo");
 
     assertFalse(t.toString().contains(t.accessToken()));
     assertTrue(t.toString().contains("demo"));
@@ -193,16 +212,16 @@ class TokenClientTest {
   }
 
   @Test
-  void missingServiceAccountTokenFileFailsTheCall(@TempDir Path dir) {
+  void missingServiceAccountTokenFileFailsTheCall(@TempDir Path dir) throws Exception {
     try (TokenClient withSa =
         TokenClient.builder()
             .target(server.target())
             .serviceAccountTokenFile(dir.resolve("absent"))
             .build()) {
-      StatusRuntimeException e =
-          assertThrows(StatusRuntimeException.class, () -> withSa.getToken("demo"));
+      TokenvendException e =
+          assertThrows(TokenvendException.class, () -> withSa.getToken("demo"));
 
-      assertEquals(Status.Code.UNAUTHENTICATED, e.getStatus().getCode());
+      assertEquals(Status.Code.UNAUTHENTICATED, e.code());
     }
   }
 }

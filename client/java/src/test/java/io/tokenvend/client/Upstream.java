@@ -10,6 +10,8 @@ import java.net.URI;
 import java.nio.charset.StandardCharsets;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
 
 /**
  * A stand-in for the upstream API: answers 401 to the first {@code failures} requests and 200
@@ -20,9 +22,17 @@ final class Upstream implements AutoCloseable {
 
   private final HttpServer server;
   private final List<Seen> requests = new CopyOnWriteArrayList<>();
+  private final ExecutorService pool;
 
   Upstream(int failures) throws IOException {
+    this(failures, 0);
+  }
+
+  /** Answers each request after {@code delayMillis}, many at a time. */
+  Upstream(int failures, long delayMillis) throws IOException {
     server = HttpServer.create(new InetSocketAddress(InetAddress.getLoopbackAddress(), 0), 0);
+    pool = Executors.newCachedThreadPool();
+    server.setExecutor(pool);
     server.createContext(
         "/",
         exchange -> {
@@ -32,6 +42,13 @@ final class Upstream implements AutoCloseable {
           }
           requests.add(new Seen(exchange.getRequestHeaders().getFirst("Authorization"), body));
           boolean refuse = requests.size() <= failures;
+          if (delayMillis > 0) {
+            try {
+              Thread.sleep(delayMillis);
+            } catch (InterruptedException e) {
+              Thread.currentThread().interrupt();
+            }
+          }
           byte[] reply = (refuse ? "refused" : "ok").getBytes(StandardCharsets.UTF_8);
           if (refuse) {
             exchange.getResponseHeaders().set("WWW-Authenticate", "Bearer error=\"invalid_token\"");
@@ -52,6 +69,11 @@ final class Upstream implements AutoCloseable {
     return new Upstream(Integer.MAX_VALUE);
   }
 
+  /** Always 401, each answer 200 ms late, so that concurrent calls overlap. */
+  static Upstream alwaysRefusingSlowly() throws IOException {
+    return new Upstream(Integer.MAX_VALUE, 200);
+  }
+
   static Upstream accepting() throws IOException {
     return new Upstream(0);
   }
@@ -67,5 +89,6 @@ final class Upstream implements AutoCloseable {
   @Override
   public void close() {
     server.stop(0);
+    pool.shutdownNow();
   }
 }

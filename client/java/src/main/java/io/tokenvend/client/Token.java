@@ -16,7 +16,7 @@ import java.util.TreeMap;
  * or any header value, so an instance can be logged; {@link #accessToken()} and
  * {@link #headers()} must not be.
  */
-public final class AccessToken {
+public final class Token {
   private final String profile;
   private final String accessToken;
   private final String tokenType;
@@ -24,7 +24,7 @@ public final class AccessToken {
   private final List<String> scopes;
   private final Map<String, String> headers;
 
-  private AccessToken(
+  private Token(
       String profile,
       String accessToken,
       String tokenType,
@@ -39,7 +39,7 @@ public final class AccessToken {
     this.headers = headers;
   }
 
-  static AccessToken fromProto(io.tokenvend.v1.Token t) {
+  static Token fromProto(io.tokenvend.v1.Token t) {
     Map<String, String> headers = new TreeMap<>();
     t.getHeadersMap().forEach((k, v) -> headers.put(k.toLowerCase(Locale.ROOT), v));
     // The server always sends `authorization`; this keeps the HTTP helpers correct even if a
@@ -52,7 +52,7 @@ public final class AccessToken {
         t.hasExpiresAt()
             ? Instant.ofEpochSecond(t.getExpiresAt().getSeconds(), t.getExpiresAt().getNanos())
             : Instant.EPOCH;
-    return new AccessToken(
+    return new Token(
         t.getProfile(),
         t.getAccessToken(),
         t.getTokenType(),
@@ -102,7 +102,7 @@ public final class AccessToken {
   /** Shows the profile, type, expiry, scopes and header names, never a token or a header value. */
   @Override
   public String toString() {
-    return "AccessToken{profile="
+    return "Token{profile="
         + profile
         + ", type="
         + tokenType

@@ -307,12 +307,17 @@ func TestConformance_refresh_margin_fraction(t *testing.T) {
 	is.profile("short", shortLifetime)
 	srv := startServer(t, serverConfig+"profiles:\n"+is.profileYAML(t, "short"), "")
 	c, rpcs := newClientOf(t, srv.addr)
+	// The same token with the margin capped below 10 %.
+	capped, cappedRPCs := newClientOf(t, srv.addr, tokenvend.WithMaxRefreshMargin(300*time.Millisecond))
 
 	first, err := c.GetToken(ctx(t), "short")
 	if err != nil {
 		t.Fatal(err)
 	}
 	received := time.Now()
+	if tok, err := capped.GetToken(ctx(t), "short"); err != nil || tok.AccessToken != first.AccessToken {
+		t.Fatalf("capped client: %v", err)
+	}
 	type change struct {
 		at       time.Duration
 		provider int
@@ -331,6 +336,9 @@ func TestConformance_refresh_margin_fraction(t *testing.T) {
 		if tok.AccessToken != cur {
 			cur = tok.AccessToken
 			changes = append(changes, change{time.Since(received), is.count("short")})
+		}
+		if _, err := capped.GetToken(ctx(t), "short"); err != nil {
+			t.Fatal(err)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -352,6 +360,14 @@ func TestConformance_refresh_margin_fraction(t *testing.T) {
 	}
 	if len(changes) == 0 || changes[0].provider != 2 {
 		t.Errorf("token changes %+v: want the second token to be tokenvend's refresh ahead", changes)
+	}
+	capReqs := cappedRPCs.requests()
+	if len(capReqs) < 2 {
+		t.Fatalf("capped client: %d RPCs", len(capReqs))
+	}
+	if second := capReqs[1].at.Sub(received); second < shortLifetime-500*time.Millisecond ||
+		second > shortLifetime-200*time.Millisecond {
+		t.Errorf("capped client asked %v after the first token, want 300 ms before its expiry", second)
 	}
 	// 1 + one per later token (each lives ~0.85 of the first one's lifetime here).
 	if len(reqs) > 3 {

@@ -309,7 +309,9 @@ func (c *Client) fetch(ctx context.Context, profile string, minTTL time.Duration
 			err = errNoToken
 		}
 		if err != nil {
-			c.failed(profile)
+			if Retryable(err) {
+				c.failed(profile)
+			}
 			return nil, err
 		}
 		return c.store(profile, fromProto(pb), ""), nil

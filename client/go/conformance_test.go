@@ -497,7 +497,19 @@ func TestConformance_stale_copy_while_unreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	refuser, _ := newClientOf(t, srv.addr)
+	if _, err := refuser.GetToken(ctx(t), "stale"); err != nil {
+		t.Fatal(err)
+	}
 	srv.stop()
+
+	// A copy the API refused is no fallback: with its report failing, it is not served.
+	if _, err := refuser.Reject(ctx(t), "stale", first.AccessToken); !tokenvend.Retryable(err) {
+		t.Fatalf("reject with tokenvend stopped: %v, want a retryable error", err)
+	}
+	if tok, err := refuser.GetToken(ctx(t), "stale"); err == nil {
+		t.Fatalf("served %v, the token just rejected", tok)
+	}
 
 	// Outside the margin the copy is served as always; inside it the client asks, finds
 	// tokenvend gone, and serves the copy rather than failing.

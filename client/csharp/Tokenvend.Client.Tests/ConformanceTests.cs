@@ -264,7 +264,14 @@ public sealed class ConformanceTests : IDisposable
         await using var server = await ConfiguredTokenvend.StartAsync(ConfiguredTokenvend.ServerYaml + "profiles:\n" + issuer.ProfileYaml("stale"));
         using var tokens = new TokenClient(server.Address);
         var first = await tokens.GetTokenAsync("stale");
+        using var refuser = new TokenClient(server.Address);
+        Assert.Equal(first.AccessToken, (await refuser.GetTokenAsync("stale")).AccessToken);
         await server.StopAsync();
+
+        // A copy the API refused is no fallback: with its report failing, it is not served.
+        var reportFailed = await Assert.ThrowsAsync<TokenvendException>(() => refuser.RejectAsync("stale", first.AccessToken));
+        Assert.True(reportFailed.Retryable);
+        await Assert.ThrowsAsync<TokenvendException>(() => refuser.GetTokenAsync("stale"));
 
         // Inside the margin the client asks, finds tokenvend gone, and serves the copy.
         await Task.Delay(first.ExpiresAt - DateTimeOffset.UtcNow - ShortLifetime / 20);

@@ -49,4 +49,10 @@ fi
 (cd "$REPO/proto" && protoc --csharp_out="$GEN" "${grpc_args[@]}" -I . tokenvend/v1/tokenvend.proto)
 
 "$BUILD/venv/bin/python" tools/check_csharp.py "$GEN"
+# Without an SDK the packaging scripts must say they did nothing, and not fail CI.
+for script in package.sh install-test.sh; do
+    line=$(./$script "$BUILD/pkg")
+    [[ "$line" == SKIP* ]] || { echo "FAIL $script without an SDK: $line"; exit 1; }
+    echo "PASS $script without an SDK: $line"
+done
 echo "csharp: static checks finished in $((SECONDS - started)) s (dotnet test not run)"

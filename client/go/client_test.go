@@ -8,37 +8,14 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	tokenvend "github.com/tokenvend/tokenvend/client/go"
 )
-
-// newClient returns a client of the test server and a counter of its GetToken RPCs.
-func newClient(t *testing.T, opts ...tokenvend.Option) (*tokenvend.Client, *atomic.Int64) {
-	t.Helper()
-	var rpcs atomic.Int64
-	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-		invoke grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
-		if strings.HasSuffix(method, "/GetToken") {
-			rpcs.Add(1)
-		}
-		return invoke(ctx, method, req, reply, cc, callOpts...)
-	}
-	opts = append(opts, tokenvend.WithDialOptions(grpc.WithUnaryInterceptor(count)))
-	c, err := tokenvend.NewClient(target, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c, &rpcs
-}
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -72,74 +49,8 @@ func TestGetTokenDemo(t *testing.T) {
 	}
 }
 
-func TestGetTokenServedFromLocalCache(t *testing.T) {
+func TestMinTTLIsSentAndBeyondTheLifetimeIsOutOfRange(t *testing.T) {
 	c, rpcs := newClient(t)
-	first, err := c.GetToken(ctx(t), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	second, err := c.GetToken(ctx(t), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := rpcs.Load(); n != 1 {
-		t.Errorf("%d GetToken RPCs for two calls, want 1", n)
-	}
-	if second.AccessToken != first.AccessToken {
-		t.Error("the second call returned a different token")
-	}
-	if d := time.Since(start); d > 10*time.Millisecond {
-		t.Errorf("cached call took %v", d)
-	}
-	// Each caller gets its own copy, so one caller cannot change another's headers.
-	second.Headers["authorization"] = "changed"
-	third, _ := c.GetToken(ctx(t), "demo")
-	if third.Headers["authorization"] == "changed" {
-		t.Error("a caller's change leaked into the cache")
-	}
-}
-
-func TestGetTokenConcurrentCallersShareOneRPC(t *testing.T) {
-	c, rpcs := newClient(t)
-	var wg sync.WaitGroup
-	tokens := make([]string, 50)
-	for i := range tokens {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tok, err := c.GetToken(ctx(t), "demo")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			tokens[i] = tok.AccessToken
-		}()
-	}
-	wg.Wait()
-	if n := rpcs.Load(); n != 1 {
-		t.Errorf("%d GetToken RPCs for 50 concurrent callers, want 1", n)
-	}
-	for _, tok := range tokens[1:] {
-		if tok != tokens[0] {
-			t.Fatal("concurrent callers got different tokens")
-		}
-	}
-}
-
-func TestRefreshMarginAndMinTTL(t *testing.T) {
-	// A margin longer than the token's life means the local copy is never good enough.
-	c, rpcs := newClient(t, tokenvend.WithRefreshMargin(time.Hour))
-	for range 2 {
-		if _, err := c.GetToken(ctx(t), "demo"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := rpcs.Load(); n != 2 {
-		t.Errorf("%d RPCs with a 1h margin, want 2", n)
-	}
-
-	c, rpcs = newClient(t)
 	if _, err := c.GetToken(ctx(t), "demo"); err != nil {
 		t.Fatal(err)
 	}
@@ -149,55 +60,12 @@ func TestRefreshMarginAndMinTTL(t *testing.T) {
 	if code := status.Code(err); code != codes.OutOfRange {
 		t.Errorf("MinTTL(10m): code %v (%v), want OutOfRange", code, err)
 	}
-	if n := rpcs.Load(); n != 2 {
-		t.Errorf("%d RPCs, want 2 (MinTTL beyond the cached token must ask the server)", n)
+	if tokenvend.Retryable(err) {
+		t.Error("OutOfRange is not retryable")
 	}
-}
-
-func TestUnknownProfileIsNotFound(t *testing.T) {
-	c, _ := newClient(t)
-	_, err := c.GetToken(ctx(t), "no-such-profile")
-	if err == nil {
-		t.Fatal("no error for an unknown profile")
-	}
-	if code := status.Code(err); code != codes.NotFound {
-		t.Errorf("code = %v (%v), want NotFound", code, err)
-	}
-}
-
-func TestReject(t *testing.T) {
-	c, rpcs := newClient(t)
-	old, err := c.GetToken(ctx(t), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh, err := c.Reject(ctx(t), "demo", old.AccessToken)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fresh.AccessToken == old.AccessToken {
-		t.Fatal("Reject returned the rejected token")
-	}
-	// The replacement is now the local copy.
-	before := rpcs.Load()
-	cur, err := c.GetToken(ctx(t), "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cur.AccessToken != fresh.AccessToken || rpcs.Load() != before {
-		t.Error("GetToken after Reject did not serve the replacement from the local cache")
-	}
-	// A late report of the old token neither drops the local copy nor makes tokenvend
-	// fetch again: it answers with the current token.
-	again, err := c.Reject(ctx(t), "demo", old.AccessToken)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if again.AccessToken != fresh.AccessToken {
-		t.Error("a second report of the old token replaced the token again")
-	}
-	if cur, _ := c.GetToken(ctx(t), "demo"); cur.AccessToken != fresh.AccessToken {
-		t.Error("the local copy changed")
+	reqs := rpcs.requests()
+	if len(reqs) != 2 || reqs[0].minTTL || !reqs[1].minTTL {
+		t.Errorf("RPCs %+v: want one without min_ttl, then the caller's", reqs)
 	}
 }
 

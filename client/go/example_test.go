@@ -2,6 +2,7 @@ package tokenvend_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -30,6 +31,44 @@ func ExampleClient_GetToken() {
 		log.Fatal("no such profile")
 	default:
 		log.Fatal(err)
+	}
+}
+
+func ExampleClient_Watch() {
+	tv, err := tokenvend.NewClient("127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tv.Close() // also ends the watch
+
+	// From now on GetToken answers from a copy tokenvend keeps current.
+	if err := tv.Watch(context.Background(), "jakamo"); err != nil && !tokenvend.Retryable(err) {
+		log.Fatal(err) // an unknown profile, say; a retryable error is retried in the background
+	}
+	tok, err := tv.GetToken(context.Background(), "jakamo")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(tok.ExpiresAt)
+}
+
+func ExampleRetryable() {
+	tv, err := tokenvend.NewClient("127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tv.Close()
+
+	api := &http.Client{Transport: &tokenvend.Transport{Client: tv, Profile: "jakamo"}, Timeout: 5 * time.Second}
+	resp, err := api.Get("https://demo.thejakamo.com/api/order/response")
+	var tverr *tokenvend.Error
+	switch {
+	case err == nil:
+		resp.Body.Close()
+	case errors.As(err, &tverr) && !tverr.Retryable():
+		log.Fatalf("tokenvend refused (%s): fix the configuration", tverr.Code)
+	case tokenvend.Retryable(err):
+		// back off and try again
 	}
 }
 

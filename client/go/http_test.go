@@ -47,7 +47,7 @@ func (u *upstream) requests() (auth, bodies []string) {
 	return append([]string(nil), u.auth...), append([]string(nil), u.bodies...)
 }
 
-func TestTransportRetriesOnceAfter401WithTheNewToken(t *testing.T) {
+func TestConformance_http_401_retried_once(t *testing.T) {
 	c, _ := newClient(t)
 	api := newUpstream(t, http.StatusUnauthorized, http.StatusOK)
 	hc := &http.Client{Transport: &tokenvend.Transport{Client: c, Profile: "demo"}}

@@ -25,11 +25,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	bin := os.Getenv("TOKENVEND_BIN")
-	if bin == "" {
-		// go test runs in the package directory, client/go of the repository.
-		bin = filepath.Join("..", "..", "target", "debug", "tokenvend")
-	}
+	bin := tokenvendBin()
 	if _, err := os.Stat(bin); err != nil {
 		fmt.Fprintf(os.Stderr, "tokenvend binary not found (%v); set TOKENVEND_BIN or run "+
 			"`cargo build -p tokenvend-server --bin tokenvend` in the repository root\n", err)
@@ -67,6 +63,15 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// tokenvendBin is the server binary the tests run.
+func tokenvendBin() string {
+	if bin := os.Getenv("TOKENVEND_BIN"); bin != "" {
+		return bin
+	}
+	// go test runs in the package directory, client/go of the repository.
+	return filepath.Join("..", "..", "target", "debug", "tokenvend")
 }
 
 // freeAddr picks a free loopback port. The port is released before the server binds it,

@@ -7,6 +7,7 @@
 #                                                # (installs buf: several minutes the first time)
 #
 # Needs Go 1.25+ and the Go module proxy; modules go to the usual Go module cache.
+# Packaging is separate: ./package.sh OUTDIR, then ./install-test.sh OUTDIR.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,4 +24,8 @@ if [[ -n "$unformatted" ]]; then
   exit 1
 fi
 go vet ./...
+# package.sh's zip writer is a module of its own (golang.org/x/mod), outside ./...
+(cd tools/modzip && go vet .)
+# The conformance tests (TestConformance_<id>, client/README.md) are part of this run;
+# they start their own servers with `serve --config` and run in parallel (~25 s).
 go test -count=1 ./... "$@"

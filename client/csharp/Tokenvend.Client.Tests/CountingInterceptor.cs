@@ -1,7 +1,9 @@
+using System;
 using System.Collections.Concurrent;
 using System.Threading;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using Tokenvend.V1;
 
 namespace Tokenvend.Client.Tests;
 
@@ -17,6 +19,9 @@ public sealed class CountingInterceptor : Interceptor
 
     public ConcurrentQueue<string?> Authorizations { get; } = new();
 
+    /// <summary>Each GetToken RPC: when it was made and whether it carried a <c>min_ttl</c>.</summary>
+    public ConcurrentQueue<(DateTimeOffset At, bool MinTtl)> Requests { get; } = new();
+
     public volatile bool Unavailable;
 
     public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
@@ -26,6 +31,7 @@ public sealed class CountingInterceptor : Interceptor
     {
         Interlocked.Increment(ref _calls);
         Authorizations.Enqueue(context.Options.Headers?.GetValue("authorization"));
+        Requests.Enqueue((DateTimeOffset.UtcNow, request is GetTokenRequest get && get.MinTtl is not null));
         if (Unavailable)
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "tokenvend unreachable (injected by the test)"));

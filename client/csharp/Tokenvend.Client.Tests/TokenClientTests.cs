@@ -51,39 +51,17 @@ public sealed class TokenClientTests : IDisposable
     }
 
     [Fact]
-    public async Task SecondGetToken_IsServedFromTheLocalCache()
-    {
-        using var tokens = CountedClient();
-
-        var first = await tokens.GetTokenAsync("demo");
-        var second = await tokens.GetTokenAsync("demo");
-
-        Assert.Same(first, second);
-        Assert.Equal(1, _rpcs.Calls);
-    }
-
-    [Fact]
-    public async Task ConcurrentCallers_ShareOneRpc()
-    {
-        using var tokens = CountedClient();
-
-        var all = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => tokens.GetTokenAsync("demo")));
-
-        Assert.All(all, token => Assert.Same(all[0], token));
-        Assert.Equal(1, _rpcs.Calls);
-    }
-
-    [Fact]
     public async Task MinTtl_BeyondWhatTheCachedCopyCanGive_AsksTokenvendAgain()
     {
         using var tokens = CountedClient();
         await tokens.GetTokenAsync("demo");
 
-        // 250 s + the 60 s margin is more than any 300 s token has left.
-        var token = await tokens.GetTokenAsync("demo", TimeSpan.FromSeconds(250));
+        // 280 s + the 30 s margin (10 % of 300 s) is more than any 300 s token has left.
+        var token = await tokens.GetTokenAsync("demo", TimeSpan.FromSeconds(280));
 
         Assert.Equal(2, _rpcs.Calls);
-        Assert.True(token.ExpiresAt - DateTimeOffset.UtcNow >= TimeSpan.FromSeconds(245));
+        Assert.True(token.ExpiresAt - DateTimeOffset.UtcNow >= TimeSpan.FromSeconds(275));
+        Assert.Equal(new[] { false, true }, _rpcs.Requests.Select(r => r.MinTtl).ToArray());
     }
 
     [Fact]
@@ -91,52 +69,31 @@ public sealed class TokenClientTests : IDisposable
     {
         using var tokens = new TokenClient(_server.Address);
 
-        var error = await Assert.ThrowsAsync<RpcException>(() => tokens.GetTokenAsync("demo", TimeSpan.FromHours(1)));
+        var error = await Assert.ThrowsAsync<TokenvendException>(() => tokens.GetTokenAsync("demo", TimeSpan.FromHours(1)));
 
-        Assert.Equal(StatusCode.OutOfRange, error.StatusCode);
+        Assert.Equal(StatusCode.OutOfRange, error.GrpcStatusCode);
+        Assert.False(error.Retryable);
+        Assert.IsType<RpcException>(error.InnerException);
     }
 
     [Fact]
-    public async Task UnknownProfile_IsRpcExceptionWithNotFound()
-    {
-        using var tokens = new TokenClient(_server.Address);
-
-        var error = await Assert.ThrowsAsync<RpcException>(() => tokens.GetTokenAsync("no-such-profile"));
-
-        Assert.Equal(StatusCode.NotFound, error.StatusCode);
-    }
-
-    [Fact]
-    public async Task Reject_TheCurrentToken_ReturnsTheReplacementTokenvendNowHolds()
+    public async Task TokenvendUnreachable_ServesTheStillValidCopy_AndAsksAgainAtMostOnceASecond()
     {
         using var tokens = CountedClient();
-        var old = await tokens.GetTokenAsync("demo");
-
-        var fresh = await tokens.RejectAsync("demo", old.AccessToken);
-
-        Assert.NotEqual(old.AccessToken, fresh.AccessToken);
-        Assert.Equal(await _server.CurrentAccessTokenAsync(), fresh.AccessToken);
-        Assert.Same(fresh, await tokens.GetTokenAsync("demo"));
-        Assert.Equal(2, _rpcs.Calls);
-
-        // A late report of the old token changes nothing and costs no call.
-        Assert.Same(fresh, await tokens.RejectAsync("demo", old.AccessToken));
-        Assert.Equal(2, _rpcs.Calls);
-    }
-
-    [Fact]
-    public async Task TokenvendUnreachable_ServesTheStillValidCopy()
-    {
-        // A margin longer than the token lives: every GetToken goes to tokenvend.
-        using var tokens = CountedClient(new TokenClientOptions { RefreshMargin = TimeSpan.FromMinutes(10) });
         var first = await tokens.GetTokenAsync("demo");
+        // A min TTL that the copy meets, but not with its margin on top: the client must ask.
+        var minTtl = first.ExpiresAt - DateTimeOffset.UtcNow - TimeSpan.FromSeconds(10);
 
         _rpcs.Unavailable = true;
 
-        Assert.Same(first, await tokens.GetTokenAsync("demo"));
+        Assert.Same(first, await tokens.GetTokenAsync("demo", minTtl));
         Assert.Equal(2, _rpcs.Calls);
-        var error = await Assert.ThrowsAsync<RpcException>(() => tokens.GetTokenAsync("demo", TimeSpan.FromHours(1)));
-        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        Assert.Same(first, await tokens.GetTokenAsync("demo", minTtl));
+        Assert.Equal(2, _rpcs.Calls);
+        // A copy that cannot serve the caller is never passed off as fresh.
+        var error = await Assert.ThrowsAsync<TokenvendException>(() => tokens.GetTokenAsync("demo", TimeSpan.FromHours(1)));
+        Assert.Equal(StatusCode.Unavailable, error.GrpcStatusCode);
+        Assert.True(error.Retryable);
     }
 
     [Fact]
@@ -146,16 +103,14 @@ public sealed class TokenClientTests : IDisposable
         try
         {
             await File.WriteAllTextAsync(path, "first-identity\n");
-            using var tokens = CountedClient(new TokenClientOptions
-            {
-                ServiceAccountTokenPath = path,
-                RefreshMargin = TimeSpan.FromMinutes(10),
-            });
+            using var tokens = CountedClient(new TokenClientOptions { ServiceAccountTokenPath = path });
+            // More than a 300 s token keeps past its margin: every call goes to tokenvend.
+            var minTtl = TimeSpan.FromSeconds(290);
 
-            await tokens.GetTokenAsync("demo");
+            await tokens.GetTokenAsync("demo", minTtl);
             await File.WriteAllTextAsync(path, "second-identity");
             File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddMinutes(1));
-            await tokens.GetTokenAsync("demo");
+            await tokens.GetTokenAsync("demo", minTtl);
 
             Assert.Equal(new[] { "Bearer first-identity", "Bearer second-identity" }, _rpcs.Authorizations.ToArray());
         }

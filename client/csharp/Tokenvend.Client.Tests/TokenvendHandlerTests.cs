@@ -24,7 +24,7 @@ public sealed class TokenvendHandlerTests
     private static HttpStatusCode UnauthorizedOnce(int n) => n == 0 ? HttpStatusCode.Unauthorized : HttpStatusCode.OK;
 
     [Fact]
-    public async Task Unauthorized_Once_IsRetriedWithTheTokenTokenvendNowHolds()
+    public async Task Conformance_http_401_retried_once()
     {
         await using var upstream = new RecordingHttpServer(UnauthorizedOnce);
         using var tokens = new TokenClient(_server.Address);

@@ -31,17 +31,7 @@ public sealed class TokenvendServer : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var binary = Environment.GetEnvironmentVariable("TOKENVEND_BIN");
-        if (string.IsNullOrEmpty(binary))
-        {
-            binary = Path.Combine(FindRepoRoot(), "target", "debug", "tokenvend");
-        }
-        if (!File.Exists(binary))
-        {
-            throw new InvalidOperationException(
-                $"tokenvend not found at {binary}: run `cargo build -p tokenvend-server --bin tokenvend` or set TOKENVEND_BIN");
-        }
-
+        var binary = Binary();
         var (port, adminPort) = TwoFreePorts();
         Address = $"127.0.0.1:{port}";
         var start = new ProcessStartInfo(binary)
@@ -59,6 +49,22 @@ public sealed class TokenvendServer : IAsyncLifetime
 
         _channel = GrpcChannel.ForAddress(HttpAddress);
         await WaitUntilReadyAsync(new TokenService.TokenServiceClient(_channel));
+    }
+
+    /// <summary>The server binary: <c>$TOKENVEND_BIN</c>, else the repository's debug build.</summary>
+    public static string Binary()
+    {
+        var binary = Environment.GetEnvironmentVariable("TOKENVEND_BIN");
+        if (string.IsNullOrEmpty(binary))
+        {
+            binary = Path.Combine(FindRepoRoot(), "target", "debug", "tokenvend");
+        }
+        if (!File.Exists(binary))
+        {
+            throw new InvalidOperationException(
+                $"tokenvend not found at {binary}: run `cargo build -p tokenvend-server --bin tokenvend` or set TOKENVEND_BIN");
+        }
+        return binary;
     }
 
     /// <summary>The token tokenvend holds now for <paramref name="profile"/>, asked directly (no client cache).</summary>

@@ -36,13 +36,26 @@ public sealed class TokenClientOptions
     public string? ServiceAccountTokenPath { get; set; }
 
     /// <summary>
-    /// A locally cached token is used only while it has more than this (plus the caller's
-    /// min TTL) left; closer to expiry the client asks tokenvend again. Default 60 s.
+    /// The cap on the refresh margin. A local copy is served while it has more than its margin
+    /// left; the margin is 10 % of the token's lifetime (from when the client received it) but
+    /// at most this. tokenvend replaces tokens at about 80 % of their lifetime, so at 90 % the
+    /// next call finds the new one in tokenvend's cache. Default 60 s.
     /// </summary>
-    public TimeSpan RefreshMargin { get; set; } = TimeSpan.FromSeconds(60);
+    public TimeSpan MaxRefreshMargin { get; set; } = TimeSpan.FromSeconds(60);
 
-    /// <summary>The deadline of each call to tokenvend. Default 30 s.</summary>
-    public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(30);
+    /// <summary>The old name of <see cref="MaxRefreshMargin"/>, which is now a cap on 10 % of the lifetime.</summary>
+    [Obsolete("Use MaxRefreshMargin: the margin is 10 % of the token's lifetime, capped by it.")]
+    public TimeSpan RefreshMargin
+    {
+        get => MaxRefreshMargin;
+        set => MaxRefreshMargin = value;
+    }
+
+    /// <summary>
+    /// The deadline of each call to tokenvend when the caller's <see cref="System.Threading.CancellationToken"/>
+    /// does not end it sooner. Default 10 s.
+    /// </summary>
+    public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>The clock, replaceable in tests.</summary>
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;

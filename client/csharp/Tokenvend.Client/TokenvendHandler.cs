@@ -6,7 +6,6 @@ using System.Net.Http;
 using System.Net.Http.Headers;
 using System.Threading;
 using System.Threading.Tasks;
-using Grpc.Core;
 
 namespace Tokenvend.Client;
 
@@ -28,6 +27,14 @@ namespace Tokenvend.Client;
 /// <para>
 /// Any headers of the same names already on the request are replaced, so a stale
 /// <c>Authorization</c> from <c>DefaultRequestHeaders</c> never wins.
+/// </para>
+/// <para>
+/// The token fetch honours the request's <see cref="CancellationToken"/>, into which
+/// <see cref="HttpClient"/> links its <see cref="HttpClient.Timeout"/>: a tokenvend that does
+/// not answer fails the request when the HTTP timeout says so, as .NET's usual
+/// <see cref="TaskCanceledException"/> (with a <see cref="TimeoutException"/> inside). A
+/// tokenvend that refuses or cannot be reached fails it with a <see cref="TokenvendException"/>,
+/// an <see cref="HttpRequestException"/> carrying the gRPC status and whether to retry.
 /// </para>
 /// </remarks>
 public sealed class TokenvendHandler : DelegatingHandler
@@ -70,36 +77,34 @@ public sealed class TokenvendHandler : DelegatingHandler
             canResend = true;
         }
 
-        var token = await _tokens.GetTokenAsync(_profile, MinTtl, cancellationToken).ConfigureAwait(false);
+        var token = await _tokens.GetTokenAsync(_profile, MinTtl ?? TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
         Apply(request, token);
         var response = await base.SendAsync(request, cancellationToken).ConfigureAwait(false);
         if (response.StatusCode != HttpStatusCode.Unauthorized)
         {
             return response;
         }
-        if (!canResend)
-        {
-            // Still reported, so that the next request does not carry the refused token. The
-            // caller gets the 401 either way; a tokenvend outage shows on its next request.
-            try
-            {
-                await _tokens.RejectAsync(_profile, token.AccessToken, cancellationToken).ConfigureAwait(false);
-            }
-            catch (RpcException)
-            {
-            }
-            return response;
-        }
-
-        VendedToken fresh;
+        Token fresh;
         try
         {
+            // Reported even when the request cannot be re-sent, so that the next request does
+            // not carry the refused token.
             fresh = await _tokens.RejectAsync(_profile, token.AccessToken, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TokenvendException)
+        {
+            // The caller gets the upstream's answer rather than an error about tokenvend; a
+            // tokenvend outage shows on its next request.
+            return response;
         }
         catch
         {
             response.Dispose();
             throw;
+        }
+        if (!canResend)
+        {
+            return response;
         }
         if (string.Equals(fresh.AccessToken, token.AccessToken, StringComparison.Ordinal))
         {
@@ -120,7 +125,7 @@ public sealed class TokenvendHandler : DelegatingHandler
         "content-location", "content-md5", "content-range", "content-type", "expires", "last-modified",
     };
 
-    private static void Apply(HttpRequestMessage request, VendedToken token)
+    private static void Apply(HttpRequestMessage request, Token token)
     {
         foreach (var (name, value) in token.Headers)
         {

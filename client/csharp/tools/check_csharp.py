@@ -123,6 +123,92 @@ for project in [HERE / "Directory.Build.props", *(p / f"{p.name}.csproj" for p i
             problems.append(f"{project.name}: ProtoRoot {item.get('ProtoRoot')} is not a directory")
 check("project files are well-formed XML and their paths exist", not problems, "; ".join(problems))
 
+# 6. Every conformance scenario (client/README.md) has an xUnit test named Conformance_<id>.
+CONFORMANCE_IDS = [
+    "cache_hit_no_rpc", "single_flight", "reject_coalesced", "http_401_retried_once",
+    "always_401_bounded", "deadline_bounds_fetch", "error_categories", "refresh_margin_fraction",
+    "watch_live_copy", "stale_copy_while_unreachable", "service_account_token",
+]
+readme = HERE.parent / "README.md"
+if readme.exists() and "## Conformance scenarios" in readme.read_text():
+    section = readme.read_text().split("## Conformance scenarios", 1)[1]
+    CONFORMANCE_IDS = re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M) or CONFORMANCE_IDS
+
+
+def methods(path):
+    """(name, attribute names) of every method declared in a file."""
+    tree = parser.parse(preprocess(path.read_text()))
+    found, stack = [], [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "method_declaration":
+            name = node.child_by_field_name("name").text.decode()
+            attributes = [a.text.decode() for child in node.children if child.type == "attribute_list"
+                          for a in child.children if a.type == "attribute"]
+            found.append((name, attributes))
+        stack.extend(node.children)
+    return found
+
+
+tests = HERE / "Tokenvend.Client.Tests"
+facts = {name for p in tests.glob("*.cs") for name, attrs in methods(p)
+         if any(a.split("(")[0] in ("Fact", "SkippableFact") for a in attrs)}
+absent = [i for i in CONFORMANCE_IDS if f"Conformance_{i}" not in facts]
+check(f"every conformance scenario is a [Fact] named Conformance_<id> ({len(CONFORMANCE_IDS)} ids)",
+      not absent, ", ".join(absent))
+
+# 7. The one vocabulary: the public names every tokenvend client shares.
+library = HERE / "Tokenvend.Client"
+lib_text = {p.name: p.read_text() for p in library.glob("*.cs")}
+declared = {name for p in library.glob("*.cs") for name, _ in methods(p)}
+vocabulary = {
+    "class Token": re.search(r"public sealed class Token\b", lib_text.get("Token.cs", "")),
+    "TokenClient": re.search(r"public sealed class TokenClient\b", lib_text.get("TokenClient.cs", "")),
+    "GetTokenAsync": "GetTokenAsync" in declared,
+    "RejectAsync": "RejectAsync" in declared,
+    "Watch": "Watch" in declared,
+    "MaxRefreshMargin": re.search(r"public TimeSpan MaxRefreshMargin \{ get; set; \} = TimeSpan\.FromSeconds\(60\)",
+                                  lib_text.get("TokenClientOptions.cs", "")),
+    "CallTimeout 10 s": re.search(r"public TimeSpan CallTimeout \{ get; set; \} = TimeSpan\.FromSeconds\(10\)",
+                                  lib_text.get("TokenClientOptions.cs", "")),
+    "TokenvendException : HttpRequestException": re.search(
+        r"public sealed class TokenvendException : HttpRequestException", lib_text.get("TokenvendException.cs", "")),
+}
+check("the shared vocabulary is declared", all(vocabulary.values()),
+      ", ".join(k for k, v in vocabulary.items() if not v))
+
+# 8. The old name is gone from code (a doc comment may mention it), and the generated
+#    message, which shares the name Token, is always written out in full.
+code_lines = [(p.name, n + 1, line) for p in [*library.glob("*.cs"), *tests.glob("*.cs")]
+              for n, line in enumerate(p.read_text().splitlines()) if not line.lstrip().startswith("//")]
+old = [f"{f}:{n}" for f, n, line in code_lines if re.search(r"\bVendedToken\b", line)]
+check("no VendedToken left in code", not old, ", ".join(old))
+bare = [f"{f}:{n}" for f, n, line in code_lines
+        if re.search(r"(?<!global::Tokenvend\.)\bV1\.Token\b(?!Request|Service)", line)]
+check("the generated Tokenvend.V1.Token is referred to as global::Tokenvend.V1.Token", not bare, ", ".join(bare))
+
+# 9. The package metadata nuget.org shows.
+project = ET.parse(library / "Tokenvend.Client.csproj").getroot()
+props = {e.tag: (e.text or "").strip() for group in project.iter("PropertyGroup") for e in group}
+want = {
+    "PackageId": "Tokenvend.Client",
+    "Version": "0.1.0",
+    "Description": "Client for tokenvend, a gRPC OAuth 2.0 token vending service",
+    "PackageLicenseExpression": "Apache-2.0",
+    "RepositoryUrl": "https://github.com/tokenvend/tokenvend",
+    "PackageProjectUrl": "https://github.com/tokenvend/tokenvend",
+    "PackageReadmeFile": "README.md",
+}
+wrong = [f"{k}={props.get(k)!r}" for k, v in want.items() if props.get(k) != v]
+if not props.get("Authors"):
+    wrong.append("Authors missing")
+if set(props.get("PackageTags", "").split(";")) != {"oauth2", "token", "grpc", "tokenvend"}:
+    wrong.append(f"PackageTags={props.get('PackageTags')!r}")
+packed = [e for e in project.iter("None") if e.get("Pack") == "true" and e.get("Include", "").endswith("README.md")]
+if not packed or not (library / packed[0].get("Include")).resolve().exists():
+    wrong.append("README.md is not packed, or does not exist")
+check("the csproj has the NuGet package metadata", not wrong, "; ".join(wrong))
+
 passed = sum(results)
 failed = len(results) - passed
 print(f"static-checks: {passed} passed, {failed} failed")

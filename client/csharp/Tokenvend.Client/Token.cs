@@ -2,7 +2,6 @@ using System;
 using System.Collections.Generic;
 using System.Collections.ObjectModel;
 using System.Linq;
-using Tokenvend.V1;
 
 namespace Tokenvend.Client;
 
@@ -11,12 +10,13 @@ namespace Tokenvend.Client;
 /// caller of the local cache. <see cref="ToString"/> never shows the token or header values.
 /// </summary>
 /// <remarks>
-/// The generated <see cref="Token"/> message is not handed out because its
-/// <c>ToString()</c> prints the access token as JSON and it is mutable.
+/// The generated <see cref="global::Tokenvend.V1.Token"/> message is not handed out because
+/// its <c>ToString()</c> prints the access token as JSON and it is mutable. It was called
+/// <c>VendedToken</c> before 0.1.0; every tokenvend client now calls it <c>Token</c>.
 /// </remarks>
-public sealed class VendedToken
+public sealed class Token
 {
-    internal VendedToken(Token token)
+    internal Token(global::Tokenvend.V1.Token token, DateTimeOffset receivedAt)
     {
         AccessToken = token.AccessToken;
         TokenType = token.TokenType;
@@ -36,6 +36,7 @@ public sealed class VendedToken
             headers["authorization"] = (TokenType.Length > 0 ? TokenType : "Bearer") + " " + AccessToken;
         }
         Headers = new ReadOnlyDictionary<string, string>(headers);
+        ReceivedAt = receivedAt;
     }
 
     /// <summary>The access token itself. Keep it out of logs.</summary>
@@ -60,8 +61,14 @@ public sealed class VendedToken
     /// <summary>The profile this token belongs to.</summary>
     public string Profile { get; }
 
+    /// <summary>
+    /// When this client received the token; <see cref="ExpiresAt"/> minus this is the
+    /// lifetime the refresh margin is a tenth of.
+    /// </summary>
+    public DateTimeOffset ReceivedAt { get; }
+
     /// <summary>Shows everything but the token and the header values, which are secrets.</summary>
     public override string ToString() =>
-        $"VendedToken(profile={Profile}, type={TokenType}, expires_at={ExpiresAt:O}, " +
+        $"Token(profile={Profile}, type={TokenType}, expires_at={ExpiresAt:O}, " +
         $"scopes=[{string.Join(" ", Scopes)}], headers=[{string.Join(", ", Headers.Keys)}], access_token=<redacted>)";
 }

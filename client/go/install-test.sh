@@ -40,7 +40,7 @@ export GOTOOLCHAIN=local
 mkdir "$work/hello"
 cd "$work/hello"
 go mod init example.com/hello >/dev/null 2>&1
-unzip -p "$zip" "$module@$version/go.sum" >go.sum
+python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' "$zip" "$module@$version/go.sum" >go.sum
 cat >main.go <<'GO'
 // hello gets a token for the demo profile and prints it, redacted.
 package main

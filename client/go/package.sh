@@ -42,12 +42,15 @@ cp "$repo/LICENSE" "$stage/LICENSE"
 # tools/modzip is a module of its own (golang.org/x/mod), so it is not in the zip.
 (cd "$here/tools/modzip" && go run . -dir "$stage" -module "$module" -version "$version" -out "$out")
 zip="$out/$module/@v/$version.zip"
-for f in LICENSE go.mod go.sum client.go README.md; do
-  unzip -l "$zip" "$module@$version/$f" >/dev/null ||
-    { echo "package.sh: $f missing from $zip" >&2; exit 1; }
-done
-if unzip -l "$zip" | grep -qE "/(\.bin|tools)/"; then
-  echo "package.sh: $zip holds build tools" >&2
-  exit 1
-fi
+# python3's zipfile rather than unzip: a fresh machine of this kind may lack unzip.
+python3 - "$zip" "$module@$version" <<'PY' || exit 1
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+prefix = sys.argv[2] + "/"
+for f in ("LICENSE", "go.mod", "go.sum", "client.go", "README.md"):
+    if prefix + f not in names:
+        sys.exit(f"package.sh: {f} missing from {sys.argv[1]}")
+if any("/.bin/" in n or "/tools/" in n for n in names):
+    sys.exit(f"package.sh: {sys.argv[1]} holds build tools")
+PY
 echo "go: $zip (GOPROXY=file://$out)"

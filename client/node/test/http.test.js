@@ -98,7 +98,13 @@ test('axios: a tokenvend failure fails the request before it is sent', () =>
   withSetup([200], async ({ upstream, client }) => {
     const api = axios.create({ baseURL: upstream.url });
     attachTokenvend(api, client, 'no-such-profile');
-    await assert.rejects(api.get('/x'), (err) => err.code === 5 /* NOT_FOUND */);
+    await assert.rejects(api.get('/x'), (err) => {
+      assert.ok(err instanceof axios.AxiosError);
+      assert.equal(err.code, 'ERR_TOKENVEND_NOT_FOUND');
+      assert.equal(err.cause.code, 5 /* NOT_FOUND */);
+      assert.equal(err.config.url, '/x');
+      return true;
+    });
     assert.equal(upstream.requests.length, 0);
   }));
 

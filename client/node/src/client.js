@@ -370,8 +370,9 @@ class TokenClient {
   _refreshInBackground(profile, minTtlMs) {
     if (this._inflight.has(profile) || this._closed) return;
     if (Date.now() - (this._lastAsk.get(profile) ?? 0) < REASK_INTERVAL_MS) return;
-    // The copy stays in use whatever happens here; the next caller sees the outcome.
-    this._startFlight(profile, minTtlMs, '', Date.now() + this.timeoutMs);
+    // The copy stays in use whatever happens here; the next caller sees the outcome. A
+    // caller who joins and gives up does not cancel it: it was started for everyone.
+    this._startFlight(profile, minTtlMs, '', Date.now() + this.timeoutMs).background = true;
   }
 
   /**
@@ -384,7 +385,14 @@ class TokenClient {
     // make tokenvend replace tokens it just replaced.
     if (minTtlMs > 0) request.minTtl = msToDuration(minTtlMs);
     /** @type {Flight} */
-    const flight = { rejected: rejectedToken, minTtlMs, waiters: 0, settled: false, ctl: { call: null, cancelled: false } };
+    const flight = {
+      rejected: rejectedToken,
+      minTtlMs,
+      waiters: 0,
+      settled: false,
+      background: false,
+      ctl: { call: null, cancelled: false },
+    };
     this._lastAsk.set(profile, Date.now());
     flight.promise = this._unary('getToken', request, deadline, flight.ctl)
       .then((msg) => {
@@ -413,7 +421,7 @@ class TokenClient {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         flight.waiters -= 1;
-        if (gaveUp && flight.waiters === 0 && !flight.settled) {
+        if (gaveUp && flight.waiters === 0 && !flight.settled && !flight.background) {
           flight.ctl.cancelled = true;
           flight.ctl.call?.cancel();
         }
@@ -478,6 +486,7 @@ class TokenClient {
  * @property {number} minTtlMs
  * @property {number} waiters callers waiting for it
  * @property {boolean} settled
+ * @property {boolean} background started by a copy entering its margin, not by a caller
  * @property {{call: grpc.ClientUnaryCall | null, cancelled: boolean}} ctl
  */
 
@@ -516,7 +525,11 @@ class Watcher {
     });
     // A handle's owner may never look at `ready`; its failure must not crash the process.
     this.ready.catch(() => {});
-    this._open();
+    this._start();
+  }
+
+  _start() {
+    this._open().catch((err) => this._ended(err));
   }
 
   handle() {
@@ -590,7 +603,7 @@ class Watcher {
     const backoff = Math.min(WATCH_BACKOFF_MAX_MS, WATCH_BACKOFF_INITIAL_MS * 2 ** this.failures);
     this.failures += 1;
     // Jitter (50-100 %) so that many clients cut off together do not come back together.
-    this.timer = setTimeout(() => this._open(), backoff * (0.5 + Math.random() / 2));
+    this.timer = setTimeout(() => this._start(), backoff * (0.5 + Math.random() / 2));
     this.timer.unref?.();
   }
 }

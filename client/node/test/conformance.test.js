@@ -12,8 +12,6 @@ const axios = require('axios');
 const { TokenClient, TokenvendError, status, attachTokenvend, tokenvendFetch } = require('../src');
 const {
   startTokenvend,
-  startIdp,
-  writeConfig,
   startSilentServer,
   startUpstream,
   rpcRecorder,
@@ -283,71 +281,6 @@ test('conformance error_categories', async () => {
   }
 });
 
-test('conformance refresh_margin_fraction', async () => {
-  // `short` tokens live 10 s (margin 1 s); `stuck` tokens 15 s (margin 1.5 s), and the
-  // provider fails after the first, so tokenvend cannot replace it.
-  const lifetimes = { short: 10, stuck: 15 };
-  const idp = await startIdp(lifetimes);
-  const dir = tempDir();
-  const tv = await startTokenvend({ config: writeConfig(dir, idp, lifetimes), probeProfile: 'short' });
-  const a = newClient(tv.target);
-  const capped = newClient(tv.target, { maxRefreshMarginMs: 300 });
-  const b = newClient(tv.target);
-  try {
-    // Both share tokenvend's one `short` token; the probe already fetched it.
-    const firstA = await a.client.getToken('short');
-    const firstCapped = await capped.client.getToken('short');
-    const firstB = await b.client.getToken('stuck');
-    idp.failing.add('stuck');
-    const expA = firstA.expiresAt.getTime();
-    const expB = firstB.expiresAt.getTime();
-
-    const loop = async (c, profile, until) => {
-      const seen = new Set();
-      while (Date.now() < until) {
-        seen.add((await c.client.getToken(profile)).accessToken);
-        await sleep(5);
-      }
-      return seen;
-    };
-    const [seenA, seenCapped, seenB] = await Promise.all([
-      loop(a, 'short', expB - 300),
-      loop(capped, 'short', expB - 300),
-      loop(b, 'stuck', expB - 300),
-    ]);
-
-    // Nobody sends a min_ttl of their own.
-    for (const c of [a, capped, b]) for (const rpc of c.gets()) assert.equal(rpc.request.minTtl, undefined);
-
-    // 10 % of 10 s: the copy is renewed once, at 90 % of its lifetime, and tokenvend (which
-    // replaced it at about 80 %) has a new one ready.
-    const lifeA = expA - a.gets()[0].at;
-    assert.equal(a.gets().length, 2, `RPCs at ${a.gets().map((c) => c.at - a.gets()[0].at)}`);
-    const askA = a.gets()[1].at;
-    assert.ok(askA >= expA - 0.1 * lifeA - 50, `asked ${expA - askA} ms before expiry`);
-    assert.ok(askA <= expA - 0.1 * lifeA + 500, `asked only ${expA - askA} ms before expiry`);
-    assert.equal(seenA.size, 2);
-
-    // The cap shortens the margin.
-    assert.equal(capped.gets().length, 2);
-    const askCapped = capped.gets()[1].at;
-    assert.ok(askCapped >= expA - 300 - 50 && askCapped <= expA, `capped: asked ${expA - askCapped} ms before expiry`);
-
-    // tokenvend could not replace `stuck`: it hands the same copy back, still inside its
-    // margin; the loop keeps being served, and asks again at most once a second.
-    assert.deepEqual([...seenB], [firstB.accessToken]);
-    const asksB = b.gets().slice(1).map((c) => c.at);
-    assert.ok(asksB.length >= 1 && asksB.length <= 2, `${asksB.length} RPCs inside the margin`);
-    assert.ok(asksB[0] >= expB - 1500 - 50, `asked ${expB - asksB[0]} ms before expiry`);
-    for (let i = 1; i < asksB.length; i += 1) assert.ok(asksB[i] - asksB[i - 1] >= 1000);
-  } finally {
-    for (const c of [a, capped, b]) c.client.close();
-    await tv.stop();
-    await idp.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
-
 test('conformance watch_live_copy', async () => {
   const { client, calls, gets } = newClient();
   const other = new TokenClient(server.target);
@@ -397,38 +330,6 @@ test('watch reopens its stream after tokenvend restarts', async () => {
   } finally {
     client.close();
     await tv.stop();
-  }
-});
-
-test('conformance stale_copy_while_unreachable', async () => {
-  // 5 s tokens: a margin of 0.5 s to step into.
-  const lifetimes = { brief: 5 };
-  const idp = await startIdp(lifetimes);
-  const dir = tempDir();
-  const tv = await startTokenvend({ config: writeConfig(dir, idp, lifetimes), probeProfile: 'brief' });
-  const { client, gets } = newClient(tv.target);
-  try {
-    const copy = await client.getToken('brief');
-    await tv.stop();
-    const exp = copy.expiresAt.getTime();
-    await sleep(exp - 250 - Date.now());
-    // Inside its margin, tokenvend gone: the copy is still good for 250 ms, so it is served.
-    const start = Date.now();
-    assert.equal(await client.getToken('brief'), copy);
-    assert.equal(await client.getToken('brief'), copy);
-    assert.ok(Date.now() - start < 200, 'served without waiting for tokenvend');
-    await sleep(50);
-    assert.ok(gets().length >= 2, 'a refresh was tried');
-    assert.equal(gets()[1].status, status.UNAVAILABLE);
-
-    // Once it has expired there is nothing to serve.
-    await sleep(exp + 50 - Date.now());
-    await assert.rejects(client.getToken('brief'), (err) => err.code === status.UNAVAILABLE && err.retryable);
-  } finally {
-    client.close();
-    await tv.stop();
-    await idp.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -30,7 +30,19 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Spawns `tokenvend serve` (`--dev` unless a `config` file is given) and resolves once
  * GetToken(`probeProfile`) succeeds. `port` reuses a listen port, to restart a server.
  */
-async function startTokenvend({ config, port, probeProfile = 'demo' } = {}) {
+async function startTokenvend(options = {}) {
+  // Test files run in parallel, and a port found free may be taken by another file's
+  // server before this one binds it: on an early exit, try fresh ports.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await startTokenvendOnce(options);
+    } catch (err) {
+      if (!err.exitedEarly || options.port || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startTokenvendOnce({ config, port, probeProfile = 'demo' }) {
   const bin = process.env.TOKENVEND_BIN || DEFAULT_BIN;
   if (!fs.existsSync(bin)) {
     throw new Error(`tokenvend binary not found at ${bin}: build it (cargo build -p tokenvend-server --bin tokenvend) or set TOKENVEND_BIN`);
@@ -55,7 +67,11 @@ async function startTokenvend({ config, port, probeProfile = 'demo' } = {}) {
   try {
     const deadline = Date.now() + 30_000;
     for (;;) {
-      if (exited) throw new Error(`tokenvend exited early (${JSON.stringify(exited)}):\n${stderr}`);
+      if (exited) {
+        throw Object.assign(new Error(`tokenvend exited early (${JSON.stringify(exited)}):\n${stderr}`), {
+          exitedEarly: true,
+        });
+      }
       try {
         await probe.getToken(probeProfile);
         break;

@@ -352,7 +352,7 @@ class TokenClient {
     this._copies.clear();
   }
 
-  /** Stops every watch and closes the gRPC channel. Pending calls fail with CANCELLED. */
+  /** Stops every watch and closes the gRPC channel; calls still waiting for it fail. */
   close() {
     this._closed = true;
     for (const watcher of this._watchers.values()) watcher.stop();

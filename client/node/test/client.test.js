@@ -2,9 +2,6 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
 const util = require('node:util');
 const { TokenClient, TokenvendError, Token, status } = require('../src');
 const { startTokenvend, rpcRecorder } = require('./helpers');
@@ -43,42 +40,6 @@ test('getToken returns a usable demo token', async () => {
   }
 });
 
-test('a second getToken is served from the local cache', async () => {
-  const { client, calls } = newClient();
-  try {
-    const first = await client.getToken('demo');
-    assert.equal(calls.length, 1);
-    const second = await client.getToken('demo');
-    assert.equal(second, first);
-    assert.equal(calls.length, 1, 'no RPC for a cached token');
-  } finally {
-    client.close();
-  }
-});
-
-test('concurrent callers share one RPC', async () => {
-  const { client, calls } = newClient();
-  try {
-    const tokens = await Promise.all(Array.from({ length: 10 }, () => client.getToken('demo')));
-    assert.equal(calls.length, 1);
-    for (const t of tokens) assert.equal(t, tokens[0]);
-  } finally {
-    client.close();
-  }
-});
-
-test('a token inside the refresh margin is fetched again', async () => {
-  // The demo tokens live 300 s, so a 310 s margin sends every call to tokenvend.
-  const { client, calls } = newClient({ refreshMarginMs: 310_000 });
-  try {
-    await client.getToken('demo');
-    await client.getToken('demo');
-    assert.equal(calls.length, 2);
-  } finally {
-    client.close();
-  }
-});
-
 test('minTtlMs beyond the cached token sends min_ttl to tokenvend', async () => {
   const { client, calls } = newClient();
   try {
@@ -96,36 +57,6 @@ test('minTtlMs beyond the cached token sends min_ttl to tokenvend', async () => 
   }
 });
 
-test('an unknown profile rejects with NOT_FOUND', async () => {
-  const { client } = newClient();
-  try {
-    await assert.rejects(client.getToken('no-such-profile'), (err) => {
-      assert.ok(err instanceof TokenvendError);
-      assert.ok(err instanceof Error);
-      assert.equal(err.code, status.NOT_FOUND);
-      assert.equal(err.codeName, 'NOT_FOUND');
-      assert.equal(typeof err.details, 'string');
-      assert.equal(err.retryable, false);
-      return true;
-    });
-  } finally {
-    client.close();
-  }
-});
-
-test('an unreachable server rejects with UNAVAILABLE', async () => {
-  const client = new TokenClient('127.0.0.1:1', { timeoutMs: 2000 });
-  try {
-    await assert.rejects(client.getToken('demo'), (err) => {
-      assert.equal(err.code, status.UNAVAILABLE);
-      assert.equal(err.retryable, true);
-      return true;
-    });
-  } finally {
-    client.close();
-  }
-});
-
 test('rejecting the current token yields a new one; rejecting an old one does not', async () => {
   const { client, calls } = newClient();
   const other = new TokenClient(server.target);
@@ -138,9 +69,10 @@ test('rejecting the current token yields a new one; rejecting an old one does no
     assert.match(fresh.accessToken, JWT);
     assert.equal((await other.getToken('demo')).accessToken, fresh.accessToken, 'tokenvend now vends the new token');
 
-    // Another caller reporting the old token again is answered from the local cache.
-    const again = await client.invalidate('demo', old.accessToken);
-    assert.equal(again, fresh);
+    // Another caller reporting the old token again is answered from the local cache, also
+    // through the deprecated name.
+    assert.equal(await client.reject('demo', old.accessToken), fresh);
+    assert.equal(await client.invalidate('demo', old.accessToken), fresh);
     assert.equal(calls.length, 2);
   } finally {
     client.close();
@@ -178,30 +110,6 @@ test('printing a token never shows the secret parts', async () => {
   }
 });
 
-test('the ServiceAccount token file is sent and re-read when it rotates', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tokenvend-sa-'));
-  const file = path.join(dir, 'token');
-  fs.writeFileSync(file, 'sa-token-one\n');
-  // A margin longer than the token lifetime makes every getToken an RPC, so each carries metadata.
-  const { client, calls } = newClient({ serviceAccountTokenFile: file, refreshMarginMs: 310_000 });
-  try {
-    await client.getToken('demo');
-    assert.deepEqual(calls[0].metadata.get('authorization'), ['Bearer sa-token-one']);
-
-    // Kubernetes swaps the file atomically; emulate it with a rename.
-    fs.writeFileSync(path.join(dir, 'token.new'), 'sa-token-two');
-    fs.renameSync(path.join(dir, 'token.new'), file);
-    await client.getToken('demo');
-    assert.deepEqual(calls[1].metadata.get('authorization'), ['Bearer sa-token-two']);
-
-    fs.rmSync(file);
-    await assert.rejects(client.getToken('demo'), (err) => err.code === status.UNAUTHENTICATED);
-  } finally {
-    client.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
-
 test('listProfiles shows the demo profile without secrets', async () => {
   const { client } = newClient();
   try {
@@ -214,4 +122,61 @@ test('listProfiles shows the demo profile without secrets', async () => {
   } finally {
     client.close();
   }
+});
+
+test('options keep their defaults and the deprecated margin name', () => {
+  const plain = new TokenClient(server.target);
+  const old = new TokenClient(server.target, { refreshMarginMs: 5000 });
+  try {
+    assert.equal(plain.timeoutMs, 10_000);
+    assert.equal(plain.maxRefreshMarginMs, 60_000);
+    assert.equal(old.maxRefreshMarginMs, 5000);
+    assert.throws(() => new TokenClient(server.target, { maxRefreshMarginMs: -1 }), RangeError);
+    assert.throws(() => new TokenClient(server.target, { timeoutMs: 0 }), RangeError);
+  } finally {
+    plain.close();
+    old.close();
+  }
+});
+
+test('a caller who waits longer than the one who started the RPC is not cut short', async () => {
+  // The first caller's 1 ms deadline ends the shared RPC; the second, who joined it with
+  // the default deadline, gets a token from an RPC of its own.
+  const { client, calls } = newClient();
+  try {
+    const [short, long] = await Promise.allSettled([client.getToken('demo', { timeoutMs: 1 }), client.getToken('demo')]);
+    assert.equal(short.status, 'rejected');
+    assert.equal(short.reason.code, status.DEADLINE_EXCEEDED);
+    assert.equal(long.status, 'fulfilled', String(long.reason));
+    assert.match(long.value.accessToken, JWT);
+    assert.equal(calls.length, 2);
+  } finally {
+    client.close();
+  }
+});
+
+test('a watch of an unknown profile fails its ready promise and keeps trying', async () => {
+  const { client, calls } = newClient();
+  try {
+    const watch = client.watch('no-such-profile');
+    await assert.rejects(watch.ready, (err) => err.code === status.NOT_FOUND);
+    assert.equal(watch.live, false);
+    await new Promise((r) => setTimeout(r, 600));
+    assert.ok(calls.filter((c) => c.method.endsWith('WatchToken')).length >= 2, 'reopened with backoff');
+    watch.close();
+    const count = calls.length;
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(calls.length, count, 'closed: no more attempts');
+  } finally {
+    client.close();
+  }
+});
+
+test('a closed client refuses calls and stops its watches', async () => {
+  const { client } = newClient();
+  const watch = client.watch('demo');
+  await watch.ready;
+  client.close();
+  assert.equal(watch.live, false);
+  await assert.rejects(client.getToken('demo'), (err) => err.code === status.CANCELLED);
 });

@@ -7,6 +7,7 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const fs = require('node:fs');
+const crypto = require('node:crypto');
 const { TokenClient } = require('../src');
 
 const DEFAULT_BIN = path.resolve(__dirname, '../../../target/debug/tokenvend');
@@ -25,16 +26,32 @@ function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Spawns `tokenvend serve --dev` and resolves once GetToken("demo") succeeds. */
-async function startTokenvend() {
+/**
+ * Spawns `tokenvend serve` (`--dev` unless a `config` file is given) and resolves once
+ * GetToken(`probeProfile`) succeeds. `port` reuses a listen port, to restart a server.
+ */
+async function startTokenvend(options = {}) {
+  // Test files run in parallel, and a port found free may be taken by another file's
+  // server before this one binds it: on an early exit, try fresh ports.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await startTokenvendOnce(options);
+    } catch (err) {
+      if (!err.exitedEarly || options.port || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startTokenvendOnce({ config, port, probeProfile = 'demo' }) {
   const bin = process.env.TOKENVEND_BIN || DEFAULT_BIN;
   if (!fs.existsSync(bin)) {
     throw new Error(`tokenvend binary not found at ${bin}: build it (cargo build -p tokenvend-server --bin tokenvend) or set TOKENVEND_BIN`);
   }
-  const port = await freePort();
+  port = port || (await freePort());
   const adminPort = await freePort();
   const target = `127.0.0.1:${port}`;
-  const child = spawn(bin, ['serve', '--dev', '--listen', target, '--admin-listen', `127.0.0.1:${adminPort}`], {
+  const mode = config ? ['--config', config] : ['--dev'];
+  const child = spawn(bin, ['serve', ...mode, '--listen', target, '--admin-listen', `127.0.0.1:${adminPort}`], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -50,9 +67,13 @@ async function startTokenvend() {
   try {
     const deadline = Date.now() + 30_000;
     for (;;) {
-      if (exited) throw new Error(`tokenvend exited early (${JSON.stringify(exited)}):\n${stderr}`);
+      if (exited) {
+        throw Object.assign(new Error(`tokenvend exited early (${JSON.stringify(exited)}):\n${stderr}`), {
+          exitedEarly: true,
+        });
+      }
       try {
-        await probe.getToken('demo');
+        await probe.getToken(probeProfile);
         break;
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`tokenvend not ready after 30 s: ${err.message}\n${stderr}`);
@@ -68,6 +89,7 @@ async function startTokenvend() {
 
   return {
     target,
+    port,
     async stop() {
       if (exited) return;
       const done = new Promise((r) => child.once('exit', r));
@@ -76,6 +98,89 @@ async function startTokenvend() {
       await done;
       clearTimeout(timer);
     },
+  };
+}
+
+/**
+ * A small OAuth 2.0 token endpoint whose tokens live `lifetimes[client_id]` seconds; it
+ * answers 503 for the client ids in `failing`. tokenvend's dev issuer gives every token
+ * 300 s, too long for a test to watch a copy age.
+ */
+async function startIdp(lifetimes) {
+  const failing = new Set();
+  const issued = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+      const clientId = form.get('client_id');
+      if (req.url !== '/token' || !(clientId in lifetimes)) {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end('{"error":"invalid_client"}');
+        return;
+      }
+      if (failing.has(clientId)) {
+        res.writeHead(503, { 'content-type': 'application/json' });
+        res.end('{"error":"temporarily_unavailable"}');
+        return;
+      }
+      const accessToken = `${clientId}-${issued.length + 1}-${crypto.randomBytes(6).toString('hex')}`;
+      issued.push({ clientId, accessToken, at: Date.now() });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ access_token: accessToken, token_type: 'Bearer', expires_in: lifetimes[clientId] }));
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    tokenUrl: `http://127.0.0.1:${server.address().port}/token`,
+    failing,
+    issued,
+    close: () =>
+      new Promise((r) => {
+        server.close(r);
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * Writes a tokenvend configuration with one client-credentials profile per entry of
+ * `lifetimes` (profile name = client id), all using `idp`. Returns its path.
+ */
+function writeConfig(dir, idp, lifetimes) {
+  const profiles = Object.keys(lifetimes)
+    .map(
+      (name) => `  ${name}:
+    token_url: ${idp.tokenUrl}
+    client_id: ${name}
+    client_secret: { value: not-a-real-secret }
+    retry: { initial: 200ms, max: 1s }
+    idp_requests_per_minute: 600
+`,
+    )
+    .join('');
+  const file = path.join(dir, 'tokenvend.yaml');
+  fs.writeFileSync(file, `server:\n  shutdown_delay: 0s\n  reload_interval: 0s\nprofiles:\n${profiles}`);
+  return file;
+}
+
+/** A loopback TCP listener that accepts connections and never says a word. */
+async function startSilentServer() {
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    target: `127.0.0.1:${server.address().port}`,
+    close: () =>
+      new Promise((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(r);
+      }),
   };
 }
 
@@ -114,12 +219,24 @@ function rpcRecorder() {
   const grpc = require('@grpc/grpc-js');
   const calls = [];
   const interceptor = (options, nextCall) => {
-    const record = { method: options.method_definition.path, metadata: null, request: null };
+    const record = {
+      method: options.method_definition.path.split('/').pop(),
+      at: Date.now(),
+      deadline: options.deadline,
+      metadata: null,
+      request: null,
+      status: null,
+    };
     return new grpc.InterceptingCall(nextCall(options), {
       start(metadata, listener, next) {
         record.metadata = metadata.clone();
         calls.push(record);
-        next(metadata, listener);
+        next(metadata, {
+          onReceiveStatus(st, nextStatus) {
+            record.status = st.code;
+            nextStatus(st);
+          },
+        });
       },
       sendMessage(message, next) {
         record.request = message;
@@ -130,4 +247,4 @@ function rpcRecorder() {
   return { calls, interceptor };
 }
 
-module.exports = { startTokenvend, startUpstream, rpcRecorder, sleep };
+module.exports = { startTokenvend, startIdp, writeConfig, startSilentServer, startUpstream, rpcRecorder, freePort, sleep };

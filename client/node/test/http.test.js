@@ -98,7 +98,13 @@ test('axios: a tokenvend failure fails the request before it is sent', () =>
   withSetup([200], async ({ upstream, client }) => {
     const api = axios.create({ baseURL: upstream.url });
     attachTokenvend(api, client, 'no-such-profile');
-    await assert.rejects(api.get('/x'), (err) => err.code === 5 /* NOT_FOUND */);
+    await assert.rejects(api.get('/x'), (err) => {
+      assert.ok(err instanceof axios.AxiosError);
+      assert.equal(err.code, 'ERR_TOKENVEND_NOT_FOUND');
+      assert.equal(err.cause.code, 5 /* NOT_FOUND */);
+      assert.equal(err.config.url, '/x');
+      return true;
+    });
     assert.equal(upstream.requests.length, 0);
   }));
 
@@ -159,3 +165,35 @@ test('fetch: a stream body is not replayed', () =>
     assert.equal(res.status, 401);
     assert.equal(upstream.requests.length, 1);
   }));
+
+// --- aborts --------------------------------------------------------------------------
+
+test('an abort while waiting for a hung tokenvend rejects as each library does', async () => {
+  const { startSilentServer } = require('./helpers');
+  const silent = await startSilentServer();
+  const client = new TokenClient(silent.target);
+  try {
+    const api = axios.create();
+    attachTokenvend(api, client, 'demo');
+    const viaAxios = new AbortController();
+    const viaFetch = new AbortController();
+    setTimeout(() => {
+      viaAxios.abort();
+      viaFetch.abort();
+    }, 100);
+    const start = Date.now();
+    const [a, f] = await Promise.allSettled([
+      api.get('http://127.0.0.1:9/never-sent', { signal: viaAxios.signal }),
+      tokenvendFetch(client, 'demo')('http://127.0.0.1:9/never-sent', { signal: viaFetch.signal }),
+    ]);
+    assert.ok(Date.now() - start < 1000);
+    assert.ok(axios.isCancel(a.reason), String(a.reason));
+    assert.ok(a.reason instanceof axios.CanceledError);
+    assert.equal(a.reason.code, 'ERR_CANCELED');
+    assert.equal(a.reason.cause.code, 1 /* CANCELLED */);
+    assert.equal(f.reason.name, 'AbortError');
+  } finally {
+    client.close();
+    await silent.close();
+  }
+});

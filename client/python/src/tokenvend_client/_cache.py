@@ -44,14 +44,20 @@ class Entry:
 
     __slots__ = ("token", "margin", "asked_at")
 
-    def __init__(self, token: Token, max_margin: float, asked_at: float):
+    def __init__(self, token: Token, max_margin: float, asked_at: float, previous: Entry | None = None):
         self.token = token
+        self.asked_at = asked_at
+        if previous is not None and previous.token.access_token == token.access_token:
+            # The same token again (tokenvend could not refresh it, or a watch reconnected):
+            # it keeps the margin it got when first received, so that it is still seen as
+            # inside it.
+            self.margin = previous.margin
+            return
         # The lifetime counts from when this client received the token, not from when the
         # provider issued it: a token taken from tokenvend's cache late in its life gets a
         # margin sized to what is left of it.
         lifetime = token.remaining()
         self.margin = max(0.0, min(MARGIN_FRACTION * lifetime, max_margin))
-        self.asked_at = asked_at
 
 
 def lookup(entry: Entry | None, min_ttl: float, now: float) -> tuple[Token | None, bool]:

@@ -304,7 +304,7 @@ class TokenClient:
         return self._store(profile, Token.from_proto(msg))
 
     def _store(self, profile: str, token: Token) -> Token:
-        self._cache[profile] = Entry(token, self._max_margin, time.monotonic())
+        self._cache[profile] = Entry(token, self._max_margin, time.monotonic(), self._cache.get(profile))
         return token
 
 

@@ -121,7 +121,7 @@ class AsyncTokenClient:
                 return await self.get_token(profile, timeout=max(deadline - time.monotonic(), 1e-3))
             if self._flights.get(profile) is not None:
                 continue
-            if entry is not None:
+            if entry is not None and self._cache.get(profile) is entry:
                 del self._cache[profile]
             left = deadline - time.monotonic()
             flight = self._start(profile, self._fetch(profile, 0.0, rejected, left, None))

@@ -137,7 +137,7 @@ class TokenClient:
 
         ``timeout`` bounds the whole call, including waiting for another thread's RPC for
         the same profile; without it each RPC gets the client's ``timeout`` (10 s).
-        ``rejected_token`` is the old spelling of :meth:`reject`.
+        ``rejected_token`` is the deprecated spelling of :meth:`reject`.
 
         While tokenvend cannot be reached (or cannot refresh), a local copy that has not
         expired is served even inside its margin, and tokenvend is asked again for that
@@ -150,6 +150,9 @@ class TokenClient:
                 exceeds the token lifetime...) and ``.retryable`` says whether to retry.
         """
         if rejected_token is not None:
+            warnings.warn(
+                "get_token(rejected_token=...) is deprecated, use reject()", DeprecationWarning, stacklevel=2
+            )
             return self._reject(profile, rejected_token, min_ttl, timeout)
         want = check_args(profile, min_ttl)
         budget = timeout_or_default(timeout, self._timeout)
@@ -277,8 +280,9 @@ class TokenClient:
                 if not ask:
                     return current
                 return self._fetch(profile, want, None, left, fallback=current)
-            if entry is not None:
-                del self._cache[profile]
+            if entry is not None and self._cache.get(profile) is entry:
+                # Unless a watch stored a newer token meanwhile.
+                self._cache.pop(profile, None)
             return self._fetch(profile, want, rejected, left, fallback=None)
         finally:
             lock.release()

@@ -119,12 +119,12 @@ class TokenvendAdapter(HTTPAdapter):
         resp = super().send(request, **kwargs)
         if resp.status_code != 401 or not _rewind(request, body_pos):
             return resp
+        resp.content  # drain the 401 so that its connection can carry the retry
+        resp.close()
         try:
             token = self._client._reject(self._profile, token, self._min_ttl, timeout)
         except TokenvendError as err:
             raise _requests_error(err, request) from None
-        resp.content  # drain the 401 so that its connection can carry the retry
-        resp.close()
         retry = request.copy()
         _apply(retry, token.headers)
         new_resp = super().send(retry, **kwargs)
@@ -183,15 +183,14 @@ class TokenvendAuth(AuthBase):
         if rejected is None or not _rewind(req, getattr(req, _BODY_POS_ATTR, None)):
             return resp
 
+        # Drain and release the 401 so its connection can be reused for the retry.
+        resp.content
+        resp.close()
         timeout = fetch_timeout(send_kwargs.get("timeout"))
         try:
             token = self._client._reject(self._profile, rejected, self._min_ttl, timeout)
         except TokenvendError as err:
             raise _requests_error(err, req) from None
-
-        # Drain and release the 401 so its connection can be reused for the retry.
-        resp.content
-        resp.close()
         retry = req.copy()
         extract_cookies_to_jar(retry._cookies, req, resp.raw)
         retry.prepare_cookies(retry._cookies)

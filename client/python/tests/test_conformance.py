@@ -306,6 +306,22 @@ def test_conformance_deadline_bounds_fetch_waiters_too(unresponsive: str) -> Non
         assert outcome == [grpc.StatusCode.DEADLINE_EXCEEDED]
 
 
+def test_conformance_deadline_bounds_fetch_waiters_too_asyncio(unresponsive: str) -> None:
+    async def go() -> None:
+        async with AsyncTokenClient(unresponsive) as client:
+            slow = asyncio.ensure_future(client.get_token(PROFILE, timeout=3))
+            await asyncio.sleep(0.2)
+            start = time.monotonic()
+            with pytest.raises(TokenvendError) as info:
+                await client.get_token(PROFILE, timeout=1)
+            assert time.monotonic() - start < 1.5
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and info.value.retryable
+            with pytest.raises(TokenvendError):
+                await slow
+
+    asyncio.run(go())
+
+
 # -- 7 ------------------------------------------------------------------------------------
 
 
@@ -485,6 +501,32 @@ def test_watch_reconnects_after_tokenvend_restarts(short_lived) -> None:
         assert restarted.target == port
         assert _until(lambda: client.get_token("short").access_token != first.access_token, timeout=15)
         assert rpcs.count() == 0
+
+
+def test_watch_reconnects_after_tokenvend_restarts_asyncio(short_lived) -> None:
+    server = short_lived({"short": 60})
+
+    async def go() -> None:
+        client, rpcs = counted_async_client(server.target)
+        async with client:
+            handle = client.watch("short")
+            assert await handle.wait_ready(10)
+            first = await client.get_token("short")
+            await asyncio.to_thread(server.stop)
+            for _ in range(500):
+                if handle.last_error is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert handle.last_error is not None
+            await asyncio.to_thread(short_lived, {"short": 60}, server.target)
+            for _ in range(750):
+                if (await client.get_token("short")).access_token != first.access_token:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await client.get_token("short")).access_token != first.access_token
+            assert rpcs.count() == 0
+
+    asyncio.run(go())
 
 
 # -- 10 -----------------------------------------------------------------------------------

@@ -84,3 +84,12 @@ def test_token_from_proto_without_headers_gets_an_authorization_header() -> None
     assert token.headers == {"authorization": "Bearer abc"}
     with pytest.raises(TypeError):
         token.headers["x"] = "y"  # type: ignore[index]
+
+
+def test_importing_the_package_imports_neither_http_library() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, tokenvend_client; print('requests' in sys.modules, 'httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["False", "False"]

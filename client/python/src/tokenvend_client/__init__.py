@@ -22,8 +22,19 @@ from tokenvend_client._client import TokenClient, WatchHandle
 from tokenvend_client._token import Token, TokenvendError
 
 if TYPE_CHECKING:
-    from tokenvend_client.httpx_auth import TokenvendHttpxAuth, TokenvendHttpxError
-    from tokenvend_client.requests_auth import TokenvendAdapter, TokenvendAuth, TokenvendRequestsError
+    from tokenvend_client.httpx_auth import (
+        TokenvendConnectError,
+        TokenvendHttpxAuth,
+        TokenvendHttpxError,
+        TokenvendTimeoutError,
+    )
+    from tokenvend_client.requests_auth import (
+        TokenvendAdapter,
+        TokenvendAuth,
+        TokenvendConnectionError,
+        TokenvendRequestsError,
+        TokenvendTimeout,
+    )
 
 __all__ = [
     "AsyncTokenClient",
@@ -32,10 +43,14 @@ __all__ = [
     "TokenClient",
     "TokenvendAdapter",
     "TokenvendAuth",
+    "TokenvendConnectError",
+    "TokenvendConnectionError",
     "TokenvendError",
     "TokenvendHttpxAuth",
     "TokenvendHttpxError",
     "TokenvendRequestsError",
+    "TokenvendTimeout",
+    "TokenvendTimeoutError",
     "WatchHandle",
 ]
 __version__ = "0.1.0"
@@ -44,8 +59,12 @@ _LAZY = {
     "TokenvendAdapter": "tokenvend_client.requests_auth",
     "TokenvendAuth": "tokenvend_client.requests_auth",
     "TokenvendRequestsError": "tokenvend_client.requests_auth",
+    "TokenvendConnectionError": "tokenvend_client.requests_auth",
+    "TokenvendTimeout": "tokenvend_client.requests_auth",
     "TokenvendHttpxAuth": "tokenvend_client.httpx_auth",
     "TokenvendHttpxError": "tokenvend_client.httpx_auth",
+    "TokenvendConnectError": "tokenvend_client.httpx_auth",
+    "TokenvendTimeoutError": "tokenvend_client.httpx_auth",
 }
 
 

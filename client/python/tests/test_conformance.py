@@ -250,7 +250,7 @@ def _fails_fast(call, errors: tuple[type, ...]) -> BaseException:
     return err
 
 
-def test_conformance_deadline_bounds_fetch_requests(unresponsive: str, upstream) -> None:
+def test_conformance_deadline_bounds_fetch(unresponsive: str, upstream) -> None:
     with TokenClient(unresponsive) as client:
         with requests.Session() as s:
             s.mount(upstream.url, TokenvendAdapter(client, PROFILE))

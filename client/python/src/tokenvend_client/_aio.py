@@ -82,7 +82,7 @@ class AsyncTokenClient:
     # -- public API -------------------------------------------------------------------
 
     async def get_token(
-        self, profile: str, min_ttl: Seconds | None = None, timeout: Seconds | None = None
+        self, profile: str, min_ttl: Seconds | None = None, *, timeout: Seconds | None = None
     ) -> Token:
         """See :meth:`TokenClient.get_token`. Cancelling the awaiting task, or
         ``timeout``, ends the wait; an RPC others are waiting on goes on for them."""

@@ -130,6 +130,7 @@ class TokenClient:
         self,
         profile: str,
         min_ttl: Seconds | None = None,
+        *,
         timeout: Seconds | None = None,
         rejected_token: str | Token | None = None,
     ) -> Token:

@@ -46,12 +46,29 @@ listen="127.0.0.1:$(free_port)"
 "$bin" serve --dev --listen "$listen" --admin-listen "127.0.0.1:$(free_port)" >"$scratch/server.log" 2>&1 &
 server_pid=$!
 
+# Until the gRPC port accepts connections; a server that exited fails at once.
+for _ in $(seq 150); do
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "install-test.sh: tokenvend exited; its log:" >&2
+    cat "$scratch/server.log" >&2
+    exit 1
+  fi
+  if python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()' \
+    "${listen%:*}" "${listen##*:}" 2>/dev/null; then
+    break
+  fi
+  sleep 0.2
+done
+
 cat >"$scratch/hello.py" <<'PY'
+import http.server
 import sys
-import time
+import threading
+
+import requests
 
 import tokenvend_client
-from tokenvend_client import TokenClient, TokenvendAdapter, TokenvendError, TokenvendHttpxAuth
+from tokenvend_client import TokenClient, TokenvendAdapter, TokenvendHttpxAuth
 
 target = sys.argv[1]
 # Installed from the wheel, not imported from a checkout.
@@ -59,16 +76,29 @@ assert "site-packages" in tokenvend_client.__file__, tokenvend_client.__file__
 assert TokenvendAdapter and TokenvendHttpxAuth
 
 with TokenClient(target) as tv:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            token = tv.get_token("demo", timeout=2)
-            break
-        except TokenvendError as err:
-            if not err.retryable or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    token = tv.get_token("demo", timeout=10)
     assert token.headers["authorization"] == "Bearer " + token.access_token
+
+    # And on an HTTP call, through the requests adapter, to a local API that records it.
+    seen = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("authorization"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    api = http.server.HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{api.server_address[1]}/"
+    with requests.Session() as session:
+        session.mount(url, TokenvendAdapter(tv, "demo"))
+        assert session.get(url, timeout=5).status_code == 204
+    api.shutdown()
+    assert seen == [token.headers["authorization"]], "the API did not get the token"
     print(f"hello from tokenvend-client {tokenvend_client.__version__}: a {token.token_type} token "
           f"for {token.profile!r}, valid until {token.expires_at:%H:%M:%S} UTC")
 PY

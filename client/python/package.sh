@@ -46,4 +46,4 @@ if missing or stray:
     sys.exit(f"package.sh: wheel lacks {missing}, has stray {stray}")
 PY
 mv "$stage"/* "$out/"
-echo "python: $(cd "$out" && ls tokenvend_client-*)"
+echo "python: $out/$(basename "$wheel") and the sdist beside it"

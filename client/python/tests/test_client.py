@@ -93,3 +93,23 @@ def test_importing_the_package_imports_neither_http_library() -> None:
     code = "import sys, tokenvend_client; print('requests' in sys.modules, 'httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_clients_own_timeout_bounds_each_rpc_when_the_caller_gives_none(unresponsive) -> None:
+    with TokenClient(unresponsive, timeout=0.5) as client:
+        start = time.monotonic()
+        with pytest.raises(TokenvendError) as info:
+            client.get_token("demo")
+        assert time.monotonic() - start < 1.0
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_rejected_token_never_appears_in_the_error(closed_port) -> None:
+    secret = "eyJ-not-to-be-logged.payload.signature"
+    with TokenClient(closed_port) as client:
+        with pytest.raises(TokenvendError) as info:
+            client.reject("demo", secret)
+    err = info.value
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    for text in (str(err), repr(err), err.details()):
+        assert secret not in text

@@ -19,4 +19,5 @@ fi
 
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
-.venv/bin/python -m pytest -q "$@"
+# Four workers: the slow tests sleep through token lifetimes rather than use the CPU.
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-4}" "$@"

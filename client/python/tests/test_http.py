@@ -9,13 +9,22 @@ import httpx
 import pytest
 import requests
 
-from tokenvend_client import TokenClient, TokenvendAuth, TokenvendHttpxAuth
+from tokenvend_client import (
+    AsyncTokenClient,
+    TokenClient,
+    TokenvendAdapter,
+    TokenvendAuth,
+    TokenvendHttpxAuth,
+)
 
 
 def send(kind: str, client: TokenClient, url: str, **kwargs) -> int:
-    if kind == "requests":
+    if kind in ("requests", "requests-adapter"):
         with requests.Session() as s:
-            s.auth = TokenvendAuth(client, "demo")
+            if kind == "requests":
+                s.auth = TokenvendAuth(client, "demo")
+            else:
+                s.mount(url, TokenvendAdapter(client, "demo"))
             kwargs = {("data" if k == "content" else k): v for k, v in kwargs.items()}
             return s.request(kwargs.pop("method", "GET"), url, timeout=10, **kwargs).status_code
     if kind == "httpx":
@@ -28,10 +37,18 @@ def send(kind: str, client: TokenClient, url: str, **kwargs) -> int:
                 return (await c.request(kwargs.pop("method", "GET"), url, **kwargs)).status_code
 
         return asyncio.run(go())
+    if kind == "httpx-aio":
+
+        async def go_aio() -> int:
+            async with AsyncTokenClient(client._target) as aclient:
+                async with httpx.AsyncClient(auth=TokenvendHttpxAuth(aclient, "demo"), timeout=10) as c:
+                    return (await c.request(kwargs.pop("method", "GET"), url, **kwargs)).status_code
+
+        return asyncio.run(go_aio())
     raise AssertionError(kind)
 
 
-KINDS = ["requests", "httpx", "httpx-async"]
+KINDS = ["requests", "requests-adapter", "httpx", "httpx-async", "httpx-aio"]
 
 
 def server_token(target: str) -> str:
@@ -72,17 +89,21 @@ def test_the_retry_replays_an_in_memory_body(kind, client, upstream) -> None:
     assert [r["body"] for r in upstream.seen] == [b'{"order": 1}'] * 2
 
 
-def test_requests_replays_a_seekable_file_body(client, upstream) -> None:
+@pytest.mark.parametrize("kind", ["requests", "requests-adapter"])
+def test_requests_replays_a_seekable_file_body(kind, client, upstream) -> None:
     upstream.fail_first = 1
     with requests.Session() as s:
-        s.auth = TokenvendAuth(client, "demo")
+        if kind == "requests":
+            s.auth = TokenvendAuth(client, "demo")
+        else:
+            s.mount(upstream.url, TokenvendAdapter(client, "demo"))
         resp = s.post(upstream.url, data=io.BytesIO(b"file body"), timeout=10)
     assert resp.status_code == 200
     assert [r["body"] for r in upstream.seen] == [b"file body"] * 2
     assert [h.status_code for h in resp.history] == [401]
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", ["requests", "requests-adapter", "httpx"])
 def test_a_one_shot_body_is_not_retried(kind, client, upstream) -> None:
     upstream.fail_first = 1
 
@@ -101,3 +122,35 @@ def test_no_401_means_no_extra_request(client, upstream) -> None:
     assert send("httpx", client, upstream.url) == 200
     assert len(upstream.seen) == 2
     assert upstream.seen[0]["authorization"] == upstream.seen[1]["authorization"]
+
+
+def test_the_adapter_sends_the_token_only_under_its_prefix(client, upstream) -> None:
+    upstream.fail_first = 0
+    other = upstream.url.replace("/api/order/response", "/elsewhere")
+    with requests.Session() as s:
+        s.mount(upstream.url, TokenvendAdapter(client, "demo"))
+        assert s.get(upstream.url, timeout=10).status_code == 200
+        assert s.get(other, timeout=10).status_code == 200
+    assert upstream.seen[0]["authorization"] == client.get_token("demo").headers["authorization"]
+    assert upstream.seen[1]["authorization"] is None
+
+
+def test_tokenvend_auth_bounds_its_fetch_by_its_own_timeout(unresponsive, upstream) -> None:
+    import time
+
+    with TokenClient(unresponsive) as down, requests.Session() as s:
+        s.auth = TokenvendAuth(down, "demo", timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(requests.Timeout):
+            s.get(upstream.url, timeout=10)
+        assert time.monotonic() - start < 1.0
+
+
+def test_httpx_sync_client_refuses_an_async_token_client(tokenvend_target, upstream) -> None:
+    async def make() -> AsyncTokenClient:
+        return AsyncTokenClient(tokenvend_target)
+
+    aclient = asyncio.run(make())
+    with httpx.Client(auth=TokenvendHttpxAuth(aclient, "demo")) as c:
+        with pytest.raises(TypeError, match="TokenClient"):
+            c.get(upstream.url)

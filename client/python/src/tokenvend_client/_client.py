@@ -1,71 +1,66 @@
-"""The gRPC client with its local per-profile cache."""
+"""The threaded gRPC client with its local per-profile cache."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
+import random
 import threading
 import time
+import warnings
 from collections.abc import Sequence
-from typing import Union
 
 import grpc
 from google.protobuf import duration_pb2
 
+from tokenvend_client._cache import (
+    DEFAULT_MAX_REFRESH_MARGIN,
+    DEFAULT_TIMEOUT,
+    Entry,
+    Seconds,
+    ServiceAccountToken,
+    backoff_delays,
+    lookup,
+    seconds,
+    timeout_or_default,
+)
 from tokenvend_client._pb.tokenvend.v1 import tokenvend_pb2, tokenvend_pb2_grpc
 from tokenvend_client._token import Token, TokenvendError
 
-Seconds = Union[float, int, _dt.timedelta]
+__all__ = ["Seconds", "TokenClient", "WatchHandle"]
 
 
-def _seconds(value: Seconds | None) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
-    return float(value)
+def token_request(profile: str, min_ttl: float, rejected: str | None) -> tokenvend_pb2.GetTokenRequest:
+    req = tokenvend_pb2.GetTokenRequest(profile=profile, rejected_token=rejected or "")
+    if min_ttl > 0:
+        req.min_ttl.CopyFrom(duration_pb2.Duration(seconds=int(min_ttl), nanos=int(min_ttl % 1 * 1e9)))
+    return req
 
 
-class _ServiceAccountToken:
-    """The caller's own identity, read from a file such as a Kubernetes projected
-    ServiceAccount token.
+def deadline_error(profile: str, timeout: float) -> TokenvendError:
+    return TokenvendError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no token within {timeout:g} s (another call for this profile is still waiting on tokenvend)",
+        profile,
+    )
 
-    The kubelet rotates that file in place (an atomic symlink swap), so the content is
-    re-read as soon as the file's mtime/size/inode changes, and at least every
-    ``max_age`` seconds in case a change went unseen (e.g. a coarse mtime).
-    """
 
-    def __init__(self, path: str | os.PathLike, max_age: float = 60.0):
-        self._path = os.fspath(path)
-        self._max_age = max_age
-        self._lock = threading.Lock()
-        self._value: str | None = None
-        self._stamp: tuple[int, int, int] | None = None
-        self._read_at = 0.0
-
-    def header(self) -> tuple[str, str]:
-        with self._lock:
-            st = os.stat(self._path)
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            now = time.monotonic()
-            if self._value is None or stamp != self._stamp or now - self._read_at >= self._max_age:
-                with open(self._path, encoding="utf-8") as f:
-                    self._value = f.read().strip()
-                self._stamp = stamp
-                self._read_at = now
-            return ("authorization", f"Bearer {self._value}")
-
-    def __repr__(self) -> str:
-        return f"_ServiceAccountToken(path={self._path!r})"
+def check_args(profile: str, min_ttl: Seconds | None) -> float:
+    if not profile:
+        raise ValueError("profile must be a non-empty string")
+    want = seconds(min_ttl)
+    if want < 0:
+        raise ValueError("min_ttl must not be negative")
+    return want
 
 
 class TokenClient:
     """A client of tokenvend's ``TokenService`` with a local cache.
 
-    ``get_token`` returns the locally cached token while it is valid for more than
-    ``refresh_margin`` seconds plus the caller's ``min_ttl``, and otherwise asks tokenvend
-    (which has its own, shared cache). The client is thread-safe: concurrent callers for the
-    same profile wait for a single RPC and share its result.
+    ``get_token`` serves the local copy of a profile's token while it has more than its
+    *refresh margin* left: 10 % of the lifetime it had when this client received it, at
+    most ``max_refresh_margin``. tokenvend replaces its own copy at about 80 % of the
+    lifetime, so the next RPC finds the replacement in tokenvend's cache. The client is
+    thread-safe: concurrent callers for one profile wait for a single RPC.
 
     Args:
         target: tokenvend's address, e.g. ``"127.0.0.1:50051"`` or ``"dns:///tokenvend:50051"``.
@@ -75,11 +70,13 @@ class TokenClient:
         service_account_token_file: a file whose content is sent as
             ``authorization: Bearer <content>`` on every call, e.g.
             ``/var/run/secrets/tokens/tokenvend``.
-        refresh_margin: seconds before expiry at which a cached token is no longer handed out.
-        timeout: deadline in seconds of each RPC.
+        max_refresh_margin: cap on the refresh margin, seconds or a ``timedelta`` (60 s).
+        timeout: deadline of each RPC when the caller gives none, seconds (10 s).
         channel: a ready ``grpc.Channel`` to use instead of ``target``/``credentials`` (for
             interceptors or custom options). The client does not close a channel it was given.
         options: extra gRPC channel options when the client creates the channel.
+        refresh_margin: deprecated, ignored beyond setting ``max_refresh_margin``: a fixed
+            margin made short-lived tokens be fetched again on almost every call.
     """
 
     def __init__(
@@ -88,11 +85,20 @@ class TokenClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         service_account_token_file: str | os.PathLike | None = None,
-        refresh_margin: float = 60.0,
-        timeout: float = 10.0,
+        max_refresh_margin: Seconds = DEFAULT_MAX_REFRESH_MARGIN,
+        timeout: Seconds = DEFAULT_TIMEOUT,
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, object]] | None = None,
+        refresh_margin: Seconds | None = None,
     ):
+        if refresh_margin is not None:
+            warnings.warn(
+                "refresh_margin is deprecated: the margin is 10 % of a token's lifetime, "
+                "capped by max_refresh_margin",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            max_refresh_margin = refresh_margin
         if channel is None:
             if not target:
                 raise ValueError("TokenClient needs a target or a channel")
@@ -107,13 +113,16 @@ class TokenClient:
         self._channel = channel
         self._stub = tokenvend_pb2_grpc.TokenServiceStub(channel)
         self._sa_token = (
-            _ServiceAccountToken(service_account_token_file) if service_account_token_file else None
+            ServiceAccountToken(service_account_token_file) if service_account_token_file else None
         )
-        self._refresh_margin = float(refresh_margin)
-        self._timeout = timeout
-        self._cache: dict[str, Token] = {}
+        self._max_margin = seconds(max_refresh_margin)
+        if self._max_margin < 0:
+            raise ValueError("max_refresh_margin must not be negative")
+        self._timeout = timeout_or_default(timeout, DEFAULT_TIMEOUT)
+        self._cache: dict[str, Entry] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._guard = threading.Lock()
+        self._watches: dict[str, WatchHandle] = {}
 
     # -- public API -------------------------------------------------------------------
 
@@ -121,48 +130,92 @@ class TokenClient:
         self,
         profile: str,
         min_ttl: Seconds | None = None,
+        *,
+        timeout: Seconds | None = None,
         rejected_token: str | Token | None = None,
     ) -> Token:
         """Returns a token for ``profile`` valid for at least ``min_ttl`` more seconds.
 
-        ``rejected_token`` reports a token that the upstream API just refused (HTTP 401):
-        if the local cache holds exactly that token it is dropped and tokenvend is asked to
-        replace it; if the cache already holds a newer one (another thread got there
-        first), that one is returned without an RPC.
+        ``timeout`` bounds the whole call, including waiting for another thread's RPC for
+        the same profile; without it each RPC gets the client's ``timeout`` (10 s).
+        ``rejected_token`` is the deprecated spelling of :meth:`reject`.
+
+        While tokenvend cannot be reached (or cannot refresh), a local copy that has not
+        expired is served even inside its margin, and tokenvend is asked again for that
+        profile at most once a second.
 
         Raises:
-            TokenvendError: tokenvend answered with an error; ``.code()`` is the gRPC
-                status (NOT_FOUND for an unknown profile, UNAVAILABLE when the identity
-                provider is down, OUT_OF_RANGE when ``min_ttl`` exceeds the token lifetime...).
+            TokenvendError: no usable token; ``.code()`` is the gRPC status (NOT_FOUND for
+                an unknown profile, UNAVAILABLE when tokenvend or the provider is down,
+                DEADLINE_EXCEEDED when ``timeout`` passed, OUT_OF_RANGE when ``min_ttl``
+                exceeds the token lifetime...) and ``.retryable`` says whether to retry.
         """
-        if not profile:
-            raise ValueError("profile must be a non-empty string")
-        want = _seconds(min_ttl)
-        if want < 0:
-            raise ValueError("min_ttl must not be negative")
-        rejected = rejected_token.access_token if isinstance(rejected_token, Token) else rejected_token
+        if rejected_token is not None:
+            warnings.warn(
+                "get_token(rejected_token=...) is deprecated, use reject()", DeprecationWarning, stacklevel=2
+            )
+            return self._reject(profile, rejected_token, min_ttl, timeout)
+        want = check_args(profile, min_ttl)
+        budget = timeout_or_default(timeout, self._timeout)
+        start = time.monotonic()
 
-        with self._lock_for(profile):
-            cached = self._cache.get(profile)
-            if cached is not None and rejected and cached.access_token == rejected:
-                del self._cache[profile]
-                cached = None
-            if cached is not None and cached.remaining() > self._refresh_margin + want:
-                return cached
-            token = self._fetch(profile, want, rejected)
-            self._cache[profile] = token
+        token, ask = lookup(self._cache.get(profile), want, start)
+        if not ask:
             return token
+        lock = self._lock_for(profile)
+        if token is not None:
+            # A valid copy inside its margin: one thread asks, the others keep using it.
+            if not lock.acquire(blocking=False):
+                return token
+        elif not lock.acquire(timeout=budget):
+            raise deadline_error(profile, budget)
+        try:
+            token, ask = lookup(self._cache.get(profile), want, time.monotonic())
+            if not ask:
+                return token
+            left = budget - (time.monotonic() - start)
+            if left <= 0:
+                raise deadline_error(profile, budget)
+            return self._fetch(profile, want, None, left, fallback=token)
+        finally:
+            lock.release()
+
+    def reject(self, profile: str, token: str | Token, *, timeout: Seconds | None = None) -> Token:
+        """Reports ``token`` as refused by the upstream API (HTTP 401) and returns its
+        replacement.
+
+        Coalesced: if the local copy is no longer ``token`` (another thread already
+        replaced it) that copy is returned with no RPC, so concurrent rejects of one token
+        make one RPC, and tokenvend itself replaces a token once however many clients
+        report it.
+        """
+        return self._reject(profile, token, None, timeout)
 
     def invalidate(self, profile: str, token: str | Token) -> Token:
-        """Reports ``token`` as rejected by the upstream API and returns its replacement.
-        Same as ``get_token(profile, rejected_token=token)``."""
-        return self.get_token(profile, rejected_token=token)
+        """Deprecated name of :meth:`reject`."""
+        warnings.warn("invalidate() is deprecated, use reject()", DeprecationWarning, stacklevel=2)
+        return self._reject(profile, token, None, None)
 
-    def list_profiles(self) -> list[tokenvend_pb2.ProfileInfo]:
+    def watch(self, profile: str) -> WatchHandle:
+        """Keeps the local copy of ``profile`` current through tokenvend's ``WatchToken``
+        stream, in a daemon thread, so that ``get_token`` finds a fresh copy and makes no
+        RPC. The stream is opened again with backoff whenever it breaks. Idempotent per
+        profile; ``close()`` stops every watch."""
+        check_args(profile, None)
+        with self._guard:
+            handle = self._watches.get(profile)
+            if handle is None or handle.stopped:
+                handle = self._watches[profile] = WatchHandle(self, profile)
+                handle._start()
+            return handle
+
+    def list_profiles(self, timeout: Seconds | None = None) -> list[tokenvend_pb2.ProfileInfo]:
         """The profiles this caller may use, with their cache state (never a secret)."""
         try:
             resp = self._stub.ListProfiles(
-                tokenvend_pb2.ListProfilesRequest(), timeout=self._timeout, metadata=self._metadata()
+                tokenvend_pb2.ListProfilesRequest(),
+                timeout=timeout_or_default(timeout, self._timeout),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as err:
             raise TokenvendError.from_rpc_error(err) from None
@@ -170,12 +223,17 @@ class TokenClient:
 
     @property
     def stub(self) -> tokenvend_pb2_grpc.TokenServiceStub:
-        """The raw generated stub, e.g. for ``WatchToken``. Calls made through it bypass the
-        local cache and do not carry the ServiceAccount token automatically."""
+        """The raw generated stub. Calls made through it bypass the local cache and do not
+        carry the ServiceAccount token automatically."""
         return self._stub
 
     def close(self) -> None:
-        """Closes the channel if this client created it. Idempotent."""
+        """Stops every watch and closes the channel if this client created it. Idempotent."""
+        with self._guard:
+            watches = list(self._watches.values())
+            self._watches.clear()
+        for handle in watches:
+            handle.stop()
         if self._owns_channel:
             self._channel.close()
 
@@ -191,7 +249,7 @@ class TokenClient:
     # -- internals --------------------------------------------------------------------
 
     def _lock_for(self, profile: str) -> threading.Lock:
-        with self._locks_guard:
+        with self._guard:
             lock = self._locks.get(profile)
             if lock is None:
                 lock = self._locks[profile] = threading.Lock()
@@ -203,14 +261,125 @@ class TokenClient:
         # localhost or a mesh.
         return (self._sa_token.header(),) if self._sa_token else None
 
-    def _fetch(self, profile: str, min_ttl: float, rejected: str | None) -> Token:
-        req = tokenvend_pb2.GetTokenRequest(profile=profile, rejected_token=rejected or "")
-        if min_ttl > 0:
-            req.min_ttl.CopyFrom(duration_pb2.Duration(seconds=int(min_ttl), nanos=int(min_ttl % 1 * 1e9)))
+    def _reject(
+        self, profile: str, token: str | Token, min_ttl: Seconds | None, timeout: Seconds | None
+    ) -> Token:
+        want = check_args(profile, min_ttl)
+        rejected = token.access_token if isinstance(token, Token) else token
+        if not rejected:
+            raise ValueError("token must be a non-empty string or a Token")
+        budget = timeout_or_default(timeout, self._timeout)
+        start = time.monotonic()
+        lock = self._lock_for(profile)
+        if not lock.acquire(timeout=budget):
+            raise deadline_error(profile, budget)
         try:
-            msg = self._stub.GetToken(req, timeout=self._timeout, metadata=self._metadata())
+            entry = self._cache.get(profile)
+            left = budget - (time.monotonic() - start)
+            if entry is not None and entry.token.access_token != rejected:
+                current, ask = lookup(entry, want, time.monotonic())
+                if not ask:
+                    return current
+                return self._fetch(profile, want, None, left, fallback=current)
+            if entry is not None and self._cache.get(profile) is entry:
+                # Unless a watch stored a newer token meanwhile.
+                self._cache.pop(profile, None)
+            return self._fetch(profile, want, rejected, left, fallback=None)
+        finally:
+            lock.release()
+
+    def _fetch(
+        self, profile: str, min_ttl: float, rejected: str | None, timeout: float, fallback: Token | None
+    ) -> Token:
+        """One RPC; the caller holds the profile's lock."""
+        entry = self._cache.get(profile)
+        if entry is not None:
+            entry.asked_at = time.monotonic()
+        try:
+            msg = self._stub.GetToken(
+                token_request(profile, min_ttl, rejected), timeout=timeout, metadata=self._metadata()
+            )
         except grpc.RpcError as err:
+            error = TokenvendError.from_rpc_error(err, profile)
+            if fallback is not None and error.retryable and fallback.remaining() > 0:
+                return fallback
             # `from None`: the original error's repr is noisy and adds nothing beyond code
             # and details, which TokenvendError carries.
-            raise TokenvendError.from_rpc_error(err, profile) from None
-        return Token.from_proto(msg)
+            raise error from None
+        return self._store(profile, Token.from_proto(msg))
+
+    def _store(self, profile: str, token: Token) -> Token:
+        self._cache[profile] = Entry(token, self._max_margin, time.monotonic(), self._cache.get(profile))
+        return token
+
+
+class WatchHandle:
+    """A running ``watch(profile)``: a daemon thread holding a ``WatchToken`` stream open
+    and storing each token it delivers as the profile's local copy."""
+
+    def __init__(self, client: TokenClient, profile: str):
+        self._client = client
+        self.profile = profile
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._call_lock = threading.Lock()
+        self._call: grpc.Call | None = None
+        self.last_error: BaseException | None = None
+        """Why the stream last broke (it is being opened again), or None."""
+        self._thread = threading.Thread(target=self._run, name=f"tokenvend-watch-{profile}", daemon=True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Waits until the stream has delivered a first token; False on timeout."""
+        return self._first.wait(timeout)
+
+    def stop(self) -> None:
+        """Ends the stream and the thread. The local copy stays; gets go back to RPCs."""
+        self._stop.set()
+        with self._call_lock:
+            if self._call is not None:
+                self._call.cancel()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> WatchHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"WatchHandle(profile={self.profile!r}, stopped={self.stopped})"
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        delays = backoff_delays()
+        req = tokenvend_pb2.WatchTokenRequest(profile=self.profile)
+        while not self._stop.is_set():
+            try:
+                with self._call_lock:
+                    if self._stop.is_set():
+                        return
+                    self._call = self._client._stub.WatchToken(req, metadata=self._client._metadata())
+                for msg in self._call:
+                    self._client._store(self.profile, Token.from_proto(msg))
+                    self._first.set()
+                    self.last_error = None
+                    delays = backoff_delays()
+            except grpc.RpcError as err:
+                self.last_error = TokenvendError.from_rpc_error(err, self.profile)
+            except Exception as err:  # e.g. the ServiceAccount token file is missing
+                self.last_error = err
+            else:
+                self.last_error = TokenvendError(
+                    grpc.StatusCode.UNAVAILABLE, "watch stream ended", self.profile
+                )
+            with self._call_lock:
+                self._call = None
+            # Jitter so that many clients cut off by one restart do not reconnect in step.
+            self._stop.wait(next(delays) * random.uniform(0.5, 1.0))

@@ -69,6 +69,7 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
     }
 )
 
@@ -95,9 +96,9 @@ class TokenvendError(grpc.RpcError):
 
     @property
     def retryable(self) -> bool:
-        """Whether the same call may succeed later (the provider was down or slow, or the
-        caller was over its rate); errors such as NOT_FOUND or FAILED_PRECONDITION need a
-        configuration change first."""
+        """Whether the same call may succeed later: tokenvend or the provider was down or
+        slow, the caller was over its rate, or the call was cut short. Errors such as
+        NOT_FOUND or FAILED_PRECONDITION need a configuration change first."""
         return self._code in _RETRYABLE
 
     @classmethod

@@ -628,3 +628,20 @@ async fn conformance_service_account_token() {
     assert_eq!(error.code(), Code::Unauthenticated);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_get_given_up_leaves_no_call_behind() {
+    let idp = TestIdp::start(Behaviour::slow(3600, Duration::from_millis(600))).await;
+    let server = Server::start(&config("p", &idp, "")).await;
+    let spy = Spy::start(&server).await;
+    let tokens = spy.client();
+    let quick = tokenvend_client::GetOptions::new().timeout(Duration::from_millis(100));
+    let error = tokens.get_token_with("p", quick).await.unwrap_err();
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error}");
+    assert!(error.is_retryable());
+    // Its only caller gave up, so the call was dropped: the next get makes its own
+    // rather than join one nobody polls.
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+    assert_eq!(spy.count(), 2);
+    server.stop().await;
+}

@@ -231,7 +231,8 @@ impl GetOptions {
     }
 
     /// The call gives up (with `DeadlineExceeded`) after this long instead of the
-    /// client's timeout.
+    /// client's timeout. A call to tokenvend itself never runs longer than the client's
+    /// timeout ([`Builder::timeout`]): callers waiting for the same answer share it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -445,14 +446,28 @@ impl TokenClient {
         let now = Instant::now();
         let mut profiles = self.profiles();
         let entry = profiles.entry(profile.to_owned()).or_default();
-        let in_flight = entry
-            .flights
-            .get(&key)
-            .and_then(|(_, flight)| flight.upgrade());
         let valid = entry
             .copy
             .as_ref()
             .filter(|copy| copy.token.remaining() > key.min_ttl);
+        let in_flight = entry
+            .flights
+            .get(&key)
+            .and_then(|(_, flight)| flight.upgrade())
+            .or_else(|| {
+                // A report of a rejected token brings the next token: a get without a
+                // usable copy waits for that rather than ask for the rejected one.
+                let plain_get = key.rejected.is_none() && key.min_ttl.is_zero();
+                (plain_get && valid.is_none())
+                    .then(|| {
+                        entry
+                            .flights
+                            .iter()
+                            .filter(|(k, _)| k.rejected.is_some())
+                            .find_map(|(_, (_, flight))| flight.upgrade())
+                    })
+                    .flatten()
+            });
         match (key.rejected, valid) {
             (None, Some(copy)) => {
                 if copy.token.remaining() > copy.margin + key.min_ttl

@@ -532,6 +532,10 @@ impl TokenClient {
             result
         });
         let flight = flight.shared();
+        // Calls whose callers all gave up are gone; so are their entries.
+        entry
+            .flights
+            .retain(|_, (_, weak)| weak.upgrade().is_some());
         if let Some(weak) = flight.downgrade() {
             entry.flights.insert(key, (id, weak));
         }

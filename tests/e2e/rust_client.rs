@@ -160,10 +160,29 @@ async fn mutual_tls_with_a_client_certificate() {
         .domain_name("localhost")
         .identity(Identity::from_pem(&identity.cert, &identity.key));
     let tokens = TokenClient::builder(format!("https://localhost:{}", server.addr.port()))
-        .tls(tls)
+        .tls(tls.clone())
         .connect()
         .await
         .unwrap();
     assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+
+    // Without a scheme, TLS settings mean https://.
+    let tokens = TokenClient::builder(format!("localhost:{}", server.addr.port()))
+        .tls(tls.clone())
+        .build()
+        .unwrap();
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+
+    // TLS settings with an http:// address are a contradiction, not a plaintext call.
+    let error = TokenClient::builder(format!("http://localhost:{}", server.addr.port()))
+        .tls(tls)
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("TLS is configured but the address says http://"),
+        "{error}"
+    );
     server.stop().await;
 }

@@ -14,6 +14,7 @@ mod e2e {
     mod reload;
     mod rollout;
     mod rust_client;
+    mod rust_client_conformance;
     mod security;
     mod shared_state;
     mod status_codes;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::HeaderMap, http::StatusCode, routing::get};
-use tokenvend_client::TokenClient;
+use tokenvend_client::{GetOptions, TokenClient, reqwest};
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -17,6 +17,44 @@ async fn client(server: &Server) -> TokenClient {
     TokenClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn connect_waits_for_the_server_and_build_does_not() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let error = TokenClient::connect(addr.to_string()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!("cannot connect to tokenvend at http://{addr}/")),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+
+    // A service starting before tokenvend: the client builds now and works once the
+    // server is up.
+    let tokens = TokenClient::new(addr.to_string()).unwrap();
+    assert_eq!(
+        tokens.get_token("p").await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    // The same port again: nothing else on this machine takes loopback ports this fast.
+    let grpc = TcpListener::bind(addr).await.unwrap();
+    let config = tokenvend_server::Config::from_yaml(&config("p", &idp, "")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokenvend_server::serve(
+        tokenvend_server::Listeners { grpc, admin: None },
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+    let _ = stop.send(());
+    let _ = server.await;
 }
 
 #[tokio::test]
@@ -36,22 +74,10 @@ async fn the_local_copy_serves_without_a_round_trip_until_the_margin() {
     let again = tokens.get_token("p").await.unwrap();
     assert!(Arc::ptr_eq(&first, &again));
     let needs_more = tokens
-        .get_token_with("p", Duration::from_secs(3599))
+        .get_token_with("p", GetOptions::new().min_ttl(Duration::from_secs(3601)))
         .await
         .unwrap_err();
-    assert!(
-        needs_more.code().is_some_and(|c| c == Code::Unavailable),
-        "{needs_more}"
-    );
-}
-
-#[tokio::test]
-async fn errors_carry_the_grpc_code() {
-    let idp = TestIdp::start(Behaviour::issue(3600)).await;
-    let server = Server::start(&config("p", &idp, "")).await;
-    let error = client(&server).await.get_token("nope").await.unwrap_err();
-    assert_eq!(error.code(), Some(Code::NotFound));
-    server.stop().await;
+    assert_eq!(needs_more.code(), Code::Unavailable, "{needs_more}");
 }
 
 #[derive(Default)]
@@ -112,66 +138,6 @@ async fn a_401_reports_the_token_and_retries_once_with_a_new_one() {
 }
 
 #[tokio::test]
-async fn watch_keeps_the_local_copy_current() {
-    let idp = TestIdp::start(Behaviour::issue(2)).await;
-    let server = Server::start(&config("p", &idp, "")).await;
-    let tokens = TokenClient::builder(format!("http://{}", server.addr))
-        .refresh_margin(Duration::ZERO)
-        .connect()
-        .await
-        .unwrap();
-    let _watch = tokens.watch("p");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tokens.cached("p").unwrap().access_token, "tok-1");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        tokens.cached("p").unwrap().access_token,
-        "tok-2",
-        "the refreshed token arrived without a GetToken"
-    );
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_service_account_token_file_identifies_the_caller_and_is_reread() {
-    use crate::support::security::SaIssuer;
-
-    let idp = TestIdp::start(Behaviour::issue(3600)).await;
-    let issuer = SaIssuer::start().await;
-    let yaml = format!(
-        "server:\n{}profiles:\n{}",
-        issuer.auth_yaml(),
-        crate::support::profile(
-            "p",
-            &idp,
-            "    allow: [\"system:serviceaccount:orders:*\"]\n"
-        )
-    );
-    let server = Server::start(&yaml).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, issuer.token("billing", "api")).unwrap();
-    let tokens = TokenClient::builder(format!("http://{}", server.addr))
-        .service_account_token_file(&token_file)
-        .connect()
-        .await
-        .unwrap();
-    // billing may not use the profile: it reads as not there.
-    let error = tokens.get_token("p").await.unwrap_err();
-    assert_eq!(error.code(), Some(Code::NotFound), "{error:?}");
-
-    // The kubelet rotates the file; the next call carries the new token.
-    std::fs::write(&token_file, format!("{}\n", issuer.token("orders", "api"))).unwrap();
-    let token = tokens.get_token("p").await.unwrap();
-    assert_eq!(token.access_token, "tok-1");
-
-    // Without the file the caller has no identity at all.
-    let anonymous = client(&server).await.get_token("p").await.unwrap_err();
-    assert_eq!(anonymous.code(), Some(Code::Unauthenticated));
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn mutual_tls_with_a_client_certificate() {
     use crate::support::security::Pki;
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -194,10 +160,29 @@ async fn mutual_tls_with_a_client_certificate() {
         .domain_name("localhost")
         .identity(Identity::from_pem(&identity.cert, &identity.key));
     let tokens = TokenClient::builder(format!("https://localhost:{}", server.addr.port()))
-        .tls(tls)
+        .tls(tls.clone())
         .connect()
         .await
         .unwrap();
     assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+
+    // Without a scheme, TLS settings mean https://.
+    let tokens = TokenClient::builder(format!("localhost:{}", server.addr.port()))
+        .tls(tls.clone())
+        .build()
+        .unwrap();
+    assert_eq!(tokens.get_token("p").await.unwrap().access_token, "tok-1");
+
+    // TLS settings with an http:// address are a contradiction, not a plaintext call.
+    let error = TokenClient::builder(format!("http://localhost:{}", server.addr.port()))
+        .tls(tls)
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("TLS is configured but the address says http://"),
+        "{error}"
+    );
     server.stop().await;
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub(super) struct Args {
     /// The profile.
     profile: String,
-    /// The server; `https://` for TLS.
+    /// The server: `http://host:port`, `https://host:port`, or `host:port` (plaintext,
+    /// or TLS when --ca or --cert is given).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     server: String,
     /// A ServiceAccount (or other bearer) token file to identify this caller.
@@ -47,7 +48,9 @@ async fn get(args: Args) -> Result<(), GetError> {
     if args.ca.is_some() || args.cert.is_some() {
         builder = builder.tls(client_tls(args.ca, args.cert.zip(args.key))?);
     }
-    let client = builder.connect().await?;
+    // Connects with the call, so that the error of the call names what went wrong
+    // (refused, no such host, TLS) rather than a bare "transport error".
+    let client = builder.build()?;
     let token = client.get_token(&args.profile).await?;
     println!("{}", token.access_token);
     Ok(())

@@ -18,7 +18,7 @@ use tokenvend::envoy_pb::envoy::{
 use tonic::{Code, transport::Channel};
 
 use crate::support::{
-    Behaviour, ConfigFile, Server, TestIdp, eventually, profile,
+    Behaviour, ConfigFile, Logs, Server, TestIdp, eventually, profile,
     security::{SaIssuer, with_bearer},
 };
 
@@ -134,6 +134,7 @@ fn sa_config(issuer: &SaIssuer, ext_authz: &str, profiles: &str) -> String {
 
 #[tokio::test]
 async fn check_sets_the_profiles_headers_over_the_clients_and_shares_the_cache() {
+    let (logs, _logging) = Logs::capture();
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let issuer = SaIssuer::start().await;
     let server = Server::start(&sa_config(
@@ -198,6 +199,14 @@ async fn check_sets_the_profiles_headers_over_the_clients_and_shares_the_cache()
         .ok(check(&[("tokenvend_profile", "orders")], "h", "/", &[]))
         .await;
     assert_eq!(idp.count(), 1);
+    let audit = logs.text();
+    assert!(
+        audit.contains(
+            "token served rpc=\"Check\" caller=system:serviceaccount:mesh:envoy profile=\"orders\" outcome=\"served\" source=\"idp\""
+        ),
+        "{audit}"
+    );
+    assert!(!audit.contains("tok-1"), "the token is never logged");
 
     let metrics = server.metrics().await;
     let served = [
@@ -263,6 +272,7 @@ async fn the_profile_comes_from_context_extensions_then_the_header_then_the_rout
 
 #[tokio::test]
 async fn unknown_forbidden_and_unchosen_profiles_are_denied_alike() {
+    let (logs, _logging) = Logs::capture();
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let issuer = SaIssuer::start().await;
     let profiles = [
@@ -301,6 +311,20 @@ async fn unknown_forbidden_and_unchosen_profiles_are_denied_alike() {
         );
     }
     assert_eq!(idp.count(), 0, "no token was fetched for a refused profile");
+    // The operator's audit trail tells apart what the client was not told.
+    let audit = logs.text();
+    for reason in [
+        "profile=\"billing\" outcome=\"not_found\" reason=the caller is not in the profile's `allow` list",
+        "profile=\"no-such-profile\" outcome=\"not_found\" reason=no such profile",
+        "profile=\"\" outcome=\"invalid_argument\" reason=no profile chosen for the request",
+    ] {
+        assert!(
+            audit.contains(&format!(
+                "no token rpc=\"Check\" caller=system:serviceaccount:mesh:envoy {reason}"
+            )),
+            "{reason}\n{audit}"
+        );
+    }
     server.stop().await;
 }
 
@@ -430,5 +454,34 @@ async fn a_reload_changes_the_route_map_and_can_turn_the_service_off() {
     })
     .await;
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_check_request_over_its_size_limit_is_refused_unread() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let issuer = SaIssuer::start().await;
+    let server = Server::start(&sa_config(
+        &issuer,
+        "  ext_authz:\n    max_request_bytes: 2048\n",
+        &named("orders", &idp, "system:serviceaccount:mesh:envoy"),
+    ))
+    .await;
+    let envoy = Envoy::new(&server, &issuer).await;
+    let extensions = [("tokenvend_profile", "orders")];
+    let cookie = "c".repeat(4096);
+    let status = envoy
+        .check(check(&extensions, "h", "/", &[("cookie", &cookie)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert_eq!(idp.count(), 0);
+    // Under the limit, the same request is answered.
+    envoy
+        .ok(check(&extensions, "h", "/", &[("cookie", "c")]))
+        .await;
     server.stop().await;
 }

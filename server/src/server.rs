@@ -1,7 +1,7 @@
 //! Running the service: gRPC (TokenService, Envoy's ext_authz, health, reflection) and the
-//! admin endpoints,
-//! on listeners the caller has bound, reloading the configuration file as it changes, until
-//! the shutdown future completes; then a delay while still serving, and a drain.
+//! admin endpoints, on listeners the caller has bound, reloading the configuration file as
+//! it changes, until the shutdown future completes; then a delay while still serving, and
+//! a drain.
 
 use std::{future::Future, sync::Arc};
 

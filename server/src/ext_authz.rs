@@ -397,6 +397,27 @@ mod tests {
     }
 
     #[test]
+    fn the_header_is_also_found_among_raw_headers() {
+        use tokenvend::envoy_pb::envoy::config::core::v3::HeaderMap;
+        let mut request = request(&[], &[], "other", "/");
+        let http = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        // Envoy with `encode_raw_headers` sends values as bytes in `header_map`.
+        http.header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "x-tokenvend-profile".into(),
+                raw_value: b"raw".to_vec(),
+                ..Default::default()
+            }],
+        });
+        assert_eq!(choose(&settings(), &request), Some("raw"));
+    }
+
+    #[test]
     fn hosts_lose_their_port() {
         assert_eq!(host_name("a.example:80"), "a.example");
         assert_eq!(host_name("a.example"), "a.example");

@@ -30,5 +30,25 @@ fn main() -> Result<(), Box<dyn Error>> {
         .extern_path(".tokenvend.v1.Token", "crate::wire::EncodedToken")
         .out_dir(&server_dir)
         .compile_fds(fds)?;
+
+    if env::var_os("CARGO_FEATURE_ENVOY").is_some() {
+        envoy(&out_dir)?;
+    }
+    Ok(())
+}
+
+/// Envoy's external authorization API (`envoy.service.auth.v3`) and what it imports, from
+/// the vendored files under `proto/` (see `proto/README.md`): messages, client and server.
+fn envoy(out_dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    let fds = protox::compile(["envoy/service/auth/v3/external_auth.proto"], ["proto"])?;
+    std::fs::write(out_dir.join("envoy_descriptor.bin"), fds.encode_to_vec())?;
+    let envoy_dir = out_dir.join("envoy");
+    std::fs::create_dir_all(&envoy_dir)?;
+    tonic_prost_build::configure()
+        .out_dir(&envoy_dir)
+        // One file that nests the packages as modules, so that their references to each
+        // other (`super::super::...`) resolve.
+        .include_file("mod.rs")
+        .compile_fds(fds)?;
     Ok(())
 }

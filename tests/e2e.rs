@@ -7,6 +7,7 @@ mod e2e {
     mod cache;
     mod client_auth;
     mod dev_mode;
+    mod ext_authz;
     mod interop;
     mod lifecycle;
     mod observability;

@@ -1,5 +1,6 @@
 //! Secrets, API keys and tokens never reach a log line, even at `trace` for every crate
-//! (hyper, h2, reqwest included), nor a `Debug` print of the configuration.
+//! (hyper, h2, reqwest included), nor a `Debug` print of the configuration; nor do the
+//! credentials of a request Envoy asks about.
 //!
 //! Its own test binary: it installs the process-wide log subscriber.
 
@@ -8,7 +9,13 @@ mod support;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokenvend::pb::{GetTokenRequest, ListProfilesRequest, WatchTokenRequest};
+use tokenvend::{
+    envoy_pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+        authorization_client::AuthorizationClient,
+    },
+    pb::{GetTokenRequest, ListProfilesRequest, WatchTokenRequest},
+};
 use tokenvend_server::Config;
 
 use support::{
@@ -19,6 +26,8 @@ use support::{
 };
 
 const API_KEY: &str = "api-key-7f3a9c";
+/// What the client behind Envoy sends in its own `authorization` and cookie.
+const CLIENTS_OWN: &str = "clients-own-credential-9d41e0";
 
 #[tokio::test]
 async fn nothing_secret_is_logged_at_trace() {
@@ -120,6 +129,35 @@ async fn nothing_secret_is_logged_at_trace() {
         }
     }
     let guarded_token = guarded_token.expect("the good token got a token");
+    // Envoy's Check: the checked request carries its client's own credentials, which are
+    // nobody's business here.
+    let mut envoy = AuthorizationClient::new(guarded.channel().await);
+    for (caller, profile) in [
+        (&good, "guarded"),
+        (&jwts[1], "guarded"),
+        (&good, "no-such-profile"),
+        (&good, ""),
+    ] {
+        let checked = CheckRequest {
+            attributes: Some(AttributeContext {
+                context_extensions: [("tokenvend_profile".to_owned(), profile.to_owned())].into(),
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        headers: [
+                            ("authorization".to_owned(), format!("Bearer {CLIENTS_OWN}")),
+                            ("cookie".to_owned(), format!("session={CLIENTS_OWN}")),
+                        ]
+                        .into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let reply = envoy.check(with_bearer(checked, caller)).await.unwrap();
+        tracing::info!(reply = ?reply.into_inner().status, "Envoy's view of a Check");
+    }
     tokens.push(guarded_token.clone());
     scraped.push_str(&guarded.metrics().await.text);
     guarded.stop().await;
@@ -131,6 +169,7 @@ async fn nothing_secret_is_logged_at_trace() {
         url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect();
     let basic = STANDARD.encode(format!("{CLIENT_ID}:{encoded_secret}"));
     let mut forbidden = vec![
+        CLIENTS_OWN.to_owned(),
         CLIENT_SECRET.to_owned(),
         encoded_secret,
         basic,
@@ -175,6 +214,19 @@ async fn nothing_secret_is_logged_at_trace() {
             .any(|l| l.contains("unauthenticated") && l.contains("expired")),
         "a refused token is audited: {audit:#?}"
     );
+    // Envoy's Check is audited as GetToken is: unknown and forbidden told apart here,
+    // though Envoy got the same denial for both.
+    for event in [
+        "token served rpc=\"Check\" caller=system:serviceaccount:orders:api profile=\"guarded\" outcome=\"served\" source=\"cache\"",
+        "no token rpc=\"Check\" caller=system:serviceaccount:billing:api profile=\"guarded\" outcome=\"not_found\" reason=the caller is not in the profile's `allow` list",
+        "no token rpc=\"Check\" caller=system:serviceaccount:orders:api profile=\"no-such-profile\" outcome=\"not_found\" reason=no such profile",
+        "no token rpc=\"Check\" caller=system:serviceaccount:orders:api profile=\"\" outcome=\"invalid_argument\" reason=no profile chosen for the request",
+    ] {
+        assert!(
+            audit.iter().any(|l| l.contains(event)),
+            "{event}: {audit:#?}"
+        );
+    }
     for needle in &forbidden {
         let line = logs.lines().find(|l| l.contains(needle.as_str()));
         assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");

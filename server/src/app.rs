@@ -16,6 +16,7 @@ use crate::{
     cache::TokenCache,
     config::{ClientAuth, Config, ConfigError, ConfigErrors, JwksSource, Profile, ServerConfig},
     conn::Rules,
+    ext_authz::LiveExtAuthz,
     idp::IdpClient,
     limit::{Holdings, RateLimiter},
     metrics::Metrics,
@@ -338,6 +339,7 @@ pub(crate) struct Live {
     /// The server settings in force (the shutdown timings are read from here).
     pub(crate) settings: ArcSwap<ServerConfig>,
     pub(crate) service: LiveService,
+    pub(crate) ext_authz: LiveExtAuthz,
     pub(crate) tls: Option<Arc<tls::Reloading>>,
     pub(crate) connections: Arc<ConnectionLimit>,
     pub(crate) cache: Arc<TokenCache>,
@@ -432,9 +434,11 @@ impl Live {
         {
             self.limiter.store(app.limiter());
         }
-        let service = self.token_service(self.auth.load_full(), self.limiter.load_full(), server);
+        let service =
+            Arc::new(self.token_service(self.auth.load_full(), self.limiter.load_full(), server));
         self.service
-            .replace(service, server.limits.max_request_bytes);
+            .replace(service.clone(), server.limits.max_request_bytes);
+        self.ext_authz.replace(service, &server.ext_authz);
         self.settings.store(Arc::new(server.clone()));
 
         let changes = self.cache.replace_profiles(&app.config.profiles);

@@ -16,6 +16,7 @@ use std::{
 };
 
 mod allow;
+mod ext_authz;
 mod profile;
 mod server;
 mod store;
@@ -76,6 +77,51 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Limits that keep one caller from starving the others or the identity providers.
     pub limits: Limits,
+    /// Envoy's external authorization service on the gRPC port.
+    pub ext_authz: ExtAuthzConfig,
+}
+
+/// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`) on the
+/// gRPC port: which profile a checked request gets the headers of. Callers are
+/// authenticated and held to `allow` lists exactly as for `GetToken`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthzConfig {
+    /// Whether `Check` answers at all (it answers UNIMPLEMENTED when off).
+    pub enabled: bool,
+    /// The key of the route's `context_extensions` that names the profile; looked at first.
+    pub context_extension: String,
+    /// The request header that names the profile, looked at second; `None` when the
+    /// request may not choose. It is removed before the request goes upstream.
+    pub profile_header: Option<HeaderName>,
+    /// Host and path prefixes mapped to profiles, looked at last, in order.
+    pub routes: Vec<ExtAuthzRoute>,
+    /// The largest `CheckRequest`: it carries every header of the checked request.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            context_extension: "tokenvend_profile".to_owned(),
+            profile_header: Some(HeaderName::from_static("x-tokenvend-profile")),
+            routes: Vec::new(),
+            // Envoy's default limit on request headers (`max_request_headers_kb`) is
+            // 60 KiB; the rest is room for the addresses and other attributes.
+            max_request_bytes: 96 * 1024,
+        }
+    }
+}
+
+/// One entry of `server.ext_authz.routes`: requests to this host and path get this profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthzRoute {
+    /// The request's host (`:authority` without its port), lower case; any host if `None`.
+    pub host: Option<String>,
+    /// A prefix of the request's path; any path if `None`.
+    pub path_prefix: Option<String>,
+    /// The profile.
+    pub profile: String,
 }
 
 /// Access to the admin endpoints. `/livez` and `/readyz` are open to all (the kubelet
@@ -212,6 +258,7 @@ impl Default for ServerConfig {
             tls: None,
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            ext_authz: ExtAuthzConfig::default(),
         }
     }
 }
@@ -554,6 +601,17 @@ impl Config {
         let (Some(server), Some(profiles), true) = (server, profiles, errors.is_empty()) else {
             return Err(errors.into());
         };
+        for (i, route) in server.ext_authz.routes.iter().enumerate() {
+            if !profiles.iter().any(|p| *p.name == *route.profile) {
+                errors.push(ConfigError::new(
+                    format!("server.ext_authz.routes[{i}].profile"),
+                    format!("no profile named `{}` is configured", route.profile),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
         if server.state_dir.is_none()
             && server.store.is_none()
             && let Some(chained) = profiles.iter().find(|p| p.grant == Grant::RefreshToken)

@@ -23,6 +23,7 @@ mod conn;
 mod credential;
 pub mod dev;
 mod error;
+mod ext_authz;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

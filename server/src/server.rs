@@ -1,11 +1,14 @@
-//! Running the service: gRPC (TokenService, health, reflection) and the admin endpoints,
-//! on listeners the caller has bound, reloading the configuration file as it changes, until
-//! the shutdown future completes; then a delay while still serving, and a drain.
+//! Running the service: gRPC (TokenService, Envoy's ext_authz, health, reflection) and the
+//! admin endpoints, on listeners the caller has bound, reloading the configuration file as
+//! it changes, until the shutdown future completes; then a delay while still serving, and
+//! a drain.
 
 use std::{future::Future, sync::Arc};
 
 use arc_swap::ArcSwap;
-use tokenvend::{FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer};
+use tokenvend::{
+    ENVOY_FILE_DESCRIPTOR_SET, FILE_DESCRIPTOR_SET, pb::token_service_server::TokenServiceServer,
+};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
@@ -17,6 +20,7 @@ use crate::{
     cache::TokenCache,
     config::{Config, ConfigErrors},
     conn::CountCalls,
+    ext_authz::LiveExtAuthz,
     idp::IdpClient,
     limit::Holdings,
     metrics::{self, Metrics},
@@ -177,21 +181,21 @@ async fn run(
         "Calls waiting on an identity provider for a token.",
         move || pending.total() as u64,
     );
-    let service = LiveService::new(
-        TokenService::new(
-            cache.clone(),
-            streams.clone(),
-            app.auth(),
-            app.limiter(),
-            holdings.clone(),
-            &limits,
-            metrics.clone(),
-        ),
-        limits.max_request_bytes,
-    );
+    let tokens = Arc::new(TokenService::new(
+        cache.clone(),
+        streams.clone(),
+        app.auth(),
+        app.limiter(),
+        holdings.clone(),
+        &limits,
+        metrics.clone(),
+    ));
+    let service = LiveService::new(tokens.clone(), limits.max_request_bytes);
+    let ext_authz = LiveExtAuthz::new(tokens, &config.server.ext_authz);
     let live = Arc::new(Live {
         settings: ArcSwap::from_pointee(config.server.clone()),
         service: service.clone(),
+        ext_authz: ext_authz.clone(),
         tls: tls.clone(),
         connections: connections.clone(),
         cache: cache.clone(),
@@ -216,6 +220,7 @@ async fn run(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(ENVOY_FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -279,6 +284,7 @@ async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
+        .add_service(ext_authz)
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = {
         let live = live.clone();

@@ -131,7 +131,7 @@ impl TokenService {
 
     /// What every token RPC starts with: its server span (in the caller's trace), its
     /// deadline, and the caller, checked and within its rate.
-    async fn begin<T>(
+    pub(crate) async fn begin<T>(
         &self,
         rpc: Rpc,
         request: &Request<T>,
@@ -156,7 +156,7 @@ impl TokenService {
     }
 
     /// A call got no token: the audit event, the count, the span; and its status.
-    fn refused(
+    pub(crate) fn refused(
         &self,
         rpc: Rpc,
         caller: Option<&Caller>,
@@ -182,8 +182,27 @@ impl TokenService {
         status
     }
 
-    async fn get(
+    /// A call got its token: the audit event and the span (the count is the cache's).
+    pub(crate) fn served(
+        rpc: Rpc,
+        caller: &Caller,
+        profile: &str,
+        result: CacheResult,
+        fingerprint: audit::Fingerprint,
+        span: &Span,
+    ) {
+        audit::served(rpc.as_str(), caller, profile, result.into(), fingerprint);
+        if !span.is_disabled() {
+            span.record("tokenvend.cache", result.as_str());
+            record_status(span, Code::Ok);
+        }
+    }
+
+    /// The token for a request, as `rpc` serves it: from the cache, or from the provider
+    /// within `deadline`.
+    pub(crate) async fn get(
         &self,
+        rpc: Rpc,
         caller: &Caller,
         request: &pb::GetTokenRequest,
         deadline: Duration,
@@ -196,7 +215,7 @@ impl TokenService {
                 .map(TokenDigest::of),
         };
         if let Some((token, fingerprint, result)) = slot.cached(&need) {
-            slot.counters().served(Rpc::GetToken);
+            slot.counters().served(rpc);
             return Ok((token, fingerprint, result, None));
         }
         let _pending = self.pending(caller)?;
@@ -207,7 +226,7 @@ impl TokenService {
             result,
             hint,
         } = Box::pin(within(Some(deadline), slot.token(need))).await?;
-        slot.counters().served(Rpc::GetToken);
+        slot.counters().served(rpc);
         Ok((token.encoded().clone(), token.fingerprint(), result, hint))
     }
 }
@@ -219,20 +238,23 @@ impl TokenService {
 pub(crate) struct LiveService(Arc<ArcSwap<TokenServiceServer<TokenService>>>);
 
 impl LiveService {
-    pub(crate) fn new(service: TokenService, max_request_bytes: usize) -> Self {
+    pub(crate) fn new(service: Arc<TokenService>, max_request_bytes: usize) -> Self {
         Self(Arc::new(ArcSwap::from_pointee(Self::server(
             service,
             max_request_bytes,
         ))))
     }
 
-    pub(crate) fn replace(&self, service: TokenService, max_request_bytes: usize) {
+    pub(crate) fn replace(&self, service: Arc<TokenService>, max_request_bytes: usize) {
         self.0
             .store(Arc::new(Self::server(service, max_request_bytes)));
     }
 
-    fn server(service: TokenService, max_request_bytes: usize) -> TokenServiceServer<TokenService> {
-        TokenServiceServer::new(service).max_decoding_message_size(max_request_bytes)
+    fn server(
+        service: Arc<TokenService>,
+        max_request_bytes: usize,
+    ) -> TokenServiceServer<TokenService> {
+        TokenServiceServer::from_arc(service).max_decoding_message_size(max_request_bytes)
     }
 }
 
@@ -297,7 +319,7 @@ fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
         otel.kind = "server",
         otel.status_code = Empty,
         rpc.system = "grpc",
-        rpc.service = "tokenvend.v1.TokenService",
+        rpc.service = service_name(method),
         rpc.method = method,
         rpc.grpc.status_code = Empty,
         tokenvend.profile = Empty,
@@ -315,7 +337,15 @@ fn method_name(method: &'static str) -> &'static str {
     match method {
         "GetToken" => "tokenvend.v1.TokenService/GetToken",
         "WatchToken" => "tokenvend.v1.TokenService/WatchToken",
+        "Check" => "envoy.service.auth.v3.Authorization/Check",
         _ => "tokenvend.v1.TokenService/ListProfiles",
+    }
+}
+
+fn service_name(method: &'static str) -> &'static str {
+    match method {
+        "Check" => "envoy.service.auth.v3.Authorization",
+        _ => "tokenvend.v1.TokenService",
     }
 }
 
@@ -358,16 +388,12 @@ impl pb::token_service_server::TokenService for TokenService {
         let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
         let request = request.get_ref();
         match self
-            .get(&caller, request, deadline)
+            .get(RPC, &caller, request, deadline)
             .instrument(span.clone())
             .await
         {
             Ok((token, fingerprint, result, hint)) => {
-                audit::served(RPC.as_str(), &caller, profile, result.into(), fingerprint);
-                if !span.is_disabled() {
-                    span.record("tokenvend.cache", result.as_str());
-                    record_status(&span, Code::Ok);
-                }
+                Self::served(RPC, &caller, profile, result, fingerprint, &span);
                 let mut response = Response::new(token);
                 if let Some(hint) = hint {
                     response.metadata_mut().insert(

@@ -99,7 +99,11 @@ async fn health_and_reflection_answer() {
         panic!("unexpected reflection reply: {reply:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["tokenvend.v1.TokenService", "grpc.health.v1.Health"] {
+    for expected in [
+        "tokenvend.v1.TokenService",
+        "grpc.health.v1.Health",
+        "envoy.service.auth.v3.Authorization",
+    ] {
         assert!(names.iter().any(|n| n == expected), "{names:?}");
     }
 

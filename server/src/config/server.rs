@@ -10,7 +10,8 @@ use crate::secret::RawSecretSource;
 
 use super::{
     AdminConfig, AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig,
-    ServiceAccountConfig, TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
+    ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz, nonzero, parse_endpoint_url,
+    store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -31,6 +32,8 @@ pub(super) struct RawServer {
     auth: RawAuth,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    ext_authz: RawExtAuthz,
 }
 
 #[derive(Deserialize, Default)]
@@ -275,6 +278,7 @@ impl RawServer {
                 .transpose(),
         );
         let limits = found.take(self.limits.validate());
+        let ext_authz = found.take(self.ext_authz.validate());
         let (
             Some(listen),
             Some(admin_listen),
@@ -284,6 +288,7 @@ impl RawServer {
             Some(tls),
             Some(service_account),
             Some(limits),
+            Some(ext_authz),
         ) = (
             listen,
             admin_listen,
@@ -293,6 +298,7 @@ impl RawServer {
             tls,
             service_account,
             limits,
+            ext_authz,
         )
         else {
             return Err(found.0);
@@ -315,6 +321,7 @@ impl RawServer {
                 service_account,
             },
             limits,
+            ext_authz,
         })
     }
 }

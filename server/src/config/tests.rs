@@ -499,3 +499,57 @@ fn the_metrics_token_is_a_secret_source_and_excludes_open_metrics() {
     let e = server("{ metrics_tokens: { file: /t } }").unwrap_err();
     assert!(e.first().to_string().contains("metrics_tokens"), "{e}");
 }
+
+#[test]
+fn ext_authz_is_on_by_default_and_its_routes_must_name_a_profile() {
+    let config = Config::from_yaml(&profile_yaml("")).unwrap();
+    let ext = &config.server.ext_authz;
+    assert!(ext.enabled);
+    assert_eq!(ext.context_extension, "tokenvend_profile");
+    assert_eq!(
+        ext.profile_header.as_ref().map(HeaderName::as_str),
+        Some("x-tokenvend-profile")
+    );
+    let with = |ext: &str| format!("server:\n  ext_authz:\n{ext}\n{}", profile_yaml(""));
+    let config = Config::from_yaml(&with(
+        "    enabled: false\n    profile_header: \"\"\n    routes:\n      - { host: API.example.com, path_prefix: /v1/, profile: jama }",
+    ))
+    .unwrap();
+    let ext = &config.server.ext_authz;
+    assert!(!ext.enabled);
+    assert_eq!(ext.profile_header, None);
+    assert_eq!(ext.routes[0].host.as_deref(), Some("api.example.com"));
+    for (yaml, key) in [
+        (
+            "    routes: [{ host: a.example, profile: nope }]",
+            "server.ext_authz.routes[0].profile",
+        ),
+        (
+            "    routes: [{ profile: jama }]",
+            "server.ext_authz.routes[0]",
+        ),
+        (
+            "    routes: [{ path_prefix: v1, profile: jama }]",
+            "server.ext_authz.routes[0].path_prefix",
+        ),
+        (
+            "    routes: [{ host: \"https://a.example\", profile: jama }]",
+            "server.ext_authz.routes[0].host",
+        ),
+        (
+            "    profile_header: \"bad header\"",
+            "server.ext_authz.profile_header",
+        ),
+        (
+            "    context_extension: \"\"",
+            "server.ext_authz.context_extension",
+        ),
+        (
+            "    max_request_bytes: 0",
+            "server.ext_authz.max_request_bytes",
+        ),
+        ("    enable: true", "server.ext_authz.enable"),
+    ] {
+        assert_eq!(error(&with(yaml)).key, key, "{yaml}");
+    }
+}

@@ -23,6 +23,7 @@ mod conn;
 mod credential;
 pub mod dev;
 mod error;
+mod forward;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

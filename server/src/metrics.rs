@@ -125,16 +125,19 @@ pub(crate) enum Rpc {
     GetToken,
     /// `WatchToken`.
     WatchToken,
+    /// `GET /v1/headers/{profile}` on the forward-auth port.
+    Headers,
 }
 
 impl Rpc {
-    const ALL: [Self; 2] = [Self::GetToken, Self::WatchToken];
+    const ALL: [Self; 3] = [Self::GetToken, Self::WatchToken, Self::Headers];
 
     /// The method name.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::GetToken => "GetToken",
             Self::WatchToken => "WatchToken",
+            Self::Headers => "Headers",
         }
     }
 }
@@ -163,7 +166,7 @@ pub(crate) struct ProfileMetrics {
     name: Arc<str>,
     cache: [AtomicU64; 4],
     /// Calls answered with a token, by RPC.
-    served: [AtomicU64; 2],
+    served: [AtomicU64; Rpc::ALL.len()],
     /// Calls refused, by RPC, outcome and status code; an error path, so a lock (this
     /// profile's own) is fine.
     refused: Mutex<HashMap<(Rpc, &'static str, Code), u64>>,

@@ -17,6 +17,7 @@ use crate::{
     cache::TokenCache,
     config::{Config, ConfigErrors},
     conn::CountCalls,
+    forward,
     idp::IdpClient,
     limit::Holdings,
     metrics::{self, Metrics},
@@ -33,6 +34,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The admin HTTP endpoints, if wanted.
     pub admin: Option<TcpListener>,
+    /// The forward-auth HTTP port; served when `server.forward_auth` is set, which then
+    /// requires it.
+    pub forward_auth: Option<TcpListener>,
 }
 
 /// Why the server could not run.
@@ -44,6 +48,9 @@ pub enum ServerError {
     /// The HTTP client for identity providers could not be built.
     #[error("cannot build the identity provider client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// `server.forward_auth` is set but no listener was given for it.
+    #[error("server.forward_auth is set but no listener was bound for it")]
+    NoForwardAuthListener,
     /// Reflection could not load the descriptors (a build problem).
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -84,7 +91,16 @@ pub async fn serve(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
-    let app = App::build(config, addr, admin)?;
+    if config.server.forward_auth.is_some() && listeners.forward_auth.is_none() {
+        return Err(ServerError::NoForwardAuthListener);
+    }
+    let forward_auth = listeners
+        .forward_auth
+        .as_ref()
+        .filter(|_| config.server.forward_auth.is_some())
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let app = App::build(config, addr, admin, forward_auth)?;
     for warning in app.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
@@ -96,7 +112,7 @@ pub async fn serve(
         .map(|p| &*p.name)
         .collect::<Vec<_>>()
         .join(", ");
-    tracing::info!(grpc = %addr, admin = ?admin, %profiles, "tokenvend listening");
+    tracing::info!(grpc = %addr, admin = ?admin, forward_auth = ?forward_auth, %profiles, "tokenvend listening");
     run(listeners, app, shutdown).await
 }
 
@@ -116,6 +132,14 @@ async fn run(
         .admin
         .as_ref()
         .map(TcpListener::local_addr)
+        .transpose()?;
+    // Present exactly when `server.forward_auth` is set (checked by `serve`).
+    let forward = listeners
+        .forward_auth
+        .zip(config.server.forward_auth.clone());
+    let forward_addr = forward
+        .as_ref()
+        .map(|(listener, _)| listener.local_addr())
         .transpose()?;
     let limits = config.server.limits;
     let root = CancellationToken::new();
@@ -161,6 +185,14 @@ async fn run(
         limits.max_connections_per_peer,
         app::connection_rules(&config.server),
     );
+    // The forward-auth port's own caps, so that neither port can crowd out the other.
+    let forward_connections = forward.as_ref().map(|_| {
+        ConnectionLimit::new(
+            limits.max_connections,
+            limits.max_connections_per_peer,
+            app::connection_rules(&config.server),
+        )
+    });
     let streams = drain.child_token();
     let holdings = Holdings::default();
     let watches = holdings.watches.clone();
@@ -194,6 +226,7 @@ async fn run(
         service: service.clone(),
         tls: tls.clone(),
         connections: connections.clone(),
+        forward_connections: forward_connections.clone(),
         cache: cache.clone(),
         idp,
         auth: ArcSwap::new(app.auth()),
@@ -201,6 +234,7 @@ async fn run(
         holdings,
         grpc: grpc_addr,
         admin: admin_addr,
+        forward_auth: forward_addr,
         streams,
         metrics: metrics.clone(),
         tasks: tasks.clone(),
@@ -242,6 +276,20 @@ async fn run(
         ));
     }
 
+    let forward_open = match (forward, forward_connections) {
+        (Some((listener, settings)), Some(connections)) => Some(forward::serve(
+            listener,
+            tls.clone(),
+            connections,
+            service.clone(),
+            &settings,
+            drain.clone(),
+            root.clone(),
+            &tasks,
+        )),
+        _ => None,
+    };
+
     let (draining, drain_started) = oneshot::channel();
     let signal = {
         let live = live.clone();
@@ -269,7 +317,14 @@ async fn run(
         }
     };
 
-    let incoming = tls::incoming(listeners.grpc, tls, connections, drain.clone(), &tasks);
+    let incoming = tls::incoming(
+        listeners.grpc,
+        tls,
+        tls::Protocol::Grpc,
+        connections,
+        drain.clone(),
+        &tasks,
+    );
     let grpc = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // No HTTP/2 PING keepalive: the accept loop sets TCP keepalive (tls::KEEPALIVE).
@@ -295,8 +350,24 @@ async fn run(
     };
     // The listener was bound by our caller; from here on its connections are served.
     readiness.serving();
+    // Both ports drain together: the forward-auth port's last request is joined too.
+    let forward_drained = {
+        let open = forward_open.clone();
+        async move {
+            if let Some(open) = open {
+                open.wait().await;
+            }
+        }
+    };
+    let served = async {
+        let result = grpc.await;
+        if result.is_ok() {
+            forward_drained.await;
+        }
+        result
+    };
     let result = tokio::select! {
-        result = grpc => result.map_err(ServerError::from),
+        result = served => result.map_err(ServerError::from),
         grace = drain_deadline => {
             tracing::warn!(?grace, "drain period over; closing the remaining calls");
             Ok(())
@@ -306,6 +377,9 @@ async fn run(
     root.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(open) = forward_open {
+        open.wait().await;
+    }
     cache.stop();
     metrics.shutdown().await;
     tracing::info!("stopped");

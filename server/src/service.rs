@@ -131,7 +131,7 @@ impl TokenService {
 
     /// What every token RPC starts with: its server span (in the caller's trace), its
     /// deadline, and the caller, checked and within its rate.
-    async fn begin<T>(
+    pub(crate) async fn begin<T>(
         &self,
         rpc: Rpc,
         request: &Request<T>,
@@ -156,7 +156,7 @@ impl TokenService {
     }
 
     /// A call got no token: the audit event, the count, the span; and its status.
-    fn refused(
+    pub(crate) fn refused(
         &self,
         rpc: Rpc,
         caller: Option<&Caller>,
@@ -184,6 +184,7 @@ impl TokenService {
 
     async fn get(
         &self,
+        rpc: Rpc,
         caller: &Caller,
         request: &pb::GetTokenRequest,
         deadline: Duration,
@@ -196,7 +197,7 @@ impl TokenService {
                 .map(TokenDigest::of),
         };
         if let Some((token, fingerprint, result)) = slot.cached(&need) {
-            slot.counters().served(Rpc::GetToken);
+            slot.counters().served(rpc);
             return Ok((token, fingerprint, result, None));
         }
         let _pending = self.pending(caller)?;
@@ -207,8 +208,36 @@ impl TokenService {
             result,
             hint,
         } = Box::pin(within(Some(deadline), slot.token(need))).await?;
-        slot.counters().served(Rpc::GetToken);
+        slot.counters().served(rpc);
         Ok((token.encoded().clone(), token.fingerprint(), result, hint))
+    }
+}
+
+impl TokenService {
+    /// A GetToken, whichever way it came (`rpc`: gRPC, or the forward-auth port): the
+    /// caller, the token, and the audit event, count and span of either outcome.
+    pub(crate) async fn token(
+        &self,
+        rpc: Rpc,
+        request: &Request<pb::GetTokenRequest>,
+    ) -> Result<(EncodedToken, Option<Hint>), Status> {
+        let profile = &request.get_ref().profile;
+        let (span, deadline, caller) = self.begin(rpc, request, profile).await?;
+        match self
+            .get(rpc, &caller, request.get_ref(), deadline)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((token, fingerprint, result, hint)) => {
+                audit::served(rpc.as_str(), &caller, profile, result.into(), fingerprint);
+                if !span.is_disabled() {
+                    span.record("tokenvend.cache", result.as_str());
+                    record_status(&span, Code::Ok);
+                }
+                Ok((token, hint))
+            }
+            Err(error) => Err(self.refused(rpc, Some(&caller), profile, error, &span)),
+        }
     }
 }
 
@@ -216,7 +245,13 @@ impl TokenService {
 /// authentication, rate limits, request timeout, the largest request), while calls under
 /// way finish on the one they started with.
 #[derive(Clone)]
-pub(crate) struct LiveService(Arc<ArcSwap<TokenServiceServer<TokenService>>>);
+pub(crate) struct LiveService(Arc<ArcSwap<Current>>);
+
+/// The service in force, and the generated server over it.
+struct Current {
+    service: Arc<TokenService>,
+    server: TokenServiceServer<TokenService>,
+}
 
 impl LiveService {
     pub(crate) fn new(service: TokenService, max_request_bytes: usize) -> Self {
@@ -231,8 +266,18 @@ impl LiveService {
             .store(Arc::new(Self::server(service, max_request_bytes)));
     }
 
-    fn server(service: TokenService, max_request_bytes: usize) -> TokenServiceServer<TokenService> {
-        TokenServiceServer::new(service).max_decoding_message_size(max_request_bytes)
+    /// The service in force, for the forward-auth port.
+    pub(crate) fn current(&self) -> Arc<TokenService> {
+        self.0.load().service.clone()
+    }
+
+    fn server(service: TokenService, max_request_bytes: usize) -> Current {
+        let service = Arc::new(service);
+        Current {
+            server: TokenServiceServer::from_arc(service.clone())
+                .max_decoding_message_size(max_request_bytes),
+            service,
+        }
     }
 }
 
@@ -260,7 +305,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LiveService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         // A clone of the current server: two reference counts, no copy of the service.
-        DecodeStatus(TokenServiceServer::clone(&self.0.load()).call(request))
+        DecodeStatus(TokenServiceServer::clone(&self.0.load().server).call(request))
     }
 }
 
@@ -315,6 +360,7 @@ fn method_name(method: &'static str) -> &'static str {
     match method {
         "GetToken" => "tokenvend.v1.TokenService/GetToken",
         "WatchToken" => "tokenvend.v1.TokenService/WatchToken",
+        "Headers" => "GET /v1/headers/{profile}",
         _ => "tokenvend.v1.TokenService/ListProfiles",
     }
 }
@@ -353,32 +399,15 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<EncodedToken>, Status> {
-        const RPC: Rpc = Rpc::GetToken;
-        let profile = &request.get_ref().profile;
-        let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
-        let request = request.get_ref();
-        match self
-            .get(&caller, request, deadline)
-            .instrument(span.clone())
-            .await
-        {
-            Ok((token, fingerprint, result, hint)) => {
-                audit::served(RPC.as_str(), &caller, profile, result.into(), fingerprint);
-                if !span.is_disabled() {
-                    span.record("tokenvend.cache", result.as_str());
-                    record_status(&span, Code::Ok);
-                }
-                let mut response = Response::new(token);
-                if let Some(hint) = hint {
-                    response.metadata_mut().insert(
-                        "tokenvend-hint",
-                        tonic::metadata::MetadataValue::from_static(hint.as_str()),
-                    );
-                }
-                Ok(response)
-            }
-            Err(error) => Err(self.refused(RPC, Some(&caller), profile, error, &span)),
+        let (token, hint) = self.token(Rpc::GetToken, &request).await?;
+        let mut response = Response::new(token);
+        if let Some(hint) = hint {
+            response.metadata_mut().insert(
+                "tokenvend-hint",
+                tonic::metadata::MetadataValue::from_static(hint.as_str()),
+            );
         }
+        Ok(response)
     }
 
     async fn list_profiles(

@@ -57,6 +57,7 @@ impl Server {
             Listeners {
                 grpc,
                 admin: Some(admin),
+                forward_auth: None,
             },
             config,
             async move {
@@ -90,7 +91,11 @@ impl Server {
         let addr = grpc.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(tokenvend_server::serve(
-            Listeners { grpc, admin: None },
+            Listeners {
+                grpc,
+                admin: None,
+                forward_auth: None,
+            },
             config,
             async move {
                 let _ = signal.await;

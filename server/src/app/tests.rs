@@ -14,7 +14,12 @@ const ANY: &str = "0.0.0.0:50051";
 fn build(yaml: &str, grpc: &str) -> Result<App, ConfigErrors> {
     let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
     let admin = config.server.admin_listen;
-    App::build(config, grpc.parse::<SocketAddr>().unwrap(), Some(admin))
+    App::build(
+        config,
+        grpc.parse::<SocketAddr>().unwrap(),
+        Some(admin),
+        None,
+    )
 }
 
 fn error(yaml: &str) -> ConfigError {
@@ -202,7 +207,7 @@ fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
         let yaml = format!("server:\n{server}{}", profile_yaml(""));
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
         let admin = admin.map(|a| a.parse::<SocketAddr>().unwrap());
-        App::build(config, LOOPBACK.parse().unwrap(), admin)
+        App::build(config, LOOPBACK.parse().unwrap(), admin, None)
     };
     let refused = build("  admin_listen: 0.0.0.0:9090\n", Some("0.0.0.0:9090")).unwrap_err();
     let e = refused.first();
@@ -221,6 +226,7 @@ fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
             config,
             LOOPBACK.parse().unwrap(),
             Some("[::]:9090".parse().unwrap()),
+            None,
         )
         .unwrap_err()
         .first()

@@ -9,8 +9,8 @@ use url::Url;
 use crate::secret::RawSecretSource;
 
 use super::{
-    AdminConfig, AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig,
-    ServiceAccountConfig, TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
+    AdminConfig, AuthConfig, ConfigError, Dur, ForwardAuthConfig, Found, JwksSource, Limits,
+    ServerConfig, ServiceAccountConfig, TlsConfig, nonzero, parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -31,6 +31,16 @@ pub(super) struct RawServer {
     auth: RawAuth,
     #[serde(default)]
     limits: RawLimits,
+    forward_auth: Option<RawForwardAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    listen: String,
+    caller_header: Option<String>,
+    rejected_token_header: Option<String>,
+    max_age: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -236,6 +246,47 @@ impl RawLimits {
     }
 }
 
+impl RawForwardAuth {
+    fn validate(self) -> Result<ForwardAuthConfig, ConfigError> {
+        let key = |k: &str| format!("server.forward_auth.{k}");
+        let listen = self.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                key("listen"),
+                format!("`{}` is not an address like 0.0.0.0:8080", self.listen),
+            )
+        })?;
+        let header = |k: &str, value: Option<String>, default: &'static str| {
+            let Some(text) = value else {
+                return Ok(http::HeaderName::from_static(default));
+            };
+            http::HeaderName::from_bytes(text.as_bytes())
+                .map_err(|_| ConfigError::new(key(k), format!("`{text}` is not a header name")))
+        };
+        let caller_header = header(
+            "caller_header",
+            self.caller_header,
+            "x-tokenvend-authorization",
+        )?;
+        let rejected_token_header = header(
+            "rejected_token_header",
+            self.rejected_token_header,
+            "x-tokenvend-rejected-token",
+        )?;
+        if caller_header == rejected_token_header {
+            return Err(ConfigError::new(
+                key("rejected_token_header"),
+                "must differ from `caller_header`",
+            ));
+        }
+        Ok(ForwardAuthConfig {
+            listen,
+            caller_header,
+            rejected_token_header,
+            max_age: self.max_age.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    }
+}
+
 impl RawServer {
     pub(super) fn validate(self) -> Result<ServerConfig, Vec<ConfigError>> {
         let defaults = ServerConfig::default();
@@ -275,6 +326,7 @@ impl RawServer {
                 .transpose(),
         );
         let limits = found.take(self.limits.validate());
+        let forward_auth = found.take(self.forward_auth.map(RawForwardAuth::validate).transpose());
         let (
             Some(listen),
             Some(admin_listen),
@@ -284,6 +336,7 @@ impl RawServer {
             Some(tls),
             Some(service_account),
             Some(limits),
+            Some(forward_auth),
         ) = (
             listen,
             admin_listen,
@@ -293,6 +346,7 @@ impl RawServer {
             tls,
             service_account,
             limits,
+            forward_auth,
         )
         else {
             return Err(found.0);
@@ -315,6 +369,7 @@ impl RawServer {
                 service_account,
             },
             limits,
+            forward_auth,
         })
     }
 }

@@ -7,6 +7,8 @@ mod e2e {
     mod cache;
     mod client_auth;
     mod dev_mode;
+    mod forward_auth;
+    mod forward_nginx;
     mod interop;
     mod lifecycle;
     mod observability;

@@ -209,8 +209,8 @@ fn metadata(settings: &Settings, headers: &HeaderMap) -> MetadataMap {
 /// The token a proxy reports as refused by its upstream: the header's value as the proxy
 /// sent it upstream (`Bearer <token>`) or the token alone.
 fn rejected_token(value: &HeaderValue) -> Option<&str> {
-    let text = value.to_str().ok()?.trim();
-    let token = text.split_once(' ').map_or(text, |(_, token)| token.trim());
+    let text = value.to_str().ok()?.trim_start();
+    let token = text.split_once(' ').map_or(text, |(_, token)| token).trim();
     (!token.is_empty()).then_some(token)
 }
 

@@ -185,7 +185,7 @@ async fn answer(settings: &Settings, peer: Peer, request: http::Request<Incoming
     let service = settings.service.current();
     match service.token(Rpc::Headers, &call).await {
         Ok((token, _)) => served(settings, &token.to_bytes()),
-        Err(status) => refused(&status),
+        Err(status) => refused(&status, settings),
     }
 }
 
@@ -261,7 +261,7 @@ fn served(settings: &Settings, encoded: &[u8]) -> Answer {
 /// The answer to a call the service refused (already audited and counted). A profile
 /// that does not exist and one the caller may not use get the same answer, body
 /// included, as they do on the gRPC port.
-fn refused(status: &Status) -> Answer {
+fn refused(status: &Status, settings: &Settings) -> Answer {
     let code = match status.code() {
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::NotFound => {
@@ -279,8 +279,13 @@ fn refused(status: &Status) -> Answer {
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    // The service's messages are written for callers: no secret, no token.
-    let mut answer = plain(code, &format!("{}\n", status.message()));
+    // The service's messages are written for callers: no secret, no token. Those that say
+    // how to send a ServiceAccount token name gRPC's header; here it is another.
+    let message = status.message().replace(
+        "`authorization: Bearer",
+        &format!("`{}: Bearer", settings.caller_header),
+    );
+    let mut answer = plain(code, &format!("{message}\n"));
     let headers = answer.headers_mut();
     if code == StatusCode::UNAUTHORIZED {
         headers.insert(

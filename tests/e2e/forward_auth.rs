@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::support::{
-    Behaviour, Server, TestIdp, profile,
+    Behaviour, Logs, Server, TestIdp, profile,
     raw::closed_within,
     security::{Pki, SaIssuer},
 };
@@ -163,7 +163,10 @@ async fn callers_are_authenticated_from_the_header_the_proxy_forwards() {
         Some("Bearer realm=\"tokenvend\"")
     );
     let body = answer.text().await.unwrap();
-    assert!(body.contains("ServiceAccount"), "{body}");
+    assert!(
+        body.contains("ServiceAccount token as `x-tokenvend-authorization: Bearer"),
+        "{body}"
+    );
     // The proxy's client's own `authorization` is not taken for the proxy's identity.
     let answer = get(&server, "api", &[("authorization", &proxy)]).await;
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
@@ -258,6 +261,7 @@ async fn a_caller_over_its_rate_is_told_when_to_come_back() {
 
 #[tokio::test]
 async fn a_reported_token_is_replaced_once() {
+    let (logs, _logging) = Logs::capture();
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let server = Server::start(&yaml("", &[profile("p", &idp, "")])).await;
     let first = get(&server, "p", &[]).await;
@@ -287,6 +291,14 @@ async fn a_reported_token_is_replaced_once() {
     // gRPC callers see the replacement too.
     assert_eq!(server.get("p").await.unwrap().access_token, "tok-2");
     server.stop().await;
+    // Every request was audited, and no token reached a log line.
+    let text = logs.text();
+    let audited = text
+        .lines()
+        .filter(|l| l.contains("tokenvend::audit") && l.contains("rpc=\"Headers\""))
+        .count();
+    assert_eq!(audited, 7, "{text}");
+    assert!(!text.contains("tok-1") && !text.contains("tok-2"), "{text}");
 }
 
 #[tokio::test]
@@ -422,4 +434,31 @@ async fn a_peer_that_never_speaks_or_never_authenticates_is_dropped() {
     };
     assert!(closed, "still open after {:?}", started.elapsed());
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_lets_a_request_under_way_finish_then_closes_the_port() {
+    // The provider takes a second: the request is still waiting when the shutdown starts.
+    let idp = TestIdp::start(Behaviour::slow(3600, Duration::from_secs(1))).await;
+    let mut server =
+        Server::start(&yaml("  shutdown_grace: 10s\n", &[profile("p", &idp, "")])).await;
+    let addr = server.forward_addr.unwrap();
+    let under_way =
+        tokio::spawn(async move { reqwest::get(format!("http://{addr}/v1/headers/p")).await });
+    crate::support::eventually(Duration::from_secs(5), "the provider request", || async {
+        (idp.count() > 0).then_some(())
+    })
+    .await;
+    server.signal_shutdown();
+    let answer = under_way.await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        header(answer.headers(), "authorization"),
+        Some("Bearer tok-1")
+    );
+    server.stop().await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the port is closed once serve returns"
+    );
 }

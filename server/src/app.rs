@@ -237,8 +237,8 @@ fn check_listener(
         return Err(ConfigError::new(
             "server.auth",
             format!(
-                "refusing to serve on {address} (`{listen_key}`) without caller \
-                 authentication: anyone who can reach it would get every token. Configure \
+                "refusing to serve on {address} without caller authentication \
+                 (`{listen_key}`): anyone who can reach it would get every token. Configure \
                  `server.auth.service_account` or mutual TLS (`server.tls.client_ca`), listen \
                  on loopback, or set `server.auth.allow_unauthenticated: true` if a network \
                  policy guards the port"
@@ -248,7 +248,7 @@ fn check_listener(
     Ok(Some(ConfigError::new(
         "server.auth.allow_unauthenticated",
         format!(
-            "serving {address} (`{listen_key}`) without caller authentication: anyone who can reach it gets every token"
+            "serving {address} without caller authentication (`{listen_key}`): anyone who can reach it gets every token"
         ),
     )))
 }

@@ -11,7 +11,7 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -138,17 +138,16 @@ fn finished(result: Result<(), hyper::Error>) {
 type Answer = Response<Full<Bytes>>;
 
 /// The answer to one request.
+///
+/// Any method is answered as `GET` (hyper leaves the body out of a `HEAD` answer), and the
+/// path may go on after the profile: Envoy's HTTP ext_authz sends the proxied request's
+/// own method, and its path after the configured `path_prefix`
+/// (`/v1/headers/floriday` + `/orders/1`).
 async fn answer(settings: &Settings, peer: Peer, request: http::Request<Incoming>) -> Answer {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut answer = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n");
-        answer
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return answer;
-    }
-    let Some(profile) = request.uri().path().strip_prefix(PREFIX) else {
+    let Some(rest) = request.uri().path().strip_prefix(PREFIX) else {
         return plain(StatusCode::NOT_FOUND, "the path is /v1/headers/{profile}\n");
     };
+    let profile = rest.split('/').next().unwrap_or_default();
     if !request.body().is_end_stream() {
         // A body is never read: close rather than leave it in the connection.
         let mut answer = plain(StatusCode::PAYLOAD_TOO_LARGE, "send no request body\n");

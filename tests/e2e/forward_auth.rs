@@ -91,9 +91,18 @@ async fn answers_with_the_tokens_headers_and_a_short_cache_lifetime() {
     assert_eq!(header(head.headers(), "x-api-key"), Some("key-123"));
     assert!(head.bytes().await.unwrap().is_empty());
 
-    let post = ask(&server, Method::POST, "floriday", &[]).await;
-    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(header(post.headers(), "allow"), Some("GET, HEAD"));
+    // As Envoy's HTTP ext_authz asks: the proxied request's method, and its path after
+    // the configured prefix.
+    let envoy = ask(&server, Method::DELETE, "floriday/orders/1?x=y", &[]).await;
+    assert_eq!(envoy.status(), StatusCode::OK);
+    assert_eq!(
+        header(envoy.headers(), "authorization"),
+        Some("Bearer tok-1")
+    );
+    let elsewhere = reqwest::get(format!("http://{}/v1/other", server.forward_addr.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
 
     // Counted under their own RPC, apart from GetToken.
     let metrics = server.metrics().await;
@@ -103,7 +112,7 @@ async fn answers_with_the_tokens_headers_and_a_short_cache_lifetime() {
             &[("rpc", rpc), ("profile", "floriday"), ("outcome", "served")],
         )
     };
-    assert_eq!(served("Headers"), 2.0);
+    assert_eq!(served("Headers"), 3.0);
     assert_eq!(served("GetToken"), 1.0);
     server.stop().await;
 }

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::support::{
-    Behaviour, Logs, Server, TestIdp, profile,
+    Behaviour, ConfigFile, Logs, Server, TestIdp, eventually, profile,
     raw::closed_within,
     security::{Pki, SaIssuer},
 };
@@ -454,7 +454,7 @@ async fn a_shutdown_lets_a_request_under_way_finish_then_closes_the_port() {
     let addr = server.forward_addr.unwrap();
     let under_way =
         tokio::spawn(async move { reqwest::get(format!("http://{addr}/v1/headers/p")).await });
-    crate::support::eventually(Duration::from_secs(5), "the provider request", || async {
+    eventually(Duration::from_secs(5), "the provider request", || async {
         (idp.count() > 0).then_some(())
     })
     .await;
@@ -470,4 +470,72 @@ async fn a_shutdown_lets_a_request_under_way_finish_then_closes_the_port() {
         TcpStream::connect(addr).await.is_err(),
         "the port is closed once serve returns"
     );
+}
+
+#[tokio::test]
+async fn a_reload_reaches_the_port_and_a_changed_port_waits_for_a_restart() {
+    let (logs, _logging) = Logs::capture();
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server_yaml = |max_age: &str| {
+        format!(
+            "server:\n  reload_interval: 50ms\n  shutdown_delay: 0s\n  forward_auth:\n    listen: 127.0.0.1:0\n    max_age: {max_age}\nprofiles:\n"
+        )
+    };
+    let allow_others = "    allow: [\"spiffe://test/other\"]\n";
+    let mut file = ConfigFile::new(&format!(
+        "{}{}",
+        server_yaml("30s"),
+        profile("p", &idp, allow_others)
+    ));
+    let server = Server::start_file(&file).await;
+    assert_eq!(get(&server, "p", &[]).await.status(), StatusCode::FORBIDDEN);
+
+    // The profile opened to every caller, and the port's own settings changed: the
+    // first applies to the running port, the second is kept until a restart.
+    file.update(&format!("{}{}", server_yaml("5s"), profile("p", &idp, "")));
+    let answer = eventually(Duration::from_secs(10), "the reload", || async {
+        let answer = get(&server, "p", &[]).await;
+        (answer.status() == StatusCode::OK).then_some(answer)
+    })
+    .await;
+    assert_eq!(
+        header(answer.headers(), "cache-control"),
+        Some("private, max-age=30")
+    );
+    assert!(
+        logs.text().lines().any(|l| l.contains("WARN")
+            && l.contains("server.forward_auth")
+            && l.contains("after a restart")),
+        "{}",
+        logs.text()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server = Server::start(&yaml(
+        "  limits: { max_connections_per_peer: 2 }\n",
+        &[profile("p", &idp, "")],
+    ))
+    .await;
+    let addr = server.forward_addr.unwrap();
+    let _first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+    // The gRPC port counts its own connections: it still serves this address.
+    assert!(server.get("p").await.is_ok());
+    drop((_first, _second));
+    eventually(Duration::from_secs(5), "a free place", || async {
+        let answer = reqwest::Client::new()
+            .get(format!("http://{addr}/v1/headers/p"))
+            .send()
+            .await
+            .ok()?;
+        (answer.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    server.stop().await;
 }

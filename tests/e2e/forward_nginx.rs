@@ -214,8 +214,8 @@ location = /_tokenvend/floriday {
     proxy_set_header Connection "";
     proxy_pass_request_body off;
     proxy_set_header Content-Length "";
-    proxy_set_header X-Tokenvend-Authorization "";
-    proxy_set_header X-Tokenvend-Rejected-Token "";
+    # None of the client's headers: see "Who the proxy is".
+    proxy_pass_request_headers off;
 }
 
 location = /_tokenvend/floriday-rejected {
@@ -225,7 +225,7 @@ location = /_tokenvend/floriday-rejected {
     proxy_set_header Connection "";
     proxy_pass_request_body off;
     proxy_set_header Content-Length "";
-    proxy_set_header X-Tokenvend-Authorization "";
+    proxy_pass_request_headers off;
     proxy_set_header X-Tokenvend-Rejected-Token $tokenvend_authorization;
 }
 "#;
@@ -342,6 +342,19 @@ async fn nginx_adds_the_current_headers_and_retries_an_upstream_401_once() {
     assert_eq!(second.path, "/rotating/b");
     assert_ne!(second.authorization.unwrap(), first);
     assert_eq!(second.api_key.as_deref(), Some("key-123"));
+
+    // A client cannot report the token itself, nor speak for the proxy: nginx passes
+    // none of its headers to tokenvend.
+    let spoofed = reqwest::Client::new()
+        .get(format!("http://{}/floriday/orders", nginx.addr))
+        .header("x-tokenvend-rejected-token", "Bearer tok-1")
+        .header("x-tokenvend-authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 200);
+    assert_eq!(last_seen().authorization.as_deref(), Some("Bearer tok-1"));
+    assert_eq!(idp.count(), 1);
 
     // The API revokes tok-1: nginx gets a 401, reports tok-1 to tokenvend, and retries
     // once with the replacement, which the API accepts. One provider request.

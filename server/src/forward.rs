@@ -63,6 +63,8 @@ struct Settings {
 /// are on and close) or `stop` (everything closes). The connections are tracked by the
 /// returned tracker, which is closed once the accept loop ends: waiting on it waits for
 /// the last of them.
+// Each argument is a handle `server::run` already holds; a struct made for this one call
+// would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn serve(
     listener: TcpListener,

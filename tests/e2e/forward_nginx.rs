@@ -25,22 +25,25 @@ use tonic::transport::Channel;
 
 use crate::support::{Behaviour, Server, TestIdp, eventually, profile};
 
-/// Whether nginx is installed; if not, says so, or fails when `TOKENVEND_REQUIRE_NGINX` is
-/// set (`scripts/test` sets it, so CI never skips).
-fn nginx_installed() -> bool {
-    let installed = Command::new("nginx")
-        .arg("-v")
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
+/// The nginx program, if installed (Debian puts it in /usr/sbin, which a user's `PATH` may
+/// lack); if not, says so, or fails when `TOKENVEND_REQUIRE_NGINX` is set (`scripts/test`
+/// sets it, so CI never skips).
+fn nginx_program() -> Option<&'static str> {
+    let found = ["nginx", "/usr/sbin/nginx"].into_iter().find(|program| {
+        Command::new(program)
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
         assert!(
             std::env::var_os("TOKENVEND_REQUIRE_NGINX").is_none(),
             "TOKENVEND_REQUIRE_NGINX is set but nginx is not installed"
         );
         eprintln!("skipping: nginx is not installed (apt-get install nginx-light)");
     }
-    installed
+    found
 }
 
 fn free_port() -> u16 {
@@ -60,7 +63,12 @@ struct Nginx {
 impl Nginx {
     /// Starts nginx with `server` (the body of its `server` block, with the upstreams
     /// `tokenvend` and `resource`) and waits until it answers.
-    async fn start(server: &str, tokenvend: SocketAddr, resource: SocketAddr) -> Self {
+    async fn start(
+        program: &str,
+        server: &str,
+        tokenvend: SocketAddr,
+        resource: SocketAddr,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let path = |name: &str| dir.path().join(name).display().to_string();
@@ -80,7 +88,7 @@ impl Nginx {
             tmp = dir.path().display(),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        let child = Command::new(program)
             .args([
                 "-p",
                 &path(""),
@@ -273,9 +281,9 @@ location = /_tokenvend/unknown {
 
 #[tokio::test]
 async fn nginx_adds_the_current_headers_and_retries_an_upstream_401_once() {
-    if !nginx_installed() {
+    let Some(program) = nginx_program() else {
         return;
-    }
+    };
     let idp = TestIdp::start(Behaviour::issue(3600)).await;
     let rotating_idp = TestIdp::start(Behaviour::issue(4)).await;
     let key = "    headers: { X-Api-Key: { value: key-123 } }\n";
@@ -301,7 +309,13 @@ async fn nginx_adds_the_current_headers_and_retries_an_upstream_401_once() {
     let app = Router::new().fallback(resource).with_state(state.clone());
     let resource_task = tokio::spawn(async move { axum::serve(listener, app).await });
     let locations = format!("{DOCUMENTED}{OTHERS}");
-    let nginx = Nginx::start(&locations, server.forward_addr.unwrap(), resource_addr).await;
+    let nginx = Nginx::start(
+        program,
+        &locations,
+        server.forward_addr.unwrap(),
+        resource_addr,
+    )
+    .await;
     let last_seen = || state.seen.lock().unwrap().last().cloned().unwrap();
 
     // The token and its companion header reach the resource server.

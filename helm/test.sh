@@ -62,6 +62,25 @@ docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
 assert monitor["spec"]["endpoints"][0]["authorization"] == {
     "type": "Bearer", "credentials": {"name": "tokenvend-scrape", "key": "bearer"}}, monitor
+# forwardAuth: the port in the configuration (other server.forward_auth keys kept), on
+# the container and the Service, and let through the NetworkPolicy from its own peers.
+kind = lambda k, name=None: next(d for d in docs if d["kind"] == k and (name is None or d["metadata"]["name"] == name))
+config = yaml.safe_load(kind("ConfigMap")["data"]["config.yaml"])
+assert config["server"]["forward_auth"] == {"listen": "0.0.0.0:8443", "max_age": "15s"}, config["server"]
+container = kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+assert {"name": "forward-auth", "containerPort": 8443, "protocol": "TCP"} in container["ports"], container["ports"]
+service = kind("Service", "tokenvend")
+assert any(p["name"] == "forward-auth" and p["port"] == 8443 and p["targetPort"] == "forward-auth" for p in service["spec"]["ports"]), service
+rules = kind("NetworkPolicy")["spec"]["ingress"]
+rule = next(r for r in rules if r["ports"][0]["port"] == "forward-auth")
+assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}], rule
+PY
+"$venv/bin/python" - "$out/default.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
+assert "forward_auth" not in config["server"], "off by default"
+assert "forward-auth" not in str(docs)
 PY
 
 echo "--- a grace period shorter than the drain is refused"
@@ -253,11 +272,21 @@ PY
 dir=$(prepare "$out/open-metrics.yaml")
 check "$dir"
 
-echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists)"
+echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists, forward-auth)"
 dir=$(prepare "$out/full.yaml")
 check "$dir"
 # Readiness waits for `warm_up` profiles to hold a token, and their real providers cannot
-# be reached from here: the start check runs them without warm-up.
-dir=$(prepare "$out/full.yaml" 'for p in config["profiles"].values(): p.pop("warm_up", None)')
+# be reached from here: the start check runs them without warm-up. The forward-auth port
+# is bound on 0.0.0.0 as in the pod, on a port of the system's choosing.
+dir=$(prepare "$out/full.yaml" 'for p in config["profiles"].values(): p.pop("warm_up", None)
+config["server"]["forward_auth"]["listen"] = "0.0.0.0:0"')
 serves "$dir"
+
+echo "--- the forward-auth port without caller authentication is refused by tokenvend check"
+dir=$(prepare "$out/full.yaml" 'del config["server"]["auth"]; del config["server"]["tls"]["client_ca"]')
+if check "$dir" 2>"$dir/check.err"; then
+  echo "tokenvend check accepted a forward-auth port on 0.0.0.0 without caller authentication" >&2
+  exit 1
+fi
+grep -q "server.forward_auth.listen" "$dir/check.err" || { cat "$dir/check.err" >&2; exit 1; }
 echo "helm chart: all checks passed"

@@ -8,6 +8,8 @@ mod e2e {
     mod client_auth;
     mod dev_mode;
     mod ext_authz;
+    mod forward_auth;
+    mod forward_nginx;
     mod interop;
     mod lifecycle;
     mod observability;

@@ -74,6 +74,56 @@ pub(crate) fn run(
     parse(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))
 }
 
+/// `GET path` over HTTP/1.1 (h2load `--h1`): `clients` kept-alive connections, one request
+/// at a time on each, as a proxy's connection pool sends them (no pipelining). A status
+/// other than 2xx counts as failed.
+pub(crate) fn run_http1(
+    port: u16,
+    path: &str,
+    clients: usize,
+    length: Length,
+) -> Result<Run, String> {
+    let mut command = Command::new("h2load");
+    command.args([
+        "--h1",
+        &format!("--clients={clients}"),
+        "--max-concurrent-streams=1",
+        "--threads=1",
+    ]);
+    match length {
+        Length::Seconds(seconds) => {
+            command.args(["--warm-up-time=1", &format!("--duration={seconds}")])
+        }
+        Length::Calls(calls) => command.arg(format!("--requests={calls}")),
+    };
+    command.arg(format!("http://127.0.0.1:{port}{path}"));
+    let output = command
+        .output()
+        .map_err(|e| format!("h2load: {e} (install nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "h2load failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut run = parse(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))?;
+    // status codes: 2xx, 3xx, 4xx, 5xx
+    let not_2xx = text
+        .lines()
+        .find_map(|l| l.strip_prefix("status codes: "))
+        .map(|codes| {
+            codes
+                .split(", ")
+                .skip(1)
+                .filter_map(|c| c.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .ok_or_else(|| format!("h2load printed no status codes:\n{text}"))?;
+    run.failed += not_2xx;
+    Ok(run)
+}
+
 fn parse(text: &str) -> Option<Run> {
     let number = |s: &str| s.trim().parse::<f64>().ok();
     let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix));

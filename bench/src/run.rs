@@ -72,6 +72,8 @@ pub(crate) enum Part {
     Scale,
     /// Instructions per cache hit, by callgrind: the figure machine noise does not move.
     Instructions,
+    /// The forward-auth port (HTTP/1.1) against gRPC GetToken, on one server.
+    ForwardAuth,
 }
 
 impl Options {
@@ -93,6 +95,10 @@ struct Variant {
 }
 
 const MISS_PROFILES: usize = 200;
+
+/// HTTP/1.1 connections of the forward-auth load: as many requests in flight as the gRPC
+/// load's 4 connections × 32 streams.
+const FORWARD_CLIENTS: usize = 128;
 
 fn server_settings() -> &'static str {
     // One load generator is one caller; the default per-caller rate (100/s) would measure
@@ -215,6 +221,24 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
                 true,
                 "    allow: [\"system:serviceaccount:bench:*\"]\n"
             )
+        ),
+    )?;
+    // The forward-auth port beside gRPC, on one server: connections enough for the HTTP/1.1
+    // load generator's, which has one request in flight per connection.
+    let forward_port = crate::process::free_port()?;
+    let forward = write(
+        &dir,
+        "forward.yaml",
+        &format!(
+            "server:\n{}  forward_auth:\n    listen: 127.0.0.1:{forward_port}\nprofiles:\n{}",
+            server_settings().replace(
+                "max_concurrent_streams: 1024 }",
+                &format!(
+                    "max_concurrent_streams: 1024, max_connections_per_peer: {} }}",
+                    FORWARD_CLIENTS + 8
+                )
+            ),
+            profile("bench", &url, true, "")
         ),
     )?;
     let mut scale = format!("server:\n{}profiles:\n", server_settings());
@@ -558,6 +582,45 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
         } else {
             eprintln!("valgrind is not installed: no instruction counts");
         }
+    }
+
+    // Forward auth: HTTP/1.1 `GET /v1/headers/bench` against gRPC GetToken, the same
+    // server, the same in-flight requests (128), alternating round by round.
+    if o.wants(Part::ForwardAuth) {
+        let mut f = serve(&forward, "tokenvend-forward.log")?;
+        f.serving().await?;
+        wait_token(&target(f.port, None, None)).await?;
+        let (mut http, mut grpc) = (vec![], vec![]);
+        for round in 0..o.rounds {
+            for k in 0..2 {
+                if (k + round) % 2 == 0 {
+                    let run = h2load::run_http1(
+                        forward_port,
+                        "/v1/headers/bench",
+                        FORWARD_CLIENTS,
+                        Length::Seconds(o.seconds),
+                    )?;
+                    if run.failed > 0 {
+                        return Err(format!("forward-auth: {} requests failed", run.failed));
+                    }
+                    http.push(run.rate);
+                } else {
+                    let run = h2load::run(f.port, false, None, &body, Length::Seconds(o.seconds))?;
+                    if run.failed > 0 {
+                        return Err(format!("GetToken: h2load saw {} failed calls", run.failed));
+                    }
+                    grpc.push(run.rate);
+                }
+            }
+        }
+        let ratio = median(http.iter().zip(&grpc).map(|(a, b)| a / b).collect());
+        drop(f);
+        rows.push(format!(
+            "| forward-auth `GET /v1/headers` (HTTP/1.1, {FORWARD_CLIENTS} connections) / gRPC GetToken (4 × 32), same server, h2load (requests/s) | {:.0} / {:.0} | | {:.3} | |",
+            median(http),
+            median(grpc),
+            ratio
+        ));
     }
 
     // Scale: many profiles, every one holding a token.

@@ -51,11 +51,13 @@ impl App {
     /// Loads what `config` names and builds the live objects, for a gRPC port on `grpc`
     /// (which decides whether callers must authenticate) and an admin port on `admin`
     /// (`None` when there are no admin endpoints; which decides whether `/metrics` needs
-    /// a token). Reports every error found, each with its key.
+    /// a token), and a forward-auth port on `forward_auth` (`None` when it is not served;
+    /// judged as the gRPC port is). Reports every error found, each with its key.
     pub(crate) fn build(
         config: Config,
         grpc: SocketAddr,
         admin: Option<SocketAddr>,
+        forward_auth: Option<SocketAddr>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         for profile in &config.profiles {
@@ -71,7 +73,15 @@ impl App {
         check_service_account(server, &mut errors);
         check_store(server, &mut errors);
         let mut warnings = config.warnings();
-        for check in [check_listener(server, grpc), check_admin(server, admin)] {
+        let forward_auth = forward_auth
+            .filter(|_| server.forward_auth.is_some())
+            .map(|address| check_listener(server, address, "server.forward_auth.listen"));
+        let checks = [
+            Some(check_listener(server, grpc, "server.listen")),
+            Some(check_admin(server, admin)),
+            forward_auth,
+        ];
+        for check in checks.into_iter().flatten() {
             match check {
                 Ok(None) => {}
                 Ok(Some(warning)) => warnings.push(warning),
@@ -215,28 +225,31 @@ fn check_store(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
 
 /// A port that anyone on the network can reach hands out every token unless callers
 /// prove who they are: refused, unless the configuration says a network policy guards it.
+/// The gRPC port and the forward-auth port (`listen_key`) are judged alike.
 fn check_listener(
     server: &ServerConfig,
-    grpc: SocketAddr,
+    address: SocketAddr,
+    listen_key: &str,
 ) -> Result<Option<ConfigError>, ConfigError> {
-    if server.authenticates_callers() || grpc.ip().is_loopback() {
+    if server.authenticates_callers() || address.ip().is_loopback() {
         return Ok(None);
     }
     if !server.auth.allow_unauthenticated {
         return Err(ConfigError::new(
             "server.auth",
             format!(
-                "refusing to serve on {grpc} without caller authentication: anyone who can \
-                 reach it would get every token. Configure `server.auth.service_account` or \
-                 mutual TLS (`server.tls.client_ca`), listen on loopback, or set \
-                 `server.auth.allow_unauthenticated: true` if a network policy guards the port"
+                "refusing to serve on {address} without caller authentication \
+                 (`{listen_key}`): anyone who can reach it would get every token. Configure \
+                 `server.auth.service_account` or mutual TLS (`server.tls.client_ca`), listen \
+                 on loopback, or set `server.auth.allow_unauthenticated: true` if a network \
+                 policy guards the port"
             ),
         ));
     }
     Ok(Some(ConfigError::new(
         "server.auth.allow_unauthenticated",
         format!(
-            "serving {grpc} without caller authentication: anyone who can reach it gets every token"
+            "serving {address} without caller authentication (`{listen_key}`): anyone who can reach it gets every token"
         ),
     )))
 }
@@ -299,6 +312,8 @@ pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
 /// - `server.store`: the shared store's connection and the chains in it.
 /// - `server.tls` turned on or off (its files may change): the listener's kind.
 /// - `server.limits.max_concurrent_streams`: an HTTP/2 setting fixed when the server starts.
+/// - `server.forward_auth`: its socket is bound once, and its headers and `max_age` are
+///   fixed with it (the callers, limits and profiles it serves follow a reload).
 pub(crate) fn keep_restart_only(
     new: &mut ServerConfig,
     running: &ServerConfig,
@@ -331,6 +346,11 @@ pub(crate) fn keep_restart_only(
         new.limits.max_concurrent_streams != running.limits.max_concurrent_streams,
     );
     new.limits.max_concurrent_streams = running.limits.max_concurrent_streams;
+    keep(
+        "server.forward_auth",
+        new.forward_auth != running.forward_auth,
+    );
+    new.forward_auth.clone_from(&running.forward_auth);
     changed
 }
 
@@ -342,6 +362,8 @@ pub(crate) struct Live {
     pub(crate) ext_authz: LiveExtAuthz,
     pub(crate) tls: Option<Arc<tls::Reloading>>,
     pub(crate) connections: Arc<ConnectionLimit>,
+    /// The forward-auth port's connection limits, if it is served.
+    pub(crate) forward_connections: Option<Arc<ConnectionLimit>>,
     pub(crate) cache: Arc<TokenCache>,
     pub(crate) idp: IdpClient,
     pub(crate) auth: ArcSwap<Authenticator>,
@@ -351,6 +373,8 @@ pub(crate) struct Live {
     pub(crate) grpc: SocketAddr,
     /// The admin port, if one is served.
     pub(crate) admin: Option<SocketAddr>,
+    /// The forward-auth port, if one is served.
+    pub(crate) forward_auth: Option<SocketAddr>,
     /// Ends `WatchToken` streams at shutdown; every service built shares it.
     pub(crate) streams: CancellationToken,
     pub(crate) metrics: Metrics,
@@ -383,7 +407,7 @@ impl Live {
     pub(crate) fn reload(&self, mut config: Config) -> Result<(), ConfigErrors> {
         let running = self.settings.load_full();
         let restart = keep_restart_only(&mut config.server, &running);
-        let app = App::build(config, self.grpc, self.admin)?;
+        let app = App::build(config, self.grpc, self.admin, self.forward_auth)?;
         for key in restart {
             tracing::warn!(
                 key,
@@ -412,19 +436,22 @@ impl Live {
         {
             reloading.replace(files.clone(), config);
         }
-        if server.limits.max_connections != running.limits.max_connections {
-            self.connections.resize(
-                server.limits.max_connections,
-                &self.tasks,
-                self.stop.clone(),
-            );
-        }
+        // The forward-auth port has limits of its own, set from the same keys.
+        let limits = std::iter::once(&self.connections).chain(&self.forward_connections);
         let rules = connection_rules(server);
-        if server.limits.max_connections_per_peer != running.limits.max_connections_per_peer
-            || rules != connection_rules(running)
-        {
-            self.connections
-                .set(server.limits.max_connections_per_peer, rules);
+        for connections in limits {
+            if server.limits.max_connections != running.limits.max_connections {
+                connections.resize(
+                    server.limits.max_connections,
+                    &self.tasks,
+                    self.stop.clone(),
+                );
+            }
+            if server.limits.max_connections_per_peer != running.limits.max_connections_per_peer
+                || rules != connection_rules(running)
+            {
+                connections.set(server.limits.max_connections_per_peer, rules);
+            }
         }
         let client_ca = |s: &ServerConfig| s.tls.as_ref().and_then(|t| t.client_ca.clone());
         if server.auth != running.auth || client_ca(server) != client_ca(running) {

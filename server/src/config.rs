@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Envoy's external authorization service on the gRPC port.
     pub ext_authz: ExtAuthzConfig,
+    /// The forward-auth HTTP listener (`server.forward_auth`), if it is on.
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
 /// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`) on the
@@ -122,6 +124,23 @@ pub struct ExtAuthzRoute {
     pub path_prefix: Option<String>,
     /// The profile.
     pub profile: String,
+}
+
+/// The forward-auth HTTP listener: `GET /v1/headers/{profile}` for proxies that add the
+/// token on the way out (nginx `auth_request`, Traefik `ForwardAuth`, Envoy's HTTP
+/// ext_authz). It serves with the gRPC port's TLS, caller authentication and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthConfig {
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The request header in which the proxy forwards its ServiceAccount token, as
+    /// `Bearer <token>`. Not `authorization`: a proxy passes its client's own
+    /// `authorization` on to the subrequest.
+    pub caller_header: http::HeaderName,
+    /// The request header in which the proxy reports a token its upstream refused.
+    pub rejected_token_header: http::HeaderName,
+    /// The longest `Cache-Control: max-age` of an answer; zero sends `no-store`.
+    pub max_age: Duration,
 }
 
 /// Access to the admin endpoints. `/livez` and `/readyz` are open to all (the kubelet
@@ -259,6 +278,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             ext_authz: ExtAuthzConfig::default(),
+            forward_auth: None,
         }
     }
 }

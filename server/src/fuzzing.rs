@@ -22,7 +22,7 @@ pub fn config(text: &str) {
     if let Ok(config) = Config::from_yaml(text) {
         // A valid configuration stays valid when built for a loopback port with nothing
         // to read: every secret inline.
-        let _ = crate::app::App::build(config, SocketAddr::from(([127, 0, 0, 1], 0)), None);
+        let _ = crate::app::App::build(config, SocketAddr::from(([127, 0, 0, 1], 0)), None, None);
     }
 }
 

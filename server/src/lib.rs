@@ -24,6 +24,7 @@ mod credential;
 pub mod dev;
 mod error;
 mod ext_authz;
+mod forward;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

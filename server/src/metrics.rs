@@ -127,10 +127,12 @@ pub(crate) enum Rpc {
     WatchToken,
     /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
     Check,
+    /// `GET /v1/headers/{profile}` on the forward-auth port.
+    Headers,
 }
 
 impl Rpc {
-    const ALL: [Self; 3] = [Self::GetToken, Self::WatchToken, Self::Check];
+    const ALL: [Self; 4] = [Self::GetToken, Self::WatchToken, Self::Check, Self::Headers];
 
     /// The method name.
     pub(crate) fn as_str(self) -> &'static str {
@@ -138,6 +140,7 @@ impl Rpc {
             Self::GetToken => "GetToken",
             Self::WatchToken => "WatchToken",
             Self::Check => "Check",
+            Self::Headers => "Headers",
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::{
     config::{Config, ConfigErrors},
     conn::CountCalls,
     ext_authz::LiveExtAuthz,
+    forward,
     idp::IdpClient,
     limit::Holdings,
     metrics::{self, Metrics},
@@ -37,6 +38,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The admin HTTP endpoints, if wanted.
     pub admin: Option<TcpListener>,
+    /// The forward-auth HTTP port; served when `server.forward_auth` is set, which then
+    /// requires it.
+    pub forward_auth: Option<TcpListener>,
 }
 
 /// Why the server could not run.
@@ -48,6 +52,9 @@ pub enum ServerError {
     /// The HTTP client for identity providers could not be built.
     #[error("cannot build the identity provider client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// `server.forward_auth` is set but no listener was given for it.
+    #[error("server.forward_auth is set but no listener was bound for it")]
+    NoForwardAuthListener,
     /// Reflection could not load the descriptors (a build problem).
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -88,7 +95,16 @@ pub async fn serve(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
-    let app = App::build(config, addr, admin)?;
+    if config.server.forward_auth.is_some() && listeners.forward_auth.is_none() {
+        return Err(ServerError::NoForwardAuthListener);
+    }
+    let forward_auth = listeners
+        .forward_auth
+        .as_ref()
+        .filter(|_| config.server.forward_auth.is_some())
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let app = App::build(config, addr, admin, forward_auth)?;
     for warning in app.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
@@ -100,7 +116,7 @@ pub async fn serve(
         .map(|p| &*p.name)
         .collect::<Vec<_>>()
         .join(", ");
-    tracing::info!(grpc = %addr, admin = ?admin, %profiles, "tokenvend listening");
+    tracing::info!(grpc = %addr, admin = ?admin, forward_auth = ?forward_auth, %profiles, "tokenvend listening");
     run(listeners, app, shutdown).await
 }
 
@@ -120,6 +136,14 @@ async fn run(
         .admin
         .as_ref()
         .map(TcpListener::local_addr)
+        .transpose()?;
+    // Present exactly when `server.forward_auth` is set (checked by `serve`).
+    let forward = listeners
+        .forward_auth
+        .zip(config.server.forward_auth.clone());
+    let forward_addr = forward
+        .as_ref()
+        .map(|(listener, _)| listener.local_addr())
         .transpose()?;
     let limits = config.server.limits;
     let root = CancellationToken::new();
@@ -165,6 +189,14 @@ async fn run(
         limits.max_connections_per_peer,
         app::connection_rules(&config.server),
     );
+    // The forward-auth port's own caps, so that neither port can crowd out the other.
+    let forward_connections = forward.as_ref().map(|_| {
+        ConnectionLimit::new(
+            limits.max_connections,
+            limits.max_connections_per_peer,
+            app::connection_rules(&config.server),
+        )
+    });
     let streams = drain.child_token();
     let holdings = Holdings::default();
     let watches = holdings.watches.clone();
@@ -198,6 +230,7 @@ async fn run(
         ext_authz: ext_authz.clone(),
         tls: tls.clone(),
         connections: connections.clone(),
+        forward_connections: forward_connections.clone(),
         cache: cache.clone(),
         idp,
         auth: ArcSwap::new(app.auth()),
@@ -205,6 +238,7 @@ async fn run(
         holdings,
         grpc: grpc_addr,
         admin: admin_addr,
+        forward_auth: forward_addr,
         streams,
         metrics: metrics.clone(),
         tasks: tasks.clone(),
@@ -247,6 +281,20 @@ async fn run(
         ));
     }
 
+    let forward_open = match (forward, forward_connections) {
+        (Some((listener, settings)), Some(connections)) => Some(forward::serve(
+            listener,
+            tls.clone(),
+            connections,
+            service.clone(),
+            &settings,
+            drain.clone(),
+            root.clone(),
+            &tasks,
+        )),
+        _ => None,
+    };
+
     let (draining, drain_started) = oneshot::channel();
     let signal = {
         let live = live.clone();
@@ -274,7 +322,14 @@ async fn run(
         }
     };
 
-    let incoming = tls::incoming(listeners.grpc, tls, connections, drain.clone(), &tasks);
+    let incoming = tls::incoming(
+        listeners.grpc,
+        tls,
+        tls::Protocol::Grpc,
+        connections,
+        drain.clone(),
+        &tasks,
+    );
     let grpc = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // No HTTP/2 PING keepalive: the accept loop sets TCP keepalive (tls::KEEPALIVE).
@@ -301,8 +356,24 @@ async fn run(
     };
     // The listener was bound by our caller; from here on its connections are served.
     readiness.serving();
+    // Both ports drain together: the forward-auth port's last request is joined too.
+    let forward_drained = {
+        let open = forward_open.clone();
+        async move {
+            if let Some(open) = open {
+                open.wait().await;
+            }
+        }
+    };
+    let served = async {
+        let result = grpc.await;
+        if result.is_ok() {
+            forward_drained.await;
+        }
+        result
+    };
     let result = tokio::select! {
-        result = grpc => result.map_err(ServerError::from),
+        result = served => result.map_err(ServerError::from),
         grace = drain_deadline => {
             tracing::warn!(?grace, "drain period over; closing the remaining calls");
             Ok(())
@@ -312,6 +383,9 @@ async fn run(
     root.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(open) = forward_open {
+        open.wait().await;
+    }
     cache.stop();
     metrics.shutdown().await;
     tracing::info!("stopped");

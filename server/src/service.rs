@@ -231,11 +231,41 @@ impl TokenService {
     }
 }
 
+impl TokenService {
+    /// A GetToken, whichever way it came (`rpc`: gRPC, or the forward-auth port): the
+    /// caller, the token, and the audit event, count and span of either outcome.
+    pub(crate) async fn token(
+        &self,
+        rpc: Rpc,
+        request: &Request<pb::GetTokenRequest>,
+    ) -> Result<(EncodedToken, Option<Hint>), Status> {
+        let profile = &request.get_ref().profile;
+        let (span, deadline, caller) = self.begin(rpc, request, profile).await?;
+        match self
+            .get(rpc, &caller, request.get_ref(), deadline)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((token, fingerprint, result, hint)) => {
+                Self::served(rpc, &caller, profile, result, fingerprint, &span);
+                Ok((token, hint))
+            }
+            Err(error) => Err(self.refused(rpc, Some(&caller), profile, error, &span)),
+        }
+    }
+}
+
 /// The gRPC service as a running server serves it: replaced whole by a reload (caller
 /// authentication, rate limits, request timeout, the largest request), while calls under
 /// way finish on the one they started with.
 #[derive(Clone)]
-pub(crate) struct LiveService(Arc<ArcSwap<TokenServiceServer<TokenService>>>);
+pub(crate) struct LiveService(Arc<ArcSwap<Current>>);
+
+/// The service in force, and the generated server over it.
+struct Current {
+    service: Arc<TokenService>,
+    server: TokenServiceServer<TokenService>,
+}
 
 impl LiveService {
     pub(crate) fn new(service: Arc<TokenService>, max_request_bytes: usize) -> Self {
@@ -250,11 +280,17 @@ impl LiveService {
             .store(Arc::new(Self::server(service, max_request_bytes)));
     }
 
-    fn server(
-        service: Arc<TokenService>,
-        max_request_bytes: usize,
-    ) -> TokenServiceServer<TokenService> {
-        TokenServiceServer::from_arc(service).max_decoding_message_size(max_request_bytes)
+    /// The service in force, for the forward-auth port.
+    pub(crate) fn current(&self) -> Arc<TokenService> {
+        self.0.load().service.clone()
+    }
+
+    fn server(service: Arc<TokenService>, max_request_bytes: usize) -> Current {
+        Current {
+            server: TokenServiceServer::from_arc(service.clone())
+                .max_decoding_message_size(max_request_bytes),
+            service,
+        }
     }
 }
 
@@ -282,7 +318,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LiveService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         // A clone of the current server: two reference counts, no copy of the service.
-        DecodeStatus(TokenServiceServer::clone(&self.0.load()).call(request))
+        DecodeStatus(TokenServiceServer::clone(&self.0.load().server).call(request))
     }
 }
 
@@ -338,6 +374,7 @@ fn method_name(method: &'static str) -> &'static str {
         "GetToken" => "tokenvend.v1.TokenService/GetToken",
         "WatchToken" => "tokenvend.v1.TokenService/WatchToken",
         "Check" => "envoy.service.auth.v3.Authorization/Check",
+        "Headers" => "GET /v1/headers/{profile}",
         _ => "tokenvend.v1.TokenService/ListProfiles",
     }
 }
@@ -383,28 +420,15 @@ impl pb::token_service_server::TokenService for TokenService {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<EncodedToken>, Status> {
-        const RPC: Rpc = Rpc::GetToken;
-        let profile = &request.get_ref().profile;
-        let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
-        let request = request.get_ref();
-        match self
-            .get(RPC, &caller, request, deadline)
-            .instrument(span.clone())
-            .await
-        {
-            Ok((token, fingerprint, result, hint)) => {
-                Self::served(RPC, &caller, profile, result, fingerprint, &span);
-                let mut response = Response::new(token);
-                if let Some(hint) = hint {
-                    response.metadata_mut().insert(
-                        "tokenvend-hint",
-                        tonic::metadata::MetadataValue::from_static(hint.as_str()),
-                    );
-                }
-                Ok(response)
-            }
-            Err(error) => Err(self.refused(RPC, Some(&caller), profile, error, &span)),
+        let (token, hint) = self.token(Rpc::GetToken, &request).await?;
+        let mut response = Response::new(token);
+        if let Some(hint) = hint {
+            response.metadata_mut().insert(
+                "tokenvend-hint",
+                tonic::metadata::MetadataValue::from_static(hint.as_str()),
+            );
         }
+        Ok(response)
     }
 
     async fn list_profiles(

@@ -1,4 +1,4 @@
-//! TLS on the gRPC port with rustls: the server certificate and key (and the client CA,
+//! TLS on the gRPC port (and the forward-auth port) with rustls: the server certificate and key (and the client CA,
 //! for mutual TLS) read from files and read again when they change, as cert-manager
 //! rotates them; the accept loop that hands tonic finished TLS connections, each carrying
 //! the caller identity from its client certificate.
@@ -136,7 +136,25 @@ fn digest(tls: &TlsConfig) -> [u8; 32] {
 /// other files.
 pub(crate) struct Reloading {
     current: ArcSwap<ServerConfig>,
+    /// The same, offering HTTP/1.1 instead of HTTP/2 (the forward-auth port): a proxy that
+    /// offers only `http/1.1` would otherwise fail the handshake.
+    http1: ArcSwap<ServerConfig>,
     files: ArcSwap<TlsConfig>,
+}
+
+/// What a port speaks, as its TLS handshake says (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// The forward-auth port: HTTP/1.1.
+    Http1,
+}
+
+fn for_http1(config: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut http1 = ServerConfig::clone(config);
+    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(http1)
 }
 
 impl Reloading {
@@ -149,6 +167,7 @@ impl Reloading {
         tasks: &TaskTracker,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
+            http1: ArcSwap::new(for_http1(&config)),
             current: ArcSwap::new(config),
             files: ArcSwap::from_pointee(tls),
         });
@@ -168,7 +187,7 @@ impl Reloading {
                 }
                 match server_config(&files) {
                     Ok(config) => {
-                        reloading.current.store(config);
+                        reloading.store(config);
                         seen = now;
                         tracing::info!(cert = %files.cert.display(), "TLS files changed; reloaded");
                     }
@@ -185,8 +204,20 @@ impl Reloading {
     /// Serves other files from now on (a reload changed `server.tls`); `config` is built
     /// from them already, so a reload that names unusable files is refused before this.
     pub(crate) fn replace(&self, tls: TlsConfig, config: Arc<ServerConfig>) {
-        self.current.store(config);
+        self.store(config);
         self.files.store(Arc::new(tls));
+    }
+
+    fn store(&self, config: Arc<ServerConfig>) {
+        self.http1.store(for_http1(&config));
+        self.current.store(config);
+    }
+
+    fn acceptor(&self, protocol: Protocol) -> TlsAcceptor {
+        TlsAcceptor::from(match protocol {
+            Protocol::Grpc => self.current.load_full(),
+            Protocol::Http1 => self.http1.load_full(),
+        })
     }
 }
 
@@ -389,6 +420,7 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Reloading>>,
+    protocol: Protocol,
     limit: Arc<ConnectionLimit>,
     stop: CancellationToken,
     tasks: &TaskTracker,
@@ -446,7 +478,7 @@ pub(crate) fn incoming(
                 }
                 continue;
             };
-            let acceptor = TlsAcceptor::from(tls.current.load_full());
+            let acceptor = tls.acceptor(protocol);
             let tx = tx.clone();
             handshakes.spawn(async move {
                 let stream =
@@ -583,6 +615,7 @@ mod tests {
         let mut conns = incoming(
             listener,
             None,
+            Protocol::Grpc,
             ConnectionLimit::new(4, 4, RULES),
             stop.clone(),
             &tasks,

@@ -696,6 +696,7 @@ async fn a_state_dir_belongs_to_one_server() {
         tokenvend_server::Listeners {
             grpc: listener,
             admin: None,
+            forward_auth: None,
         },
         config,
         std::future::pending(),

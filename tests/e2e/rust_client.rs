@@ -46,7 +46,11 @@ async fn connect_waits_for_the_server_and_build_does_not() {
     let config = tokenvend_server::Config::from_yaml(&config("p", &idp, "")).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tokenvend_server::serve(
-        tokenvend_server::Listeners { grpc, admin: None },
+        tokenvend_server::Listeners {
+            grpc,
+            admin: None,
+            forward_auth: None,
+        },
         config,
         async move {
             let _ = stopped.await;

@@ -353,7 +353,11 @@ async fn open_non_loopback_listener_is_refused_unless_explicitly_allowed() {
         let grpc = TcpListener::bind("0.0.0.0:0").await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tokenvend_server::serve(
-            Listeners { grpc, admin: None },
+            Listeners {
+                grpc,
+                admin: None,
+                forward_auth: None,
+            },
             config,
             async move {
                 let _ = stopped.await;

@@ -106,6 +106,7 @@ async fn serve_admin_on_any_address(
         Listeners {
             grpc,
             admin: Some(admin),
+            forward_auth: None,
         },
         config,
         async move {

@@ -135,6 +135,7 @@ async fn build_errors(yaml: &str) -> String {
         Listeners {
             grpc: listener,
             admin: None,
+            forward_auth: None,
         },
         config,
         std::future::pending(),

@@ -196,6 +196,7 @@ async fn a_sentinel_password_that_cannot_be_read_is_named_before_serving() {
         tokenvend_server::Listeners {
             grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: None,
+            forward_auth: None,
         },
         config,
         std::future::pending(),

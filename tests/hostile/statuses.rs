@@ -96,7 +96,11 @@ async fn listening_is_logged_only_once_the_configuration_is_accepted() {
     let config = Config::from_yaml(&yaml).unwrap();
     let grpc = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let refused = tokenvend_server::serve(
-        Listeners { grpc, admin: None },
+        Listeners {
+            grpc,
+            admin: None,
+            forward_auth: None,
+        },
         config.clone(),
         std::future::pending(),
     )
@@ -111,7 +115,15 @@ async fn listening_is_logged_only_once_the_configuration_is_accepted() {
     // On loopback the same configuration serves, and says so.
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap();
-    let served = tokenvend_server::serve(Listeners { grpc, admin: None }, config, async {});
+    let served = tokenvend_server::serve(
+        Listeners {
+            grpc,
+            admin: None,
+            forward_auth: None,
+        },
+        config,
+        async {},
+    );
     served.await.unwrap();
     let text = logs.text();
     let line = text

@@ -24,6 +24,8 @@ pub use idp::{Behaviour, TestIdp};
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-auth port, when the configuration turns it on.
+    pub forward_addr: Option<SocketAddr>,
     pub client: TokenServiceClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tokenvend_server::server::ServerError>>,
@@ -52,11 +54,13 @@ impl Server {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let (forward_auth, forward_addr) = forward_listener(&config).await;
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(tokenvend_server::serve(
             Listeners {
                 grpc,
                 admin: Some(admin),
+                forward_auth,
             },
             config,
             async move {
@@ -67,6 +71,7 @@ impl Server {
         Self {
             addr,
             admin_addr,
+            forward_addr,
             client,
             shutdown: Some(shutdown),
             task,
@@ -88,9 +93,14 @@ impl Server {
     async fn start_secured_with(config: Config) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
+        let (forward_auth, forward_addr) = forward_listener(&config).await;
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(tokenvend_server::serve(
-            Listeners { grpc, admin: None },
+            Listeners {
+                grpc,
+                admin: None,
+                forward_auth,
+            },
             config,
             async move {
                 let _ = signal.await;
@@ -102,6 +112,7 @@ impl Server {
         Self {
             addr,
             admin_addr: addr,
+            forward_addr,
             client: TokenServiceClient::new(channel),
             shutdown: Some(shutdown),
             task,
@@ -172,6 +183,16 @@ impl Server {
     pub async fn get(&self, profile: &str) -> Result<Token, tonic::Status> {
         get(&mut self.client.clone(), profile).await
     }
+}
+
+/// A listener on loopback for the forward-auth port, if the configuration turns it on.
+async fn forward_listener(config: &Config) -> (Option<TcpListener>, Option<SocketAddr>) {
+    if config.server.forward_auth.is_none() {
+        return (None, None);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (Some(listener), Some(addr))
 }
 
 pub async fn get(

@@ -60,6 +60,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The configuration file: `server` from the values (with the listen addresses, and the TLS
 and caller-authentication keys built from `tls` and `auth`) and `profiles` as given.
+With `forwardAuth.enabled`, server.forward_auth.listen from `forwardAuth.port`.
 The keys are those of docs/configuration.md: server.admin.{metrics_token,
 unauthenticated_metrics}, server.tls.{cert,key,client_ca,reload_interval} and server.auth.{allow_unauthenticated,service_account.{issuer,audience,
 jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
@@ -72,6 +73,11 @@ jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
 {{- $_ := set $server "admin" (dict "unauthenticated_metrics" true) }}
 {{- else }}
 {{- $_ := set $server "admin" (dict "metrics_token" (dict "file" (printf "%s/token" (include "tokenvend.metricsTokenDir" .)))) }}
+{{- end }}
+{{- if .Values.forwardAuth.enabled }}
+{{- $forward := deepCopy (get $server "forward_auth" | default dict) }}
+{{- $_ := set $forward "listen" (printf "0.0.0.0:%d" (int .Values.forwardAuth.port)) }}
+{{- $_ := set $server "forward_auth" $forward }}
 {{- end }}
 {{- if .Values.tls.enabled }}
 {{- $tls := dict "cert" (printf "%s/tls.crt" (include "tokenvend.tlsDir" .)) "key" (printf "%s/tls.key" (include "tokenvend.tlsDir" .)) }}

@@ -14,7 +14,12 @@ const ANY: &str = "0.0.0.0:50051";
 fn build(yaml: &str, grpc: &str) -> Result<App, ConfigErrors> {
     let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
     let admin = config.server.admin_listen;
-    App::build(config, grpc.parse::<SocketAddr>().unwrap(), Some(admin))
+    App::build(
+        config,
+        grpc.parse::<SocketAddr>().unwrap(),
+        Some(admin),
+        None,
+    )
 }
 
 fn error(yaml: &str) -> ConfigError {
@@ -202,7 +207,7 @@ fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
         let yaml = format!("server:\n{server}{}", profile_yaml(""));
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
         let admin = admin.map(|a| a.parse::<SocketAddr>().unwrap());
-        App::build(config, LOOPBACK.parse().unwrap(), admin)
+        App::build(config, LOOPBACK.parse().unwrap(), admin, None)
     };
     let refused = build("  admin_listen: 0.0.0.0:9090\n", Some("0.0.0.0:9090")).unwrap_err();
     let e = refused.first();
@@ -221,6 +226,7 @@ fn metrics_on_a_reachable_admin_port_need_a_token_or_an_explicit_opening() {
             config,
             LOOPBACK.parse().unwrap(),
             Some("[::]:9090".parse().unwrap()),
+            None,
         )
         .unwrap_err()
         .first()
@@ -263,4 +269,55 @@ fn tls_files_are_read_with_a_ceiling() {
     ));
     assert_eq!(e.key, "server.tls.cert");
     assert!(e.message.contains("/dev/zero: larger than"), "{e}");
+}
+
+#[test]
+fn a_reachable_forward_auth_port_needs_caller_authentication_as_the_grpc_port_does() {
+    let build = |server: &str, forward: &str| {
+        let yaml = format!(
+            "server:\n  forward_auth:\n    listen: {forward}\n{server}{}",
+            profile_yaml("")
+        );
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let forward = forward.parse::<SocketAddr>().unwrap();
+        App::build(config, LOOPBACK.parse().unwrap(), None, Some(forward))
+    };
+    let refused = build("", "0.0.0.0:8080").unwrap_err();
+    let e = refused.first();
+    assert_eq!(e.key, "server.auth");
+    assert!(e.message.contains("server.forward_auth.listen"), "{e}");
+    assert!(build("", "127.0.0.1:8080").is_ok());
+    let opened = build("  auth: { allow_unauthenticated: true }\n", "0.0.0.0:8080").unwrap();
+    assert!(
+        opened
+            .warnings()
+            .iter()
+            .any(|w| w.message.contains("server.forward_auth.listen")),
+        "{:?}",
+        opened.warnings()
+    );
+    // Not served (`tokenvend check` passes the configured address; a server without the
+    // port passes none): nothing to judge.
+    let config = Config::from_yaml(&format!(
+        "server:\n  forward_auth:\n    listen: 0.0.0.0:8080\n{}",
+        profile_yaml("")
+    ))
+    .unwrap();
+    assert!(App::build(config, LOOPBACK.parse().unwrap(), None, None).is_ok());
+}
+
+#[test]
+fn forward_auth_is_restart_only() {
+    let running = Config::from_yaml(&profile_yaml("")).unwrap().server;
+    let mut new = Config::from_yaml(&format!(
+        "server:\n  forward_auth:\n    listen: 127.0.0.1:8080\n{}",
+        profile_yaml("")
+    ))
+    .unwrap()
+    .server;
+    assert_eq!(
+        keep_restart_only(&mut new, &running),
+        ["server.forward_auth"]
+    );
+    assert_eq!(new.forward_auth, None);
 }

@@ -28,7 +28,8 @@ pub(super) fn run(args: Args) -> Result<(), ()> {
     })?;
     let listen = args.listen.unwrap_or(config.server.listen);
     let admin = args.admin_listen.unwrap_or(config.server.admin_listen);
-    let app = App::build(config, listen, Some(admin)).map_err(|errors| {
+    let forward_auth = config.server.forward_auth.as_ref().map(|f| f.listen);
+    let app = App::build(config, listen, Some(admin), forward_auth).map_err(|errors| {
         for error in errors.iter() {
             eprintln!("tokenvend check: {path}: {error}");
         }

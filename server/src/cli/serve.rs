@@ -101,9 +101,14 @@ async fn serve(args: Args) -> Result<(), ServeError> {
             "\n  try: grpcurl -plaintext -d '{{\"profile\":\"demo\"}}' {grpc_addr} tokenvend.v1.TokenService/GetToken\n"
         );
     }
+    let forward_auth = match &config.server.forward_auth {
+        Some(forward) => Some(bind(forward.listen, "forward-auth").await?),
+        None => None,
+    };
     let listeners = Listeners {
         grpc,
         admin: Some(admin),
+        forward_auth,
     };
     crate::serve(listeners, config, shutdown_signal()).await?;
     Ok(())

@@ -9,9 +9,9 @@ use url::Url;
 use crate::secret::RawSecretSource;
 
 use super::{
-    AdminConfig, AuthConfig, ConfigError, Dur, Found, JwksSource, Limits, ServerConfig,
-    ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz, nonzero, parse_endpoint_url,
-    store::RawStore,
+    AdminConfig, AuthConfig, ConfigError, Dur, ForwardAuthConfig, Found, JwksSource, Limits,
+    ServerConfig, ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz, nonzero,
+    parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -34,6 +34,16 @@ pub(super) struct RawServer {
     limits: RawLimits,
     #[serde(default)]
     ext_authz: RawExtAuthz,
+    forward_auth: Option<RawForwardAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    listen: String,
+    caller_header: Option<String>,
+    rejected_token_header: Option<String>,
+    max_age: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +249,47 @@ impl RawLimits {
     }
 }
 
+impl RawForwardAuth {
+    fn validate(self) -> Result<ForwardAuthConfig, ConfigError> {
+        let key = |k: &str| format!("server.forward_auth.{k}");
+        let listen = self.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                key("listen"),
+                format!("`{}` is not an address like 0.0.0.0:8080", self.listen),
+            )
+        })?;
+        let header = |k: &str, value: Option<String>, default: &'static str| {
+            let Some(text) = value else {
+                return Ok(http::HeaderName::from_static(default));
+            };
+            http::HeaderName::from_bytes(text.as_bytes())
+                .map_err(|_| ConfigError::new(key(k), format!("`{text}` is not a header name")))
+        };
+        let caller_header = header(
+            "caller_header",
+            self.caller_header,
+            "x-tokenvend-authorization",
+        )?;
+        let rejected_token_header = header(
+            "rejected_token_header",
+            self.rejected_token_header,
+            "x-tokenvend-rejected-token",
+        )?;
+        if caller_header == rejected_token_header {
+            return Err(ConfigError::new(
+                key("rejected_token_header"),
+                "must differ from `caller_header`",
+            ));
+        }
+        Ok(ForwardAuthConfig {
+            listen,
+            caller_header,
+            rejected_token_header,
+            max_age: self.max_age.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    }
+}
+
 impl RawServer {
     pub(super) fn validate(self) -> Result<ServerConfig, Vec<ConfigError>> {
         let defaults = ServerConfig::default();
@@ -279,6 +330,7 @@ impl RawServer {
         );
         let limits = found.take(self.limits.validate());
         let ext_authz = found.take(self.ext_authz.validate());
+        let forward_auth = found.take(self.forward_auth.map(RawForwardAuth::validate).transpose());
         let (
             Some(listen),
             Some(admin_listen),
@@ -289,6 +341,7 @@ impl RawServer {
             Some(service_account),
             Some(limits),
             Some(ext_authz),
+            Some(forward_auth),
         ) = (
             listen,
             admin_listen,
@@ -299,6 +352,7 @@ impl RawServer {
             service_account,
             limits,
             ext_authz,
+            forward_auth,
         )
         else {
             return Err(found.0);
@@ -322,6 +376,7 @@ impl RawServer {
             },
             limits,
             ext_authz,
+            forward_auth,
         })
     }
 }

@@ -553,3 +553,31 @@ fn ext_authz_is_on_by_default_and_its_routes_must_name_a_profile() {
         assert_eq!(error(&with(yaml)).key, key, "{yaml}");
     }
 }
+
+#[test]
+fn forward_auth_keys_are_checked() {
+    let config = |forward: &str| {
+        Config::from_yaml(&format!(
+            "server:\n  forward_auth:\n{forward}profiles:\n  p:\n    token_url: https://idp.example.com/t\n    client_id: a\n    client_secret: {{ value: s }}\n"
+        ))
+    };
+    let forward = config("    listen: 127.0.0.1:8080\n")
+        .unwrap()
+        .server
+        .forward_auth
+        .unwrap();
+    assert_eq!(forward.caller_header, "x-tokenvend-authorization");
+    assert_eq!(forward.rejected_token_header, "x-tokenvend-rejected-token");
+    assert_eq!(forward.max_age, Duration::from_secs(30));
+    let error = |forward: &str| config(forward).unwrap_err().first().to_string();
+    assert!(error("    listen: nowhere\n").starts_with("server.forward_auth.listen:"));
+    assert!(
+        error("    listen: 127.0.0.1:8080\n    caller_header: \"bad header\"\n")
+            .starts_with("server.forward_auth.caller_header:")
+    );
+    assert!(
+        error("    listen: 127.0.0.1:8080\n    rejected_token_header: x-tokenvend-authorization\n")
+            .contains("must differ")
+    );
+    assert!(error("    port: 8080\n").contains("port"));
+}

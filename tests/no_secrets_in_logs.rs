@@ -13,7 +13,7 @@ use tokenvend_server::Config;
 
 use support::{
     Behaviour, Server, TestIdp,
-    idp::{CLIENT_ID, CLIENT_SECRET},
+    idp::{CLIENT_ID, CLIENT_SECRET, EchoInto},
     profile,
     security::{SaIssuer, new_key, sign, unix_now, with_bearer},
 };
@@ -31,9 +31,22 @@ async fn nothing_secret_is_logged_at_trace() {
         &format!("secret {CLIENT_SECRET} and key {API_KEY} refused"),
     ))
     .await;
+    // A provider that echoes the request into its error, for the methods whose credential
+    // is a client assertion: a workload's JWT from a file, and one signed with the secret.
+    let echoing = TestIdp::start(Behaviour::Echo(EchoInto::Description)).await;
+    let assertion_dir = tempfile::tempdir().unwrap();
+    let assertion_file = assertion_dir.path().join("token");
+    let issuer = SaIssuer::start().await;
+    let workload_jwt = issuer.token("orders", "workload");
+    std::fs::write(&assertion_file, &workload_jwt).unwrap();
     let headers = format!("    headers: {{ X-Api-Key: {{ value: {API_KEY} }} }}\n");
+    let federated = format!(
+        "  federated:\n    token_url: {}\n    client_assertion: {{ file: {} }}\n",
+        echoing.token_url(),
+        assertion_file.display()
+    );
     let yaml = format!(
-        "profiles:\n{}{}{}",
+        "profiles:\n{}{}{}{}{federated}",
         profile("post", &idp, &headers),
         profile(
             "basic",
@@ -41,6 +54,7 @@ async fn nothing_secret_is_logged_at_trace() {
             &format!("    auth_method: client_secret_basic\n{headers}")
         ),
         profile("failing", &failing, &headers),
+        profile("hmac", &echoing, "    auth_method: client_secret_jwt\n"),
     );
     let config = Config::from_yaml(&yaml).unwrap();
     tracing::debug!(?config, "loaded");
@@ -50,8 +64,17 @@ async fn nothing_secret_is_logged_at_trace() {
     for name in ["post", "basic"] {
         tokens.push(server.get(name).await.unwrap().access_token);
     }
-    let status = server.get("failing").await.unwrap_err();
-    tracing::info!(?status, "a failure as a caller would log it");
+    for name in ["failing", "hmac", "federated"] {
+        let status = server.get(name).await.unwrap_err();
+        tracing::info!(?status, "a failure as a caller would log it");
+    }
+    let assertions: Vec<String> = echoing
+        .requests()
+        .iter()
+        .map(|r| r.form["client_assertion"].clone())
+        .collect();
+    assert_eq!(assertions.len(), 2, "both assertion profiles asked");
+    assert!(assertions.contains(&workload_jwt));
     let mut stream = server
         .client
         .clone()
@@ -74,7 +97,6 @@ async fn nothing_secret_is_logged_at_trace() {
     server.stop().await;
 
     // Caller authentication: a good ServiceAccount token and bad ones of every kind.
-    let issuer = SaIssuer::start().await;
     let guarded = Server::start(&format!(
         "server:\n{}profiles:\n{}",
         issuer.auth_yaml(),
@@ -137,8 +159,8 @@ async fn nothing_secret_is_logged_at_trace() {
         API_KEY.to_owned(),
     ];
     forbidden.extend(tokens);
-    // Whole JWTs, and their signatures on their own.
-    for jwt in &jwts {
+    // Whole JWTs (callers' and client assertions), and their signatures on their own.
+    for jwt in jwts.iter().chain(&assertions) {
         forbidden.push(jwt.clone());
         let signature = jwt.rsplit('.').next().unwrap();
         if signature.len() > 16 {

@@ -126,11 +126,23 @@ impl App {
 fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
     let key = |k: &str| format!("profiles.{}.{k}", profile.name);
     match &profile.client_auth {
-        ClientAuth::SecretPost(secret) | ClientAuth::SecretBasic(secret) => {
+        ClientAuth::SecretPost(secret)
+        | ClientAuth::SecretBasic(secret)
+        | ClientAuth::SecretJwt(secret) => {
             if let Err(e) = secret.load() {
                 errors.push(ConfigError::new(key("client_secret"), e.to_string()));
             }
         }
+        ClientAuth::Assertion(assertion) => match assertion.load() {
+            Err(e) => errors.push(ConfigError::new(key("client_assertion"), e.to_string())),
+            // Only the shape: whether it is signed, current and for this provider is the
+            // provider's to say, and the file is read again at each request.
+            Ok(jwt) if !is_compact_jwt(jwt.expose()) => errors.push(ConfigError::new(
+                key("client_assertion"),
+                "does not hold a JWT (three base64url parts joined by `.`)",
+            )),
+            Ok(_) => {}
+        },
         ClientAuth::PrivateKeyJwt(jwt) => {
             if let Err(e) = Signer::load(jwt) {
                 errors.push(ConfigError::new(key(e.key()), e.to_string()));
@@ -156,6 +168,16 @@ fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
+
+fn is_compact_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn check_service_account(server: &ServerConfig, errors: &mut Vec<ConfigError>) {

@@ -1,5 +1,6 @@
-//! Client assertions for `auth_method: private_key_jwt` (RFC 7523 §2.2): a short-lived JWT
-//! signed with the client's private key, sent instead of a client secret.
+//! Client assertions for `auth_method: private_key_jwt` and `client_secret_jwt` (RFC 7523
+//! §2.2, OpenID Connect Core §9): a short-lived JWT signed with the client's private key,
+//! or with its secret as an HMAC key, sent instead of the secret itself.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -120,6 +121,14 @@ impl Signer {
             .assertion("check", "https://check.invalid/token")
             .map_err(|e| key_error(e.to_string()))?;
         Ok(signer)
+    }
+
+    /// Signs with the client secret as an HMAC SHA-256 key (`client_secret_jwt`).
+    pub(crate) fn hmac(secret: &Secret) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.expose().as_bytes()),
+            header: Header::new(Algorithm::HS256),
+        }
     }
 
     /// An assertion for `client_id` at the token endpoint `audience`.

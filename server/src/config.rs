@@ -234,7 +234,9 @@ pub struct Profile {
     pub grant: Grant,
     /// Where the token endpoint is.
     pub endpoint: Endpoint,
-    /// The client identifier.
+    /// The client identifier. Empty only with `auth_method: client_assertion` and no
+    /// `client_id` configured: the workload's assertion names the client, and no
+    /// `client_id` is sent (Keycloak refuses one that differs from the assertion's `sub`).
     pub client_id: String,
     /// How the client authenticates to the token endpoint.
     pub client_auth: ClientAuth,
@@ -307,6 +309,13 @@ pub enum ClientAuth {
     /// A JWT client assertion signed with the client's private key.
     /// Boxed: the key's settings would otherwise make every profile 60 bytes larger.
     PrivateKeyJwt(Box<PrivateKeyJwt>),
+    /// A JWT client assertion signed with the client secret (HMAC SHA-256), which itself
+    /// never leaves the server.
+    SecretJwt(SecretSource),
+    /// A JWT issued to the workload by someone else (a projected Kubernetes
+    /// ServiceAccount token, a SPIFFE JWT-SVID), read afresh for each request and sent
+    /// as the client assertion: workload identity federation, no secret of our own.
+    Assertion(SecretSource),
 }
 
 /// The signing key of a `private_key_jwt` client.
@@ -391,6 +400,10 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// A signed JWT client assertion.
     PrivateKeyJwt,
+    /// A JWT client assertion signed with the client secret.
+    ClientSecretJwt,
+    /// A workload's JWT from a file, sent as the client assertion.
+    ClientAssertion,
 }
 
 impl AuthMethod {
@@ -399,6 +412,8 @@ impl AuthMethod {
             Self::ClientSecretPost => "client_secret_post",
             Self::ClientSecretBasic => "client_secret_basic",
             Self::PrivateKeyJwt => "private_key_jwt",
+            Self::ClientSecretJwt => "client_secret_jwt",
+            Self::ClientAssertion => "client_assertion",
         }
     }
 }

@@ -44,6 +44,21 @@ pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, Cre
                 .load()
                 .map_err(|e| error("client_secret", e.to_string()))?,
         ),
+        ClientAuth::SecretJwt(source) => {
+            let secret = source
+                .load()
+                .map_err(|e| error("client_secret", e.to_string()))?;
+            Credential::Assertion(
+                Signer::hmac(&secret)
+                    .assertion(&profile.client_id, token_url.as_str())
+                    .map_err(|e| error("client_secret", e.to_string()))?,
+            )
+        }
+        ClientAuth::Assertion(source) => Credential::Assertion(
+            source
+                .load()
+                .map_err(|e| error("client_assertion", e.to_string()))?,
+        ),
         ClientAuth::PrivateKeyJwt(config) => {
             // Loaded per request (a few an hour) so that a rotated key file is used.
             let signer = Signer::load(config).map_err(|e| error(e.key(), e.to_string()))?;

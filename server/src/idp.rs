@@ -464,7 +464,10 @@ fn token_request(
             None
         }
         Credential::Assertion(assertion) => {
-            form.append_pair("client_id", &profile.client_id);
+            // Empty only for a workload's assertion with no `client_id` configured.
+            if !profile.client_id.is_empty() {
+                form.append_pair("client_id", &profile.client_id);
+            }
             form.append_pair(
                 "client_assertion_type",
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",

@@ -51,6 +51,31 @@ fn private_key_jwt_needs_a_usable_key() {
 }
 
 #[test]
+fn a_client_assertion_must_be_readable_and_shaped_like_a_jwt() {
+    let yaml = |source: &str| {
+        format!(
+            "profiles:\n  fed:\n    token_url: https://x/t\n    auth_method: client_assertion\n    client_assertion: {source}\n"
+        )
+    };
+    let e = error(&yaml("{ file: /nonexistent/token }"));
+    assert_eq!(e.key, "profiles.fed.client_assertion");
+    assert!(e.message.contains("/nonexistent/token"), "{e}");
+    for not_a_jwt in ["opaque-token", "a.b", "a..c", "a.b.c.d", "a.b+.c"] {
+        let e = error(&yaml(&format!("{{ value: \"{not_a_jwt}\" }}")));
+        assert_eq!(e.key, "profiles.fed.client_assertion");
+        assert!(
+            !e.message.contains(not_a_jwt),
+            "the value is not shown: {e}"
+        );
+    }
+    build(
+        &yaml("{ value: eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln }"),
+        LOOPBACK,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn tls_files_key_sets_and_store_keys_are_read() {
     let e = error(&format!(
         "server:\n  tls: {{ cert: /nonexistent.pem, key: /nonexistent.key }}\n{}",

@@ -28,6 +28,7 @@ pub(super) struct RawProfile {
     signing_alg: Option<SigningAlgorithm>,
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
+    client_assertion: Option<RawSecretSource>,
     refresh_token: Option<RawSecretSource>,
     authorize_url: Option<String>,
     redirect_uri: Option<String>,
@@ -114,10 +115,6 @@ impl RawProfile {
         let keys = Keys(name);
         let mut found = Found::default();
         let endpoint = found.take(endpoint(&keys, self.token_url, self.issuer));
-        let client_id = found.take(match self.client_id {
-            Some(id) if !id.is_empty() => Ok(id),
-            _ => Err(keys.err("client_id", "is required")),
-        });
         let client_auth = found.take(client_auth(
             &keys,
             ClientAuthKeys {
@@ -127,8 +124,16 @@ impl RawProfile {
                 signing_alg: self.signing_alg,
                 key_id: self.key_id,
                 certificate: self.certificate,
+                client_assertion: self.client_assertion,
             },
         ));
+        let client_id = found.take(match self.client_id {
+            Some(id) if !id.is_empty() => Ok(id),
+            // The workload's assertion names the client; Keycloak refuses a `client_id`
+            // that differs from its `sub`, so none is sent unless one is configured.
+            None if matches!(client_auth, Some(ClientAuth::Assertion(_))) => Ok(String::new()),
+            _ => Err(keys.err("client_id", "is required")),
+        });
         let grant = self.grant.unwrap_or(Grant::ClientCredentials);
         let chain = found.take(chain(
             &keys,
@@ -178,6 +183,12 @@ impl RawProfile {
         else {
             return Err(found.0);
         };
+        if authorize.is_some() && client_id.is_empty() {
+            // The authorization request names the client; there is no assertion in it.
+            return Err(vec![
+                keys.err("client_id", "is required with `authorize_url`"),
+            ]);
+        }
         Ok(Profile {
             name: name.into(),
             grant,
@@ -233,6 +244,7 @@ struct ClientAuthKeys {
     signing_alg: Option<SigningAlgorithm>,
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
+    client_assertion: Option<RawSecretSource>,
 }
 
 /// Which keys go with which `auth_method`. Whether the secrets and keys can be read and
@@ -242,61 +254,74 @@ fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, Confi
         raw.signing_alg.is_some() || raw.key_id.is_some() || raw.certificate.is_some();
     let auth_method = raw.auth_method.unwrap_or(if raw.private_key.is_some() {
         AuthMethod::PrivateKeyJwt
+    } else if raw.client_assertion.is_some() {
+        AuthMethod::ClientAssertion
     } else {
         AuthMethod::ClientSecretPost
     });
+    let method = auth_method.as_str();
     if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
         return Err(keys.err(
             "auth_method",
             "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`",
         ));
     }
-    match auth_method {
-        AuthMethod::ClientSecretPost | AuthMethod::ClientSecretBasic => {
-            if raw.private_key.is_some() {
-                return Err(keys.err(
-                    "private_key",
-                    format!(
-                        "is only used with `auth_method: private_key_jwt`, not `{}`",
-                        auth_method.as_str()
-                    ),
-                ));
-            }
-            let Some(secret) = raw.client_secret else {
-                return Err(keys.err("client_secret", "is required"));
-            };
-            let secret = secret_source(secret, &keys.key("client_secret"))?;
-            Ok(if auth_method == AuthMethod::ClientSecretBasic {
-                ClientAuth::SecretBasic(secret)
-            } else {
-                ClientAuth::SecretPost(secret)
-            })
-        }
+    // Each method takes exactly one credential; any other given is a mistake that would
+    // otherwise be silently ignored.
+    let (wanted, unused) = match auth_method {
+        AuthMethod::ClientSecretPost
+        | AuthMethod::ClientSecretBasic
+        | AuthMethod::ClientSecretJwt => (
+            ("client_secret", raw.client_secret),
+            [
+                ("private_key", raw.private_key.is_some()),
+                ("client_assertion", raw.client_assertion.is_some()),
+            ],
+        ),
+        AuthMethod::PrivateKeyJwt => (
+            ("private_key", raw.private_key),
+            [
+                ("client_secret", raw.client_secret.is_some()),
+                ("client_assertion", raw.client_assertion.is_some()),
+            ],
+        ),
+        AuthMethod::ClientAssertion => (
+            ("client_assertion", raw.client_assertion),
+            [
+                ("client_secret", raw.client_secret.is_some()),
+                ("private_key", raw.private_key.is_some()),
+            ],
+        ),
+    };
+    if let Some((key, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(keys.err(
+            key,
+            format!("is not used with `auth_method: {method}`; remove it"),
+        ));
+    }
+    let (key, source) = wanted;
+    let Some(source) = source else {
+        return Err(keys.err(key, format!("is required with `auth_method: {method}`")));
+    };
+    let source = secret_source(source, &keys.key(key))?;
+    Ok(match auth_method {
+        AuthMethod::ClientSecretPost => ClientAuth::SecretPost(source),
+        AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(source),
+        AuthMethod::ClientSecretJwt => ClientAuth::SecretJwt(source),
+        AuthMethod::ClientAssertion => ClientAuth::Assertion(source),
         AuthMethod::PrivateKeyJwt => {
-            if raw.client_secret.is_some() {
-                return Err(keys.err(
-                    "client_secret",
-                    "is not used with `auth_method: private_key_jwt`; remove it",
-                ));
-            }
-            let Some(private_key) = raw.private_key else {
-                return Err(keys.err(
-                    "private_key",
-                    "is required with `auth_method: private_key_jwt`",
-                ));
-            };
             let certificate = raw
                 .certificate
                 .map(|c| secret_source(c, &keys.key("certificate")))
                 .transpose()?;
-            Ok(ClientAuth::PrivateKeyJwt(Box::new(PrivateKeyJwt {
-                private_key: secret_source(private_key, &keys.key("private_key"))?,
+            ClientAuth::PrivateKeyJwt(Box::new(PrivateKeyJwt {
+                private_key: source,
                 algorithm: raw.signing_alg.unwrap_or(SigningAlgorithm::RS256),
                 key_id: raw.key_id.filter(|k| !k.is_empty()),
                 certificate,
-            })))
+            }))
         }
-    }
+    })
 }
 
 /// The refresh-token seed and the `tokenvend authorize` endpoints, which only a

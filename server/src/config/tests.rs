@@ -155,6 +155,78 @@ fn key_options_need_private_key_jwt() {
 }
 
 #[test]
+fn each_auth_method_takes_its_own_credential_and_no_other() {
+    let yaml = |keys: &str| {
+        format!("profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n{keys}")
+    };
+    let cases = [
+        (
+            "    auth_method: client_secret_jwt\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    auth_method: client_assertion\n",
+            "profiles.p.client_assertion",
+        ),
+        (
+            "    auth_method: client_secret_jwt\n    client_secret: { value: s }\n    private_key: { value: k }\n",
+            "profiles.p.private_key",
+        ),
+        (
+            "    client_secret: { value: s }\n    client_assertion: { file: /t }\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    auth_method: client_assertion\n    client_assertion: { file: /t }\n    client_secret: { value: s }\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    private_key: { value: k }\n    client_assertion: { file: /t }\n",
+            "profiles.p.client_assertion",
+        ),
+    ];
+    for (keys, key) in cases {
+        assert_eq!(error(&yaml(keys)).key, key, "{keys}");
+    }
+    let config = Config::from_yaml(&yaml(
+        "    auth_method: client_secret_jwt\n    client_secret: { env: S }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.profiles[0].client_auth,
+        ClientAuth::SecretJwt(SecretSource::Env("S".into()))
+    );
+}
+
+#[test]
+fn a_client_assertion_profile_needs_no_client_id() {
+    // `auth_method` follows from `client_assertion`, as it does from `private_key`.
+    let yaml = "profiles:\n  fed:\n    token_url: https://x/t\n    client_assertion: { file: /var/run/secrets/tokens/idp }\n";
+    let profile = &Config::from_yaml(yaml).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::Assertion(SecretSource::File("/var/run/secrets/tokens/idp".into()))
+    );
+    assert_eq!(profile.client_id, "", "none configured, none sent");
+    let with_id = yaml.replace(
+        "    client_assertion",
+        "    client_id: app-1\n    client_assertion",
+    );
+    assert_eq!(
+        Config::from_yaml(&with_id).unwrap().profiles[0].client_id,
+        "app-1"
+    );
+    // Every other method needs one, and so does the authorization request.
+    let secret = "profiles:\n  p:\n    token_url: https://x/t\n    client_secret: { value: s }\n";
+    assert_eq!(error(secret).key, "profiles.p.client_id");
+    let authorize = format!(
+        "server: {{ state_dir: /tmp/x }}\n{}    grant: refresh_token\n    authorize_url: https://x/a\n    redirect_uri: https://y/cb\n",
+        yaml.replace("fed", "p")
+    );
+    assert_eq!(error(&authorize).key, "profiles.p.client_id");
+}
+
+#[test]
 fn errors_never_echo_a_secret() {
     let yaml = "profiles:\n  p:\n    token_url: http://idp.example.com/t\n    client_id: a\n    client_secret: { value: TOPSECRET }\n    colour: 1\n";
     assert!(!error(yaml).to_string().contains("TOPSECRET"));

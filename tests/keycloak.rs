@@ -12,4 +12,5 @@ mod keycloak {
     pub(crate) mod server;
 
     mod client_auth;
+    mod grants;
 }

@@ -32,7 +32,8 @@ async fn nothing_secret_is_logged_at_trace() {
     ))
     .await;
     // A provider that echoes the request into its error, for the methods whose credential
-    // is a client assertion: a workload's JWT from a file, and one signed with the secret.
+    // is an assertion: a workload's JWT from a file, one signed with the secret, and the
+    // `jwt_bearer` grant's.
     let echoing = TestIdp::start(Behaviour::Echo(EchoInto::Description)).await;
     let assertion_dir = tempfile::tempdir().unwrap();
     let assertion_file = assertion_dir.path().join("token");
@@ -40,13 +41,24 @@ async fn nothing_secret_is_logged_at_trace() {
     let workload_jwt = issuer.token("orders", "workload");
     std::fs::write(&assertion_file, &workload_jwt).unwrap();
     let headers = format!("    headers: {{ X-Api-Key: {{ value: {API_KEY} }} }}\n");
+    let bearer_key = assertion_dir.path().join("bearer.key");
+    std::fs::write(
+        &bearer_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let bearer = format!(
+        "  bearer:\n    token_url: {}\n    grant: jwt_bearer\n    client_id: c\n    private_key: {{ file: {} }}\n    signing_alg: ES256\n    assertion_subject: someone\n",
+        echoing.token_url(),
+        bearer_key.display()
+    );
     let federated = format!(
         "  federated:\n    token_url: {}\n    client_assertion: {{ file: {} }}\n",
         echoing.token_url(),
         assertion_file.display()
     );
     let yaml = format!(
-        "profiles:\n{}{}{}{}{federated}",
+        "profiles:\n{}{}{}{}{federated}{bearer}",
         profile("post", &idp, &headers),
         profile(
             "basic",
@@ -64,16 +76,22 @@ async fn nothing_secret_is_logged_at_trace() {
     for name in ["post", "basic"] {
         tokens.push(server.get(name).await.unwrap().access_token);
     }
-    for name in ["failing", "hmac", "federated"] {
+    for name in ["failing", "hmac", "federated", "bearer"] {
         let status = server.get(name).await.unwrap_err();
         tracing::info!(?status, "a failure as a caller would log it");
     }
     let assertions: Vec<String> = echoing
         .requests()
         .iter()
-        .map(|r| r.form["client_assertion"].clone())
+        .map(|r| {
+            let form = &r.form;
+            form.get("client_assertion")
+                .or(form.get("assertion"))
+                .unwrap()
+                .clone()
+        })
         .collect();
-    assert_eq!(assertions.len(), 2, "both assertion profiles asked");
+    assert_eq!(assertions.len(), 3, "every assertion profile asked");
     assert!(assertions.contains(&workload_jwt));
     let mut stream = server
         .client

@@ -148,6 +148,12 @@ fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
                 errors.push(ConfigError::new(key(e.key()), e.to_string()));
             }
         }
+        ClientAuth::None => {}
+    }
+    if let Some(bearer) = &profile.jwt_bearer
+        && let Err(e) = Signer::load(&bearer.key)
+    {
+        errors.push(ConfigError::new(key(e.key()), e.to_string()));
     }
     if let Some(seed) = &profile.refresh_token
         && let Err(e) = seed.load()

@@ -242,6 +242,9 @@ pub struct Profile {
     pub client_auth: ClientAuth,
     /// For `grant: refresh_token`: the first refresh token, until a rotated one is stored.
     pub refresh_token: Option<SecretSource>,
+    /// For `grant: jwt_bearer` (and only then): how the grant's assertion is made. Boxed,
+    /// as few profiles have one.
+    pub jwt_bearer: Option<Box<JwtBearer>>,
     /// For `tokenvend authorize`: where the user approves, and where the code comes back.
     /// Boxed: two URLs few profiles have would otherwise add 180 bytes to every profile.
     pub authorize: Option<Box<Authorize>>,
@@ -312,6 +315,8 @@ pub enum ClientAuth {
     /// A JWT client assertion signed with the client secret (HMAC SHA-256), which itself
     /// never leaves the server.
     SecretJwt(SecretSource),
+    /// No client authentication: the `jwt_bearer` grant's assertion is the proof.
+    None,
     /// A JWT issued to the workload by someone else (a projected Kubernetes
     /// ServiceAccount token, a SPIFFE JWT-SVID), read afresh for each request and sent
     /// as the client assertion: workload identity federation, no secret of our own.
@@ -329,6 +334,18 @@ pub struct PrivateKeyJwt {
     pub key_id: Option<String>,
     /// The PEM certificate of the key, for the `x5t` and `x5t#S256` headers (Entra ID).
     pub certificate: Option<SecretSource>,
+}
+
+/// The assertion of a `grant: jwt_bearer` profile (RFC 7523 §2.1): `iss` is the client
+/// id, `sub` whom the token is for, `aud` the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtBearer {
+    /// The signing key, its algorithm, `kid` and certificate, as for `private_key_jwt`.
+    pub key: PrivateKeyJwt,
+    /// The `sub` claim: the user or service the token acts for.
+    pub subject: String,
+    /// The `aud` claim; `None` for the token endpoint.
+    pub audience: Option<String>,
 }
 
 /// Signing algorithms for client assertions.
@@ -378,6 +395,8 @@ pub enum Grant {
     ClientCredentials,
     /// RFC 6749 §6.
     RefreshToken,
+    /// RFC 7523 §2.1: a signed JWT as the authorization grant.
+    JwtBearer,
 }
 
 impl Grant {
@@ -386,6 +405,7 @@ impl Grant {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::RefreshToken => "refresh_token",
+            Self::JwtBearer => "jwt_bearer",
         }
     }
 }
@@ -404,6 +424,8 @@ pub enum AuthMethod {
     ClientSecretJwt,
     /// A workload's JWT from a file, sent as the client assertion.
     ClientAssertion,
+    /// No client authentication, for `grant: jwt_bearer`.
+    None,
 }
 
 impl AuthMethod {
@@ -414,6 +436,7 @@ impl AuthMethod {
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::ClientSecretJwt => "client_secret_jwt",
             Self::ClientAssertion => "client_assertion",
+            Self::None => "none",
         }
     }
 }

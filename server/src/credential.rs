@@ -9,6 +9,7 @@ use crate::{
     assertion::Signer,
     config::{ClientAuth, Profile},
     idp::Credential,
+    secret::Secret,
 };
 
 /// A credential of a profile (secret, key, companion header) cannot be used.
@@ -28,6 +29,33 @@ impl CredentialError {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The `jwt_bearer` grant's assertion for a request to `token_url`, signed now with the
+/// profile's key (read now, so that a rotated key file is used).
+pub(crate) fn bearer_assertion(
+    profile: &Profile,
+    token_url: &Url,
+) -> Result<Secret, CredentialError> {
+    let Some(bearer) = &profile.jwt_bearer else {
+        return Err(CredentialError::new(
+            profile,
+            "grant",
+            "is not `jwt_bearer`: there is no assertion to make",
+        ));
+    };
+    let signer =
+        Signer::load(&bearer.key).map_err(|e| CredentialError::new(profile, e.key(), e))?;
+    let audience = bearer.audience.as_deref().unwrap_or(token_url.as_str());
+    let scope = (!profile.scopes.is_empty()).then(|| profile.scopes.join(" "));
+    signer
+        .sign(
+            &profile.client_id,
+            &bearer.subject,
+            audience,
+            scope.as_deref(),
+        )
+        .map_err(|e| CredentialError::new(profile, "private_key", e))
 }
 
 /// The credential for a request to `token_url` (the audience of an assertion).
@@ -54,6 +82,7 @@ pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, Cre
                     .map_err(|e| error("client_secret", e.to_string()))?,
             )
         }
+        ClientAuth::None => Credential::None,
         ClientAuth::Assertion(source) => Credential::Assertion(
             source
                 .load()

@@ -108,6 +108,7 @@ impl DevIssuer {
             grant: Grant::ClientCredentials,
             endpoint: Endpoint::TokenUrl(token_url),
             client_id: DEMO_CLIENT_ID.to_owned(),
+            jwt_bearer: None,
             client_auth: ClientAuth::SecretBasic(SecretSource::Value(self.client_secret.clone())),
             refresh_token: None,
             authorize: None,

@@ -319,6 +319,11 @@ pub(crate) enum Grant<'a> {
         /// profile's.
         scope: Option<&'a str>,
     },
+    /// RFC 7523 §2.1, with the signed assertion.
+    JwtBearer {
+        /// The assertion.
+        assertion: &'a Secret,
+    },
     /// RFC 6749 §4.1.3 with PKCE (RFC 7636).
     AuthorizationCode {
         /// The code from the redirect.
@@ -334,12 +339,17 @@ pub(crate) enum Grant<'a> {
 /// sometimes echo the request into their error text.
 fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> redact::Redactor {
     let mut redactor = redact::Redactor::default();
-    redactor.secret(credential.secret().expose());
+    if let Some(secret) = credential.secret() {
+        redactor.secret(secret.expose());
+    }
     if let Credential::Basic(secret) = credential {
         redactor.basic(&profile.client_id, secret.expose());
     }
     if let Grant::RefreshToken { token, .. } = grant {
         redactor.secret(token.expose());
+    }
+    if let Grant::JwtBearer { assertion } = grant {
+        redactor.secret(assertion.expose());
     }
     if let Grant::AuthorizationCode {
         code,
@@ -360,6 +370,8 @@ fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> re
 
 /// The client's proof of identity for one request.
 pub(crate) enum Credential {
+    /// None: the `jwt_bearer` grant's assertion is the proof.
+    None,
     /// `client_secret` in the form body.
     Post(Secret),
     /// HTTP Basic.
@@ -369,9 +381,10 @@ pub(crate) enum Credential {
 }
 
 impl Credential {
-    fn secret(&self) -> &Secret {
+    fn secret(&self) -> Option<&Secret> {
         match self {
-            Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => s,
+            Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => Some(s),
+            Self::None => None,
         }
     }
 }
@@ -445,6 +458,10 @@ fn token_request(
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", token.expose());
         }
+        Grant::JwtBearer { assertion } => {
+            form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+            form.append_pair("assertion", assertion.expose());
+        }
         Grant::AuthorizationCode {
             code,
             redirect_uri,
@@ -457,6 +474,7 @@ fn token_request(
         }
     }
     let authorization = match credential {
+        Credential::None => None,
         Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
         Credential::Post(secret) => {
             form.append_pair("client_id", &profile.client_id);

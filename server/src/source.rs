@@ -140,7 +140,7 @@ impl TokenSource {
             None => self.request().await,
             Some(shared) => {
                 let when_down = match self.profile.grant {
-                    Grant::ClientCredentials => WhenDown::FetchAlone,
+                    Grant::ClientCredentials | Grant::JwtBearer => WhenDown::FetchAlone,
                     Grant::RefreshToken => WhenDown::Refuse,
                 };
                 let skip = [
@@ -170,6 +170,21 @@ impl TokenSource {
                 key: "server.state_dir".into(),
                 reason: "(or server.store) is required for refresh-token profiles".into(),
             })),
+            (Grant::JwtBearer, _) => {
+                let assertion = credential::bearer_assertion(&self.profile, &token_url)?;
+                let credential = credential::load(&self.profile, &token_url)?;
+                self.idp
+                    .request_token(
+                        &self.profile,
+                        &token_url,
+                        &credential,
+                        GrantRequest::JwtBearer {
+                            assertion: &assertion,
+                        },
+                    )
+                    .await
+                    .map_err(FetchError::from)
+            }
             (Grant::ClientCredentials, _) => {
                 let credential = credential::load(&self.profile, &token_url)?;
                 self.idp

@@ -17,6 +17,9 @@ use tonic::Code;
 use super::server::{Realm, keycloak};
 use crate::support::{Server, eventually};
 
+/// The `kid` of a [`WorkloadIssuer`]'s key.
+pub(super) const KEY_ID: &str = "workload-1";
+
 const SECRET: &str = "s3cr+t/=:%&?-keycloak-hmac-secret-of-32-bytes-or-more";
 
 #[tokio::test]
@@ -71,14 +74,16 @@ async fn client_secret_jwt_is_accepted_and_a_wrong_secret_is_refused() {
 
 /// A workload identity issuer on loopback, as a Kubernetes API server or a SPIFFE server
 /// is: it signs JWTs for its workloads and publishes its keys.
-struct WorkloadIssuer {
-    url: String,
+pub(super) struct WorkloadIssuer {
+    pub(super) url: String,
+    /// The signing key, PEM (PKCS#8), as tokenvend's `private_key` reads it.
+    pub(super) key_pem: String,
     key: EncodingKey,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl WorkloadIssuer {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let pair = rcgen::KeyPair::generate().unwrap();
         let point = pair.public_key_raw();
         let jwks = json!({ "keys": [{
@@ -86,7 +91,7 @@ impl WorkloadIssuer {
             "crv": "P-256",
             "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
             "y": URL_SAFE_NO_PAD.encode(&point[33..]),
-            "kid": "workload-1",
+            "kid": KEY_ID,
             "alg": "ES256",
             "use": "sig",
         }]});
@@ -99,6 +104,7 @@ impl WorkloadIssuer {
         Self {
             url: format!("http://{addr}"),
             key: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            key_pem: pair.serialize_pem(),
             _task: task,
         }
     }
@@ -117,7 +123,7 @@ impl WorkloadIssuer {
             .unwrap()
             .as_secs();
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("workload-1".into());
+        header.kid = Some(KEY_ID.into());
         let claims = json!({
             "iss": iss,
             "sub": sub,

@@ -74,7 +74,7 @@ fn start() -> Option<Keycloak> {
     let mut child = Command::new("sh")
         .args(["-c", &script])
         .process_group(0)
-        .env("JAVA_HOME", java_home.trim())
+        .env("JAVA_HOME", java_home.lines().next().unwrap_or_default())
         .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
         .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdin(Stdio::piped())

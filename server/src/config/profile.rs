@@ -9,8 +9,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, MIN_LIFETIME,
-    Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero,
+    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, JwtBearer,
+    MIN_LIFETIME, Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero,
     parse_endpoint_url, secret_source,
 };
 use crate::secret::{RawSecretSource, SecretSource};
@@ -29,6 +29,8 @@ pub(super) struct RawProfile {
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
     client_assertion: Option<RawSecretSource>,
+    assertion_subject: Option<String>,
+    assertion_audience: Option<String>,
     refresh_token: Option<RawSecretSource>,
     authorize_url: Option<String>,
     redirect_uri: Option<String>,
@@ -115,15 +117,43 @@ impl RawProfile {
         let keys = Keys(name);
         let mut found = Found::default();
         let endpoint = found.take(endpoint(&keys, self.token_url, self.issuer));
+        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
+        let mut key = KeyKeys {
+            private_key: self.private_key,
+            signing_alg: self.signing_alg,
+            key_id: self.key_id,
+            certificate: self.certificate,
+        };
+        // The key of a `jwt_bearer` profile signs the grant's assertion; the client
+        // authenticates (if at all) by other means.
+        let jwt_bearer = if grant == Grant::JwtBearer {
+            let bearer = found.take(jwt_bearer(
+                &keys,
+                std::mem::take(&mut key),
+                self.assertion_subject,
+                self.assertion_audience,
+            ));
+            Some(bearer)
+        } else {
+            for (k, given) in [
+                ("assertion_subject", self.assertion_subject.is_some()),
+                ("assertion_audience", self.assertion_audience.is_some()),
+            ] {
+                if given {
+                    found
+                        .0
+                        .push(keys.err(k, "is only used with `grant: jwt_bearer`"));
+                }
+            }
+            None
+        };
         let client_auth = found.take(client_auth(
             &keys,
+            grant,
             ClientAuthKeys {
                 auth_method: self.auth_method,
                 client_secret: self.client_secret,
-                private_key: self.private_key,
-                signing_alg: self.signing_alg,
-                key_id: self.key_id,
-                certificate: self.certificate,
+                key,
                 client_assertion: self.client_assertion,
             },
         ));
@@ -134,7 +164,6 @@ impl RawProfile {
             None if matches!(client_auth, Some(ClientAuth::Assertion(_))) => Ok(String::new()),
             _ => Err(keys.err("client_id", "is required")),
         });
-        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
         let chain = found.take(chain(
             &keys,
             grant,
@@ -159,7 +188,13 @@ impl RawProfile {
         ));
         let retry = found.take(retry(&keys, self.retry));
         let allow = found.take(allow(&keys, self.allow));
+        let jwt_bearer = match jwt_bearer {
+            None => Some(None),
+            Some(Some(bearer)) => Some(Some(Box::new(bearer))),
+            Some(None) => None,
+        };
         let (
+            Some(jwt_bearer),
             Some(endpoint),
             Some(client_id),
             Some(client_auth),
@@ -170,6 +205,7 @@ impl RawProfile {
             Some(allow),
             Some(()),
         ) = (
+            jwt_bearer,
             endpoint,
             client_id,
             client_auth,
@@ -183,6 +219,10 @@ impl RawProfile {
         else {
             return Err(found.0);
         };
+        // Errors of keys that build nothing (the assertion keys of another grant).
+        if !found.0.is_empty() {
+            return Err(found.0);
+        }
         if authorize.is_some() && client_id.is_empty() {
             // The authorization request names the client; there is no assertion in it.
             return Err(vec![
@@ -196,6 +236,7 @@ impl RawProfile {
             client_id,
             client_auth,
             refresh_token,
+            jwt_bearer,
             authorize,
             scopes: self.scopes,
             audience: self.audience.filter(|a| !a.is_empty()),
@@ -240,58 +281,127 @@ fn endpoint(
 struct ClientAuthKeys {
     auth_method: Option<AuthMethod>,
     client_secret: Option<RawSecretSource>,
+    key: KeyKeys,
+    client_assertion: Option<RawSecretSource>,
+}
+
+/// A private key and its settings: for `private_key_jwt`, or for a `jwt_bearer` grant.
+#[derive(Default)]
+struct KeyKeys {
     private_key: Option<RawSecretSource>,
     signing_alg: Option<SigningAlgorithm>,
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
-    client_assertion: Option<RawSecretSource>,
+}
+
+impl KeyKeys {
+    fn uses_options(&self) -> bool {
+        self.signing_alg.is_some() || self.key_id.is_some() || self.certificate.is_some()
+    }
+
+    fn into_config(
+        self,
+        keys: &Keys<'_>,
+        private_key: SecretSource,
+    ) -> Result<PrivateKeyJwt, ConfigError> {
+        let certificate = self
+            .certificate
+            .map(|c| secret_source(c, &keys.key("certificate")))
+            .transpose()?;
+        Ok(PrivateKeyJwt {
+            private_key,
+            algorithm: self.signing_alg.unwrap_or(SigningAlgorithm::RS256),
+            key_id: self.key_id.filter(|k| !k.is_empty()),
+            certificate,
+        })
+    }
+}
+
+/// The assertion of a `jwt_bearer` grant: a key to sign it, and whom it is for.
+fn jwt_bearer(
+    keys: &Keys<'_>,
+    mut key: KeyKeys,
+    subject: Option<String>,
+    audience: Option<String>,
+) -> Result<JwtBearer, ConfigError> {
+    let Some(private_key) = key.private_key.take() else {
+        return Err(keys.err(
+            "private_key",
+            "is required with `grant: jwt_bearer`: it signs the grant's assertion",
+        ));
+    };
+    let private_key = secret_source(private_key, &keys.key("private_key"))?;
+    let subject = match subject {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            return Err(keys.err(
+                "assertion_subject",
+                "is required with `grant: jwt_bearer`: the user or account the token is for",
+            ));
+        }
+    };
+    Ok(JwtBearer {
+        key: key.into_config(keys, private_key)?,
+        subject,
+        audience: audience.filter(|a| !a.is_empty()),
+    })
 }
 
 /// Which keys go with which `auth_method`. Whether the secrets and keys can be read and
 /// used is the runtime's question (`app`), asked when the configuration is built.
-fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, ConfigError> {
-    let uses_key_options =
-        raw.signing_alg.is_some() || raw.key_id.is_some() || raw.certificate.is_some();
-    let auth_method = raw.auth_method.unwrap_or(if raw.private_key.is_some() {
+fn client_auth(
+    keys: &Keys<'_>,
+    grant: Grant,
+    raw: ClientAuthKeys,
+) -> Result<ClientAuth, ConfigError> {
+    let bearer = grant == Grant::JwtBearer;
+    let auth_method = raw.auth_method.unwrap_or(if raw.key.private_key.is_some() {
         AuthMethod::PrivateKeyJwt
     } else if raw.client_assertion.is_some() {
         AuthMethod::ClientAssertion
+    } else if bearer && raw.client_secret.is_none() {
+        // Salesforce and Google take the grant's assertion as the only proof.
+        AuthMethod::None
     } else {
         AuthMethod::ClientSecretPost
     });
     let method = auth_method.as_str();
-    if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
+    if auth_method != AuthMethod::PrivateKeyJwt && raw.key.uses_options() {
         return Err(keys.err(
             "auth_method",
             "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`",
         ));
     }
+    if bearer && auth_method == AuthMethod::PrivateKeyJwt {
+        return Err(keys.err(
+            "auth_method",
+            "`private_key_jwt` is not offered with `grant: jwt_bearer`, whose `private_key` signs the grant",
+        ));
+    }
+    if !bearer && auth_method == AuthMethod::None {
+        return Err(keys.err("auth_method", "`none` is only for `grant: jwt_bearer`"));
+    }
     // Each method takes exactly one credential; any other given is a mistake that would
     // otherwise be silently ignored.
+    let secret = ("client_secret", raw.client_secret.is_some());
+    let private_key = ("private_key", raw.key.private_key.is_some());
+    let assertion = ("client_assertion", raw.client_assertion.is_some());
     let (wanted, unused) = match auth_method {
         AuthMethod::ClientSecretPost
         | AuthMethod::ClientSecretBasic
         | AuthMethod::ClientSecretJwt => (
-            ("client_secret", raw.client_secret),
-            [
-                ("private_key", raw.private_key.is_some()),
-                ("client_assertion", raw.client_assertion.is_some()),
-            ],
+            Some(("client_secret", raw.client_secret)),
+            vec![private_key, assertion],
         ),
         AuthMethod::PrivateKeyJwt => (
-            ("private_key", raw.private_key),
-            [
-                ("client_secret", raw.client_secret.is_some()),
-                ("client_assertion", raw.client_assertion.is_some()),
-            ],
+            Some(("private_key", raw.key.private_key)),
+            vec![secret, assertion],
         ),
         AuthMethod::ClientAssertion => (
-            ("client_assertion", raw.client_assertion),
-            [
-                ("client_secret", raw.client_secret.is_some()),
-                ("private_key", raw.private_key.is_some()),
-            ],
+            Some(("client_assertion", raw.client_assertion)),
+            vec![secret, private_key],
         ),
+        AuthMethod::None => (None, vec![secret, private_key, assertion]),
     };
     if let Some((key, _)) = unused.iter().find(|(_, given)| *given) {
         return Err(keys.err(
@@ -299,7 +409,9 @@ fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, Confi
             format!("is not used with `auth_method: {method}`; remove it"),
         ));
     }
-    let (key, source) = wanted;
+    let Some((key, source)) = wanted else {
+        return Ok(ClientAuth::None);
+    };
     let Some(source) = source else {
         return Err(keys.err(key, format!("is required with `auth_method: {method}`")));
     };
@@ -309,18 +421,14 @@ fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, Confi
         AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(source),
         AuthMethod::ClientSecretJwt => ClientAuth::SecretJwt(source),
         AuthMethod::ClientAssertion => ClientAuth::Assertion(source),
-        AuthMethod::PrivateKeyJwt => {
-            let certificate = raw
-                .certificate
-                .map(|c| secret_source(c, &keys.key("certificate")))
-                .transpose()?;
-            ClientAuth::PrivateKeyJwt(Box::new(PrivateKeyJwt {
-                private_key: source,
-                algorithm: raw.signing_alg.unwrap_or(SigningAlgorithm::RS256),
-                key_id: raw.key_id.filter(|k| !k.is_empty()),
-                certificate,
-            }))
-        }
+        AuthMethod::None => ClientAuth::None,
+        AuthMethod::PrivateKeyJwt => ClientAuth::PrivateKeyJwt(Box::new(
+            KeyKeys {
+                private_key: None,
+                ..raw.key
+            }
+            .into_config(keys, source)?,
+        )),
     })
 }
 
@@ -348,7 +456,7 @@ fn chain(
         (Some(_), None) => return Err(keys.err("redirect_uri", "is required with `authorize_url`")),
         (None, Some(_)) => return Err(keys.err("authorize_url", "is required with `redirect_uri`")),
     };
-    if grant == Grant::ClientCredentials && (refresh_token.is_some() || authorize.is_some()) {
+    if grant != Grant::RefreshToken && (refresh_token.is_some() || authorize.is_some()) {
         let k = if refresh_token.is_some() {
             "refresh_token"
         } else {

@@ -227,6 +227,67 @@ fn a_client_assertion_profile_needs_no_client_id() {
 }
 
 #[test]
+fn a_jwt_bearer_profile_signs_its_grant_and_may_authenticate_no_client() {
+    let bearer = "profiles:\n  sf:\n    token_url: https://login.salesforce.com/services/oauth2/token\n    grant: jwt_bearer\n    client_id: consumer-key\n    private_key: { file: /k.pem }\n    key_id: k1\n    assertion_subject: integration@example.com\n";
+    let profile = &Config::from_yaml(bearer).unwrap().profiles[0];
+    assert_eq!(profile.grant, Grant::JwtBearer);
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::None,
+        "the assertion is the proof"
+    );
+    let jwt = profile.jwt_bearer.as_deref().unwrap();
+    assert_eq!(jwt.subject, "integration@example.com");
+    assert_eq!(jwt.audience, None, "the token endpoint");
+    assert_eq!(jwt.key.key_id.as_deref(), Some("k1"));
+    assert_eq!(jwt.key.private_key, SecretSource::File("/k.pem".into()));
+
+    // With a client secret beside it, the client authenticates too (Keycloak).
+    let with_secret = format!(
+        "{bearer}    client_secret: {{ env: S }}\n    assertion_audience: https://sso.example.com/realms/r\n"
+    );
+    let profile = &Config::from_yaml(&with_secret).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::SecretPost(SecretSource::Env("S".into()))
+    );
+    assert_eq!(
+        profile.jwt_bearer.as_deref().unwrap().audience.as_deref(),
+        Some("https://sso.example.com/realms/r")
+    );
+
+    let cases = [
+        (
+            bearer.replace("    private_key: { file: /k.pem }\n", ""),
+            "profiles.sf.private_key",
+        ),
+        (
+            bearer.replace("    assertion_subject: integration@example.com\n", ""),
+            "profiles.sf.assertion_subject",
+        ),
+        (
+            format!("{bearer}    auth_method: private_key_jwt\n"),
+            "profiles.sf.auth_method",
+        ),
+        (
+            format!("{bearer}    refresh_token: {{ env: R }}\n"),
+            "profiles.sf.refresh_token",
+        ),
+        (
+            profile_yaml("    assertion_subject: x\n"),
+            "profiles.jama.assertion_subject",
+        ),
+        (
+            profile_yaml("    auth_method: none\n"),
+            "profiles.jama.auth_method",
+        ),
+    ];
+    for (yaml, key) in cases {
+        assert_eq!(error(&yaml).key, key, "{yaml}");
+    }
+}
+
+#[test]
 fn errors_never_echo_a_secret() {
     let yaml = "profiles:\n  p:\n    token_url: http://idp.example.com/t\n    client_id: a\n    client_secret: { value: TOPSECRET }\n    colour: 1\n";
     assert!(!error(yaml).to_string().contains("TOPSECRET"));

@@ -248,6 +248,23 @@ fn a_client_assertion_goes_with_client_id_only_when_one_is_configured() {
 }
 
 #[test]
+fn the_jwt_bearer_grant_sends_its_assertion_and_no_credential_of_its_own() {
+    let assertion = Secret::new("h.p.s");
+    let (body, auth) = token_request(
+        &profile(),
+        &Credential::None,
+        &Grant::JwtBearer {
+            assertion: &assertion,
+        },
+    );
+    assert!(auth.is_none());
+    assert_eq!(
+        body,
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=h.p.s&scope=read+write"
+    );
+}
+
+#[test]
 fn retry_after_seconds_or_date() {
     let now = SystemTime::now();
     assert_eq!(

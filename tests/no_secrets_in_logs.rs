@@ -52,13 +52,31 @@ async fn nothing_secret_is_logged_at_trace() {
         echoing.token_url(),
         bearer_key.display()
     );
+    // A mutual-TLS client: its key is never sent, and must never be printed either.
+    let tls_key = rcgen::KeyPair::generate().unwrap();
+    let tls_cert = rcgen::CertificateParams::new(vec!["c".to_string()])
+        .unwrap()
+        .self_signed(&tls_key)
+        .unwrap();
+    let (tls_crt_file, tls_key_file) = (
+        assertion_dir.path().join("tls.crt"),
+        assertion_dir.path().join("tls.key"),
+    );
+    std::fs::write(&tls_crt_file, tls_cert.pem()).unwrap();
+    std::fs::write(&tls_key_file, tls_key.serialize_pem()).unwrap();
+    let mtls = format!(
+        "  mtls:\n    token_url: {}\n    client_id: c\n    auth_method: tls_client_auth\n    client_certificate: {{ file: {} }}\n    client_key: {{ file: {} }}\n",
+        echoing.token_url(),
+        tls_crt_file.display(),
+        tls_key_file.display()
+    );
     let federated = format!(
         "  federated:\n    token_url: {}\n    client_assertion: {{ file: {} }}\n",
         echoing.token_url(),
         assertion_file.display()
     );
     let yaml = format!(
-        "profiles:\n{}{}{}{}{federated}{bearer}",
+        "profiles:\n{}{}{}{}{federated}{bearer}{mtls}",
         profile("post", &idp, &headers),
         profile(
             "basic",
@@ -76,19 +94,18 @@ async fn nothing_secret_is_logged_at_trace() {
     for name in ["post", "basic"] {
         tokens.push(server.get(name).await.unwrap().access_token);
     }
-    for name in ["failing", "hmac", "federated", "bearer"] {
+    for name in ["failing", "hmac", "federated", "bearer", "mtls"] {
         let status = server.get(name).await.unwrap_err();
         tracing::info!(?status, "a failure as a caller would log it");
     }
     let assertions: Vec<String> = echoing
         .requests()
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let form = &r.form;
             form.get("client_assertion")
                 .or(form.get("assertion"))
-                .unwrap()
-                .clone()
+                .cloned()
         })
         .collect();
     assert_eq!(assertions.len(), 3, "every assertion profile asked");
@@ -177,6 +194,14 @@ async fn nothing_secret_is_logged_at_trace() {
         API_KEY.to_owned(),
     ];
     forbidden.extend(tokens);
+    // Every line of the client key's base64.
+    forbidden.extend(
+        tls_key
+            .serialize_pem()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::to_owned),
+    );
     // Whole JWTs (callers' and client assertions), and their signatures on their own.
     for jwt in jwts.iter().chain(&assertions) {
         forbidden.push(jwt.clone());

@@ -149,11 +149,21 @@ fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
             }
         }
         ClientAuth::None => {}
+        ClientAuth::Tls(tls) => {
+            if let Err(e) = crate::credential::tls_identity(profile, tls) {
+                errors.push(ConfigError::new(e.key, e.reason));
+            }
+        }
     }
     if let Some(bearer) = &profile.jwt_bearer
         && let Err(e) = Signer::load(&bearer.key)
     {
         errors.push(ConfigError::new(key(e.key()), e.to_string()));
+    }
+    if let Some(ca) = &profile.provider_ca
+        && let Err(e) = crate::idp::provider_roots(ca)
+    {
+        errors.push(ConfigError::new(key("provider_ca"), e));
     }
     if let Some(seed) = &profile.refresh_token
         && let Err(e) = seed.load()

@@ -248,6 +248,9 @@ pub struct Profile {
     /// For `tokenvend authorize`: where the user approves, and where the code comes back.
     /// Boxed: two URLs few profiles have would otherwise add 180 bytes to every profile.
     pub authorize: Option<Box<Authorize>>,
+    /// CA certificates (PEM) that the provider's HTTPS certificate is checked against,
+    /// instead of the system's, for a provider with a private CA.
+    pub provider_ca: Option<PathBuf>,
     /// The scopes to request.
     pub scopes: Vec<String>,
     /// `audience` form field (Auth0, some Okta setups).
@@ -317,6 +320,9 @@ pub enum ClientAuth {
     SecretJwt(SecretSource),
     /// No client authentication: the `jwt_bearer` grant's assertion is the proof.
     None,
+    /// Mutual TLS with the client's certificate (RFC 8705), and `client_id` in the form.
+    /// Boxed: two sources would otherwise make every profile larger.
+    Tls(Box<TlsClientAuth>),
     /// A JWT issued to the workload by someone else (a projected Kubernetes
     /// ServiceAccount token, a SPIFFE JWT-SVID), read afresh for each request and sent
     /// as the client assertion: workload identity federation, no secret of our own.
@@ -334,6 +340,18 @@ pub struct PrivateKeyJwt {
     pub key_id: Option<String>,
     /// The PEM certificate of the key, for the `x5t` and `x5t#S256` headers (Entra ID).
     pub certificate: Option<SecretSource>,
+}
+
+/// The certificate of a client that authenticates with mutual TLS (RFC 8705).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsClientAuth {
+    /// The PEM certificate (chain) presented to the provider.
+    pub certificate: SecretSource,
+    /// Its PEM private key.
+    pub key: SecretSource,
+    /// `self_signed_tls_client_auth` (the provider knows the certificate itself) rather
+    /// than `tls_client_auth` (the provider trusts its CA and matches its subject).
+    pub self_signed: bool,
 }
 
 /// The assertion of a `grant: jwt_bearer` profile (RFC 7523 §2.1): `iss` is the client
@@ -426,6 +444,10 @@ pub enum AuthMethod {
     ClientAssertion,
     /// No client authentication, for `grant: jwt_bearer`.
     None,
+    /// Mutual TLS with a certificate from a CA the provider trusts (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// Mutual TLS with a certificate the provider has registered (RFC 8705 §2.2).
+    SelfSignedTlsClientAuth,
 }
 
 impl AuthMethod {
@@ -437,6 +459,8 @@ impl AuthMethod {
             Self::ClientSecretJwt => "client_secret_jwt",
             Self::ClientAssertion => "client_assertion",
             Self::None => "none",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
     }
 }

@@ -7,7 +7,7 @@ use url::Url;
 
 use crate::{
     assertion::Signer,
-    config::{ClientAuth, Profile},
+    config::{ClientAuth, Profile, TlsClientAuth},
     idp::Credential,
     secret::Secret,
 };
@@ -58,6 +58,41 @@ pub(crate) fn bearer_assertion(
         .map_err(|e| CredentialError::new(profile, "private_key", e))
 }
 
+/// The client certificate and key of a mutual-TLS client as one PEM, read now (so that a
+/// rotated certificate is used at the next request) and checked to make an identity.
+pub(crate) fn tls_identity(
+    profile: &Profile,
+    tls: &TlsClientAuth,
+) -> Result<Secret, CredentialError> {
+    let certificate = tls
+        .certificate
+        .load()
+        .map_err(|e| CredentialError::new(profile, "client_certificate", e))?;
+    let key = tls
+        .key
+        .load()
+        .map_err(|e| CredentialError::new(profile, "client_key", e))?;
+    if pem::parse_many(certificate.expose())
+        .ok()
+        .is_none_or(|p| !p.iter().any(|p| p.tag() == "CERTIFICATE"))
+    {
+        return Err(CredentialError::new(
+            profile,
+            "client_certificate",
+            "holds no PEM certificate",
+        ));
+    }
+    let identity = Secret::new(format!("{}\n{}\n", certificate.expose(), key.expose()));
+    reqwest::Identity::from_pem(identity.expose().as_bytes()).map_err(|_| {
+        CredentialError::new(
+            profile,
+            "client_key",
+            "is not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) for the certificate",
+        )
+    })?;
+    Ok(identity)
+}
+
 /// The credential for a request to `token_url` (the audience of an assertion).
 pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, CredentialError> {
     let error = |key: &str, reason: String| CredentialError::new(profile, key, reason);
@@ -83,6 +118,7 @@ pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, Cre
             )
         }
         ClientAuth::None => Credential::None,
+        ClientAuth::Tls(tls) => Credential::Tls(tls_identity(profile, tls)?),
         ClientAuth::Assertion(source) => Credential::Assertion(
             source
                 .load()

@@ -109,6 +109,7 @@ impl DevIssuer {
             endpoint: Endpoint::TokenUrl(token_url),
             client_id: DEMO_CLIENT_ID.to_owned(),
             jwt_bearer: None,
+            provider_ca: None,
             client_auth: ClientAuth::SecretBasic(SecretSource::Value(self.client_secret.clone())),
             refresh_token: None,
             authorize: None,

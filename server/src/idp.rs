@@ -32,17 +32,32 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub(crate) struct IdpClient {
     http: std::sync::Arc<arc_swap::ArcSwap<reqwest::Client>>,
+    /// The connect timeout of `http`, for the clients built per request.
+    connect_timeout_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     metrics: Option<Metrics>,
 }
 
 /// Redirects are not followed: a token endpoint that redirects is misconfigured, and
 /// following would resend credentials.
-fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+fn http_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    http_builder(connect_timeout).build()
+}
+
+/// The CA certificates in a `provider_ca` file; an error names the file, never more.
+pub(crate) fn provider_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = crate::bounded::read(path, crate::bounded::DOCUMENT_BYTES)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(roots) if !roots.is_empty() => Ok(roots),
+        _ => Err(format!("{} holds no PEM certificate", path.display())),
+    }
 }
 
 /// Why a token request failed. The text never holds a secret or a token.
@@ -143,6 +158,10 @@ impl IdpError {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn is_transient_status(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
@@ -154,6 +173,9 @@ impl IdpClient {
             http: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(http_client(
                 connect_timeout,
             )?)),
+            connect_timeout_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(millis(
+                connect_timeout,
+            ))),
             metrics: None,
         })
     }
@@ -166,6 +188,10 @@ impl IdpClient {
     ) -> Result<(), reqwest::Error> {
         self.http
             .store(std::sync::Arc::new(http_client(connect_timeout)?));
+        self.connect_timeout_ms.store(
+            millis(connect_timeout),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -242,8 +268,11 @@ impl IdpClient {
         body: String,
         authorization: Option<HeaderValue>,
     ) -> Result<(u16, IssuedToken), (Option<u16>, IdpError)> {
+        let http = self
+            .client_for(profile, credential)
+            .map_err(|e| (None, e))?;
         let answer = self
-            .post_form(token_url, profile.timeout, body, authorization)
+            .post_form(&http, token_url, profile.timeout, body, authorization)
             .await
             .map_err(|e| (None, e))?;
 
@@ -256,18 +285,54 @@ impl IdpClient {
         .map_err(|e| (Some(answer.status), e))
     }
 
+    /// The HTTP client for a profile's token request: the shared one, or, for mutual TLS
+    /// or a private CA, one built for this request with the client's certificate and the
+    /// CA, so that rotated files are used at once. Token requests are a few an hour; the
+    /// build is a millisecond.
+    fn client_for(
+        &self,
+        profile: &Profile,
+        credential: &Credential,
+    ) -> Result<reqwest::Client, IdpError> {
+        let identity = match credential {
+            Credential::Tls(pem) => Some(pem),
+            _ => None,
+        };
+        if identity.is_none() && profile.provider_ca.is_none() {
+            return Ok(reqwest::Client::clone(&self.http.load()));
+        }
+        let mut builder = http_builder(Duration::from_millis(
+            self.connect_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        if let Some(pem) = identity {
+            let identity = reqwest::Identity::from_pem(pem.expose().as_bytes()).map_err(|_| {
+                IdpError::Misconfigured("client_certificate or client_key cannot be used".into())
+            })?;
+            builder = builder.identity(identity);
+        }
+        if let Some(ca) = &profile.provider_ca {
+            for root in provider_roots(ca).map_err(IdpError::Misconfigured)? {
+                builder = builder.add_root_certificate(root);
+            }
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        builder
+            .build()
+            .map_err(|e| IdpError::Misconfigured(format!("cannot set up TLS: {e}")))
+    }
+
     /// Sends a form POST and reads the answer, capped in size.
     async fn post_form(
         &self,
+        http: &reqwest::Client,
         url: &Url,
         timeout: Duration,
         body: String,
         authorization: Option<HeaderValue>,
     ) -> Result<RawAnswer, IdpError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut request = self
-            .http
-            .load()
+        let mut request = http
             .post(url.clone())
             .timeout(timeout)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -372,6 +437,8 @@ fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> re
 pub(crate) enum Credential {
     /// None: the `jwt_bearer` grant's assertion is the proof.
     None,
+    /// Mutual TLS: the client certificate and its key, one PEM.
+    Tls(Secret),
     /// `client_secret` in the form body.
     Post(Secret),
     /// HTTP Basic.
@@ -384,7 +451,7 @@ impl Credential {
     fn secret(&self) -> Option<&Secret> {
         match self {
             Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => Some(s),
-            Self::None => None,
+            Self::None | Self::Tls(_) => None,
         }
     }
 }
@@ -475,6 +542,11 @@ fn token_request(
     }
     let authorization = match credential {
         Credential::None => None,
+        // RFC 8705 §2: the certificate authenticates; `client_id` says whose it is.
+        Credential::Tls(_) => {
+            form.append_pair("client_id", &profile.client_id);
+            None
+        }
         Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
         Credential::Post(secret) => {
             form.append_pair("client_id", &profile.client_id);

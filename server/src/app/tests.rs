@@ -76,6 +76,55 @@ fn a_client_assertion_must_be_readable_and_shaped_like_a_jwt() {
 }
 
 #[test]
+fn mutual_tls_files_are_read_and_must_make_an_identity() {
+    let yaml = |cert: &str, key: &str, ca: &str| {
+        format!(
+            "profiles:\n  m:\n    token_url: https://x/t\n    client_id: a\n    auth_method: tls_client_auth\n    client_certificate: {cert}\n    client_key: {key}\n    provider_ca: {ca}\n"
+        )
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (crt, pem_key) = (
+        path("c.crt", &cert.pem()),
+        path("c.key", &key.serialize_pem()),
+    );
+    let junk = path("junk", "not pem");
+    let file = |p: &str| format!("{{ file: {p} }}");
+    build(&yaml(&file(&crt), &file(&pem_key), &crt), LOOPBACK).unwrap_or_else(|e| panic!("{e}"));
+    for (yaml, key) in [
+        (
+            yaml(&file(&junk), &file(&pem_key), &crt),
+            "profiles.m.client_certificate",
+        ),
+        (
+            yaml(&file(&crt), &file(&junk), &crt),
+            "profiles.m.client_key",
+        ),
+        (
+            yaml(&file(&crt), &file(&pem_key), &junk),
+            "profiles.m.provider_ca",
+        ),
+        (
+            yaml(&file(&crt), &file("/nonexistent.key"), &crt),
+            "profiles.m.client_key",
+        ),
+    ] {
+        let e = error(&yaml);
+        assert_eq!(e.key, key, "{e}");
+        assert!(!e.message.contains("PRIVATE KEY"), "{e}");
+    }
+}
+
+#[test]
 fn tls_files_key_sets_and_store_keys_are_read() {
     let e = error(&format!(
         "server:\n  tls: {{ cert: /nonexistent.pem, key: /nonexistent.key }}\n{}",

@@ -10,8 +10,8 @@ use url::Url;
 
 use super::{
     AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, JwtBearer,
-    MIN_LIFETIME, Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero,
-    parse_endpoint_url, secret_source,
+    MIN_LIFETIME, Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm,
+    TlsClientAuth, nonzero, parse_endpoint_url, secret_source,
 };
 use crate::secret::{RawSecretSource, SecretSource};
 
@@ -29,6 +29,9 @@ pub(super) struct RawProfile {
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
     client_assertion: Option<RawSecretSource>,
+    client_certificate: Option<RawSecretSource>,
+    client_key: Option<RawSecretSource>,
+    provider_ca: Option<std::path::PathBuf>,
     assertion_subject: Option<String>,
     assertion_audience: Option<String>,
     refresh_token: Option<RawSecretSource>,
@@ -155,6 +158,8 @@ impl RawProfile {
                 client_secret: self.client_secret,
                 key,
                 client_assertion: self.client_assertion,
+                client_certificate: self.client_certificate,
+                client_key: self.client_key,
             },
         ));
         let client_id = found.take(match self.client_id {
@@ -237,6 +242,7 @@ impl RawProfile {
             client_auth,
             refresh_token,
             jwt_bearer,
+            provider_ca: self.provider_ca,
             authorize,
             scopes: self.scopes,
             audience: self.audience.filter(|a| !a.is_empty()),
@@ -283,6 +289,8 @@ struct ClientAuthKeys {
     client_secret: Option<RawSecretSource>,
     key: KeyKeys,
     client_assertion: Option<RawSecretSource>,
+    client_certificate: Option<RawSecretSource>,
+    client_key: Option<RawSecretSource>,
 }
 
 /// A private key and its settings: for `private_key_jwt`, or for a `jwt_bearer` grant.
@@ -381,6 +389,23 @@ fn client_auth(
     if !bearer && auth_method == AuthMethod::None {
         return Err(keys.err("auth_method", "`none` is only for `grant: jwt_bearer`"));
     }
+    let tls = matches!(
+        auth_method,
+        AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+    );
+    if !tls {
+        for (key, given) in [
+            ("client_certificate", raw.client_certificate.is_some()),
+            ("client_key", raw.client_key.is_some()),
+        ] {
+            if given {
+                return Err(keys.err(
+                    key,
+                    "is only used with `auth_method: tls_client_auth` or `self_signed_tls_client_auth`",
+                ));
+            }
+        }
+    }
     // Each method takes exactly one credential; any other given is a mistake that would
     // otherwise be silently ignored.
     let secret = ("client_secret", raw.client_secret.is_some());
@@ -401,7 +426,9 @@ fn client_auth(
             Some(("client_assertion", raw.client_assertion)),
             vec![secret, private_key],
         ),
-        AuthMethod::None => (None, vec![secret, private_key, assertion]),
+        AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+            (None, vec![secret, private_key, assertion])
+        }
     };
     if let Some((key, _)) = unused.iter().find(|(_, given)| *given) {
         return Err(keys.err(
@@ -410,7 +437,20 @@ fn client_auth(
         ));
     }
     let Some((key, source)) = wanted else {
-        return Ok(ClientAuth::None);
+        if !tls {
+            return Ok(ClientAuth::None);
+        }
+        let (Some(certificate), Some(key)) = (raw.client_certificate, raw.client_key) else {
+            return Err(keys.err(
+                "client_certificate",
+                format!("and `client_key` are required with `auth_method: {method}`"),
+            ));
+        };
+        return Ok(ClientAuth::Tls(Box::new(TlsClientAuth {
+            certificate: secret_source(certificate, &keys.key("client_certificate"))?,
+            key: secret_source(key, &keys.key("client_key"))?,
+            self_signed: auth_method == AuthMethod::SelfSignedTlsClientAuth,
+        })));
     };
     let Some(source) = source else {
         return Err(keys.err(key, format!("is required with `auth_method: {method}`")));
@@ -421,7 +461,9 @@ fn client_auth(
         AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(source),
         AuthMethod::ClientSecretJwt => ClientAuth::SecretJwt(source),
         AuthMethod::ClientAssertion => ClientAuth::Assertion(source),
-        AuthMethod::None => ClientAuth::None,
+        AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+            ClientAuth::None
+        }
         AuthMethod::PrivateKeyJwt => ClientAuth::PrivateKeyJwt(Box::new(
             KeyKeys {
                 private_key: None,

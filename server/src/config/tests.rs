@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 fn profile_yaml(extra: &str) -> String {
@@ -280,6 +282,43 @@ fn a_jwt_bearer_profile_signs_its_grant_and_may_authenticate_no_client() {
         (
             profile_yaml("    auth_method: none\n"),
             "profiles.jama.auth_method",
+        ),
+    ];
+    for (yaml, key) in cases {
+        assert_eq!(error(&yaml).key, key, "{yaml}");
+    }
+}
+
+#[test]
+fn mutual_tls_needs_a_certificate_and_key_and_nothing_else() {
+    let tls = "profiles:\n  m:\n    token_url: https://x/t\n    client_id: a\n    auth_method: tls_client_auth\n    client_certificate: { file: /c.crt }\n    client_key: { file: /c.key }\n    provider_ca: /ca.crt\n";
+    let profile = &Config::from_yaml(tls).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::Tls(Box::new(TlsClientAuth {
+            certificate: SecretSource::File("/c.crt".into()),
+            key: SecretSource::File("/c.key".into()),
+            self_signed: false,
+        }))
+    );
+    assert_eq!(profile.provider_ca.as_deref(), Some(Path::new("/ca.crt")));
+    let self_signed = tls.replace("tls_client_auth", "self_signed_tls_client_auth");
+    assert!(matches!(
+        &Config::from_yaml(&self_signed).unwrap().profiles[0].client_auth,
+        ClientAuth::Tls(t) if t.self_signed
+    ));
+    let cases = [
+        (
+            tls.replace("    client_key: { file: /c.key }\n", ""),
+            "profiles.m.client_certificate",
+        ),
+        (
+            format!("{tls}    client_secret: {{ value: s }}\n"),
+            "profiles.m.client_secret",
+        ),
+        (
+            profile_yaml("    client_certificate: { file: /c.crt }\n"),
+            "profiles.jama.client_certificate",
         ),
     ];
     for (yaml, key) in cases {

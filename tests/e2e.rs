@@ -10,6 +10,7 @@ mod e2e {
     mod interop;
     mod lifecycle;
     mod observability;
+    mod per_call;
     mod providers;
     mod reload;
     mod rollout;

@@ -431,7 +431,29 @@ pub(crate) struct Slot {
     metrics: Metrics,
     /// This profile's counters, so that counting a hit is one atomic add.
     counters: Arc<ProfileMetrics>,
+    /// The slots of the per-call variants callers asked for (other scopes, audience or
+    /// resource), made at the first such call: most profiles never have one.
+    variants: OnceLock<Box<Variants>>,
 }
+
+/// What a call asks for instead of the profile's own scopes, audience and resource:
+/// scopes sorted and without repeats, so that the same set is one variant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub(crate) scopes: Option<Vec<String>>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resource: Option<String>,
+}
+
+/// The most variants of one profile kept at once; the least used go first. Each holds a
+/// token and a refresher entry; a caller whose variant was evicted gets a new token.
+const MAX_VARIANTS: u64 = 1024;
+
+/// A variant's slot is dropped after this long without a call, so that a variant asked
+/// for once is not refreshed for ever.
+const VARIANT_IDLE: Duration = Duration::from_secs(3600);
+
+type Variants = moka::sync::Cache<Variant, Arc<Slot>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct SlotState {
@@ -620,7 +642,49 @@ impl Slot {
             scheduled: refresh::Scheduled::default(),
             stop: stop.clone(),
             retired: AtomicBool::new(false),
+            variants: OnceLock::new(),
         }
+    }
+
+    /// The slot of a variant of this profile: its own token, its own single flight, its
+    /// own refresh, never shared with the profile's or another variant's. Not shared with
+    /// other replicas either (the shared store holds one token per profile).
+    pub(crate) fn variant(self: &Arc<Self>, variant: Variant) -> Arc<Slot> {
+        let variants = self.variants.get_or_init(|| {
+            Box::new(
+                moka::sync::Cache::builder()
+                    .max_capacity(MAX_VARIANTS)
+                    .time_to_idle(VARIANT_IDLE)
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
+            )
+        });
+        // One slot per variant however many callers ask at once: moka runs one init.
+        variants.get_with_by_ref(&variant, || {
+            let mut profile = Profile::clone(&self.profile);
+            if let Some(scopes) = &variant.scopes {
+                profile.scopes.clone_from(scopes);
+            }
+            if variant.audience.is_some() {
+                profile.audience.clone_from(&variant.audience);
+            }
+            if variant.resource.is_some() {
+                profile.resource.clone_from(&variant.resource);
+            }
+            let profile = Arc::new(profile);
+            let slot = Arc::new(Slot::new(
+                profile.clone(),
+                self.source.variant(profile),
+                &self.stop,
+                self.wakes.clone(),
+                self.metrics.clone(),
+                self.counters.clone(),
+            ));
+            if self.is_retired() {
+                slot.retire();
+            }
+            slot.reschedule();
+            slot
+        })
     }
 
     /// Whether this slot no longer serves its profile: a reload replaced or removed it, or
@@ -633,10 +697,17 @@ impl Slot {
     fn retire(&self) {
         // Under the lock that `subscribe` takes: a watcher subscribed before this is woken,
         // and one subscribed after it sees the flag.
-        let _state = lock(&self.state);
+        let state = lock(&self.state);
         self.retired.store(true, Ordering::Relaxed);
         if let Some(updates) = self.updates.get() {
             updates.send_modify(|_| {});
+        }
+        drop(state);
+        if let Some(variants) = self.variants.get() {
+            for (_, variant) in variants.iter() {
+                variant.retire();
+            }
+            variants.invalidate_all();
         }
     }
 

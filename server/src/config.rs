@@ -257,6 +257,9 @@ pub struct Profile {
     pub audience: Option<String>,
     /// `resource` form field (RFC 8707; Entra ID v1 endpoints, ADFS).
     pub resource: Option<String>,
+    /// What a call may ask for instead of `scopes`, `audience` and `resource`; `None`
+    /// when a call may ask for nothing else. Boxed, as few profiles have it.
+    pub per_call: Option<Box<PerCall>>,
     /// Extra form fields, sent as given.
     pub params: BTreeMap<String, String>,
     /// Companion headers for the resource API, such as an API key, lower-cased.
@@ -352,6 +355,18 @@ pub struct TlsClientAuth {
     /// `self_signed_tls_client_auth` (the provider knows the certificate itself) rather
     /// than `tls_client_auth` (the provider trusts its CA and matches its subject).
     pub self_signed: bool,
+}
+
+/// The values a `GetTokenRequest` may ask for instead of the profile's own. An empty list
+/// allows nothing of its kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerCall {
+    /// A call may ask for any subset of these scopes.
+    pub scopes: Vec<String>,
+    /// A call may ask for one of these audiences.
+    pub audiences: Vec<String>,
+    /// A call may ask for one of these resources.
+    pub resources: Vec<String>,
 }
 
 /// The assertion of a `grant: jwt_bearer` profile (RFC 7523 §2.1): `iss` is the client

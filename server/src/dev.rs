@@ -110,6 +110,7 @@ impl DevIssuer {
             client_id: DEMO_CLIENT_ID.to_owned(),
             jwt_bearer: None,
             provider_ca: None,
+            per_call: None,
             client_auth: ClientAuth::SecretBasic(SecretSource::Value(self.client_secret.clone())),
             refresh_token: None,
             authorize: None,

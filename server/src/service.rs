@@ -19,8 +19,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::{
     audit::{self, TokenDigest},
     auth::{Authenticator, Caller, Peer},
-    cache::{CacheResult, CacheState, CachedToken, Hint, Need, Served, Slot, TokenCache},
-    config::Limits,
+    cache::{CacheResult, CacheState, CachedToken, Hint, Need, Served, Slot, TokenCache, Variant},
+    config::{Limits, Profile},
     error::{self, ServeError},
     limit::{HeldGuard, Holdings, RateLimiter},
     metrics::{Metrics, Rpc},
@@ -188,7 +188,14 @@ impl TokenService {
         request: &pb::GetTokenRequest,
         deadline: Duration,
     ) -> Result<(EncodedToken, audit::Fingerprint, CacheResult, Option<Hint>), ServeError> {
-        let slot = self.slot(caller, &request.profile)?;
+        let mut slot = self.slot(caller, &request.profile)?;
+        // A plain call (no per-call values) takes the profile's own slot, as before.
+        if !request.scopes.is_empty()
+            || !request.audience.is_empty()
+            || !request.resource.is_empty()
+        {
+            slot = slot.variant(variant(slot.profile(), request)?);
+        }
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
             rejected: Some(request.rejected_token.as_str())
@@ -210,6 +217,53 @@ impl TokenService {
         slot.counters().served(Rpc::GetToken);
         Ok((token.encoded().clone(), token.fingerprint(), result, hint))
     }
+}
+
+/// The variant of a profile a call asks for, if the profile allows it.
+fn variant(profile: &Profile, request: &pb::GetTokenRequest) -> Result<Variant, ServeError> {
+    let allowed = profile.per_call.as_deref();
+    let refuse = |what: &str, value: &str, key: &str| {
+        ServeError::InvalidArgument(format!(
+            "profile `{}` does not allow {what} `{value}` (its `{key}`)",
+            profile.name
+        ))
+    };
+    let scopes = if request.scopes.is_empty() {
+        None
+    } else {
+        let allowed = allowed.map(|a| a.scopes.as_slice()).unwrap_or_default();
+        if let Some(scope) = request.scopes.iter().find(|s| !allowed.contains(s)) {
+            return Err(refuse("the scope", scope, "allowed_scopes"));
+        }
+        let mut scopes = request.scopes.clone();
+        scopes.sort_unstable();
+        scopes.dedup();
+        Some(scopes)
+    };
+    let one_of = |value: &str, allowed: &[String], what: &str, key: &str| {
+        if value.is_empty() {
+            Ok(None)
+        } else if allowed.iter().any(|a| a == value) {
+            Ok(Some(value.to_owned()))
+        } else {
+            Err(refuse(what, value, key))
+        }
+    };
+    Ok(Variant {
+        scopes,
+        audience: one_of(
+            &request.audience,
+            allowed.map(|a| a.audiences.as_slice()).unwrap_or_default(),
+            "the audience",
+            "allowed_audiences",
+        )?,
+        resource: one_of(
+            &request.resource,
+            allowed.map(|a| a.resources.as_slice()).unwrap_or_default(),
+            "the resource",
+            "allowed_resources",
+        )?,
+    })
 }
 
 /// The gRPC service as a running server serves it: replaced whole by a reload (caller

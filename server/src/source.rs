@@ -113,6 +113,12 @@ impl TokenSource {
         }
     }
 
+    /// A source for a variant of this source's profile (other scopes, audience or
+    /// resource): the same provider client, no store shared with other replicas.
+    pub(crate) fn variant(&self, profile: Arc<Profile>) -> Self {
+        Self::new(profile, self.idp.clone(), None)
+    }
+
     /// Shares tokens with other replicas through this store, which then also holds the
     /// refresh-token chain (instead of `state_dir`).
     pub(crate) fn with_store(mut self, shared: Option<ProfileStore>) -> Self {

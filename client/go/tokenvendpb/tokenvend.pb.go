@@ -98,6 +98,16 @@ type GetTokenRequest struct {
 	// callers report it; if the cache already holds a newer token, that one is returned
 	// without asking the identity provider again.
 	RejectedToken string `protobuf:"bytes,3,opt,name=rejected_token,json=rejectedToken,proto3" json:"rejected_token,omitempty"`
+	// Optional. Scopes to ask for instead of the profile's own: a subset of the profile's
+	// `allowed_scopes`, in any order. Refused with INVALID_ARGUMENT on a profile that allows
+	// none of them. Each different set has a token (and a provider request) of its own.
+	Scopes []string `protobuf:"bytes,10,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Optional. The audience to ask for instead of the profile's: one of its
+	// `allowed_audiences`, else INVALID_ARGUMENT.
+	Audience string `protobuf:"bytes,11,opt,name=audience,proto3" json:"audience,omitempty"`
+	// Optional. The resource (RFC 8707) to ask for instead of the profile's: one of its
+	// `allowed_resources`, else INVALID_ARGUMENT.
+	Resource      string `protobuf:"bytes,12,opt,name=resource,proto3" json:"resource,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +159,27 @@ func (x *GetTokenRequest) GetMinTtl() *durationpb.Duration {
 func (x *GetTokenRequest) GetRejectedToken() string {
 	if x != nil {
 		return x.RejectedToken
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GetTokenRequest) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
 	}
 	return ""
 }
@@ -481,11 +512,15 @@ var File_tokenvend_v1_tokenvend_proto protoreflect.FileDescriptor
 
 const file_tokenvend_v1_tokenvend_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n" +
+	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x01\n" +
 	"\x0fGetTokenRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x122\n" +
 	"\amin_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06minTtl\x12%\n" +
-	"\x0erejected_token\x18\x03 \x01(\tR\rrejectedToken\"\xae\x02\n" +
+	"\x0erejected_token\x18\x03 \x01(\tR\rrejectedToken\x12\x16\n" +
+	"\x06scopes\x18\n" +
+	" \x03(\tR\x06scopes\x12\x1a\n" +
+	"\baudience\x18\v \x01(\tR\baudience\x12\x1a\n" +
+	"\bresource\x18\f \x01(\tR\bresource\"\xae\x02\n" +
 	"\x05Token\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +

@@ -325,6 +325,7 @@ impl TokenClient {
                 .then(|| prost_types::Duration::try_from(min_ttl).ok())
                 .flatten(),
             rejected_token,
+            ..Default::default()
         };
         let token = self.rpc.clone().get_token(request).await?.into_inner();
         Ok(self.store(profile, Token::from_pb(token)))

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::{
     AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, JwtBearer,
-    MIN_LIFETIME, Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm,
+    MIN_LIFETIME, Pattern, PerCall, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm,
     TlsClientAuth, nonzero, parse_endpoint_url, secret_source,
 };
 use crate::secret::{RawSecretSource, SecretSource};
@@ -42,6 +42,9 @@ pub(super) struct RawProfile {
     scopes: Vec<String>,
     audience: Option<String>,
     resource: Option<String>,
+    allowed_scopes: Option<Vec<String>>,
+    allowed_audiences: Option<Vec<String>>,
+    allowed_resources: Option<Vec<String>>,
     #[serde(default)]
     params: BTreeMap<String, String>,
     #[serde(default)]
@@ -177,6 +180,13 @@ impl RawProfile {
             self.redirect_uri,
         ));
         let shape = found.take(request_shape(&keys, &self.scopes, &self.params));
+        let per_call = found.take(per_call(
+            &keys,
+            grant,
+            self.allowed_scopes,
+            self.allowed_audiences,
+            self.allowed_resources,
+        ));
         let headers = found.take(headers(&keys, self.headers));
         let timing = found.take(timing(
             &keys,
@@ -199,6 +209,7 @@ impl RawProfile {
             Some(None) => None,
         };
         let (
+            Some(per_call),
             Some(jwt_bearer),
             Some(endpoint),
             Some(client_id),
@@ -210,6 +221,7 @@ impl RawProfile {
             Some(allow),
             Some(()),
         ) = (
+            per_call,
             jwt_bearer,
             endpoint,
             client_id,
@@ -248,6 +260,7 @@ impl RawProfile {
             audience: self.audience.filter(|a| !a.is_empty()),
             resource: self.resource.filter(|r| !r.is_empty()),
             params: self.params,
+            per_call,
             headers,
             refresh_ahead: timing.refresh_ahead,
             min_ttl: timing.min_ttl,
@@ -531,6 +544,48 @@ fn request_shape(
         ));
     }
     Ok(())
+}
+
+/// What calls may ask for instead of the profile's scopes, audience and resource.
+fn per_call(
+    keys: &Keys<'_>,
+    grant: Grant,
+    scopes: Option<Vec<String>>,
+    audiences: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+) -> Result<Option<Box<PerCall>>, ConfigError> {
+    if scopes.is_none() && audiences.is_none() && resources.is_none() {
+        return Ok(None);
+    }
+    if grant == Grant::RefreshToken {
+        // One refresh token is one grant; a variant would need a chain of its own.
+        let k = if scopes.is_some() {
+            "allowed_scopes"
+        } else if audiences.is_some() {
+            "allowed_audiences"
+        } else {
+            "allowed_resources"
+        };
+        return Err(keys.err(k, "is not offered with `grant: refresh_token`"));
+    }
+    let check = |k: &str, values: &Option<Vec<String>>| -> Result<(), ConfigError> {
+        let values = values.as_deref().unwrap_or_default();
+        if let Some(v) = values.iter().find(|v| v.is_empty() || v.contains(' ')) {
+            return Err(keys.err(
+                k,
+                format!("`{v}` is not one value: list each as its own item"),
+            ));
+        }
+        Ok(())
+    };
+    check("allowed_scopes", &scopes)?;
+    check("allowed_audiences", &audiences)?;
+    check("allowed_resources", &resources)?;
+    Ok(Some(Box::new(PerCall {
+        scopes: scopes.unwrap_or_default(),
+        audiences: audiences.unwrap_or_default(),
+        resources: resources.unwrap_or_default(),
+    })))
 }
 
 /// Companion headers: their names here; whether their values can be sent is known only

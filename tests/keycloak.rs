@@ -12,5 +12,6 @@ mod keycloak {
     pub(crate) mod server;
 
     mod client_auth;
+    mod exchange;
     mod grants;
 }

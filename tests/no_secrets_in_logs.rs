@@ -19,6 +19,7 @@ use support::{
 };
 
 const API_KEY: &str = "api-key-7f3a9c";
+const SUBJECT_TOKEN: &str = "subject-token-3be1d07c94";
 
 #[tokio::test]
 async fn nothing_secret_is_logged_at_trace() {
@@ -70,13 +71,17 @@ async fn nothing_secret_is_logged_at_trace() {
         tls_crt_file.display(),
         tls_key_file.display()
     );
+    let exchange = format!(
+        "  exchange:\n    token_url: {}\n    grant: token_exchange\n    client_id: c\n    client_secret: {{ value: s }}\n",
+        echoing.token_url()
+    );
     let federated = format!(
         "  federated:\n    token_url: {}\n    client_assertion: {{ file: {} }}\n",
         echoing.token_url(),
         assertion_file.display()
     );
     let yaml = format!(
-        "profiles:\n{}{}{}{}{federated}{bearer}{mtls}",
+        "profiles:\n{}{}{}{}{federated}{bearer}{mtls}{exchange}",
         profile("post", &idp, &headers),
         profile(
             "basic",
@@ -98,6 +103,18 @@ async fn nothing_secret_is_logged_at_trace() {
         let status = server.get(name).await.unwrap_err();
         tracing::info!(?status, "a failure as a caller would log it");
     }
+    // A caller's token to exchange, echoed back by the provider.
+    let status = server
+        .client
+        .clone()
+        .get_token(GetTokenRequest {
+            profile: "exchange".into(),
+            subject_token: SUBJECT_TOKEN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    tracing::info!(?status, "a failed exchange as a caller would log it");
     let assertions: Vec<String> = echoing
         .requests()
         .iter()
@@ -194,6 +211,7 @@ async fn nothing_secret_is_logged_at_trace() {
         API_KEY.to_owned(),
     ];
     forbidden.extend(tokens);
+    forbidden.push(SUBJECT_TOKEN.to_owned());
     // Every line of the client key's base64.
     forbidden.extend(
         tls_key

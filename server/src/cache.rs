@@ -46,6 +46,7 @@ use crate::{
     error::ServeError,
     idp::{IdpClient, IssuedToken},
     metrics::{CacheLookup, Metrics, ProfileMetrics, Trigger},
+    secret::Secret,
     source::{FetchError, TokenSource},
     state::StateDir,
     store::SharedStore,
@@ -443,6 +444,9 @@ pub(crate) struct Variant {
     pub(crate) scopes: Option<Vec<String>>,
     pub(crate) audience: Option<String>,
     pub(crate) resource: Option<String>,
+    /// For token exchange: the caller's subject token, by digest, and its type. Each
+    /// subject token is its own variant: an exchanged token is never served for another.
+    pub(crate) subject: Option<(TokenDigest, String)>,
 }
 
 /// The most variants of one profile kept at once; the least used go first. Each holds a
@@ -649,7 +653,12 @@ impl Slot {
     /// The slot of a variant of this profile: its own token, its own single flight, its
     /// own refresh, never shared with the profile's or another variant's. Not shared with
     /// other replicas either (the shared store holds one token per profile).
-    pub(crate) fn variant(self: &Arc<Self>, variant: Variant) -> Arc<Slot> {
+    /// `subject` is the subject token itself, for a token-exchange variant.
+    pub(crate) fn variant(
+        self: &Arc<Self>,
+        variant: Variant,
+        subject: Option<Secret>,
+    ) -> Arc<Slot> {
         let variants = self.variants.get_or_init(|| {
             Box::new(
                 moka::sync::Cache::builder()
@@ -671,9 +680,12 @@ impl Slot {
                 profile.resource.clone_from(&variant.resource);
             }
             let profile = Arc::new(profile);
+            let subject = subject
+                .clone()
+                .zip(variant.subject.as_ref().map(|(_, kind)| kind.clone()));
             let slot = Arc::new(Slot::new(
                 profile.clone(),
-                self.source.variant(profile),
+                self.source.variant(profile, subject),
                 &self.stop,
                 self.wakes.clone(),
                 self.metrics.clone(),

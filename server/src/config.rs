@@ -430,6 +430,8 @@ pub enum Grant {
     RefreshToken,
     /// RFC 7523 §2.1: a signed JWT as the authorization grant.
     JwtBearer,
+    /// RFC 8693: a caller's token exchanged for one for this client.
+    TokenExchange,
 }
 
 impl Grant {
@@ -439,6 +441,7 @@ impl Grant {
             Self::ClientCredentials => "client_credentials",
             Self::RefreshToken => "refresh_token",
             Self::JwtBearer => "jwt_bearer",
+            Self::TokenExchange => "token_exchange",
         }
     }
 }

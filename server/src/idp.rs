@@ -384,6 +384,13 @@ pub(crate) enum Grant<'a> {
         /// profile's.
         scope: Option<&'a str>,
     },
+    /// RFC 8693, with the caller's token.
+    TokenExchange {
+        /// The token to exchange.
+        subject_token: &'a Secret,
+        /// Its type, a URN of RFC 8693 §3.
+        subject_token_type: &'a str,
+    },
     /// RFC 7523 §2.1, with the signed assertion.
     JwtBearer {
         /// The assertion.
@@ -415,6 +422,9 @@ fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> re
     }
     if let Grant::JwtBearer { assertion } = grant {
         redactor.secret(assertion.expose());
+    }
+    if let Grant::TokenExchange { subject_token, .. } = grant {
+        redactor.secret(subject_token.expose());
     }
     if let Grant::AuthorizationCode {
         code,
@@ -524,6 +534,17 @@ fn token_request(
         Grant::RefreshToken { token, .. } => {
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", token.expose());
+        }
+        Grant::TokenExchange {
+            subject_token,
+            subject_token_type,
+        } => {
+            form.append_pair(
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            );
+            form.append_pair("subject_token", subject_token.expose());
+            form.append_pair("subject_token_type", subject_token_type);
         }
         Grant::JwtBearer { assertion } => {
             form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");

@@ -20,10 +20,11 @@ use crate::{
     audit::{self, TokenDigest},
     auth::{Authenticator, Caller, Peer},
     cache::{CacheResult, CacheState, CachedToken, Hint, Need, Served, Slot, TokenCache, Variant},
-    config::{Limits, Profile},
+    config::{Grant, Limits, Profile},
     error::{self, ServeError},
     limit::{HeldGuard, Holdings, RateLimiter},
     metrics::{Metrics, Rpc},
+    secret::Secret,
 };
 
 /// The gRPC service.
@@ -193,8 +194,11 @@ impl TokenService {
         if !request.scopes.is_empty()
             || !request.audience.is_empty()
             || !request.resource.is_empty()
+            || !request.subject_token.is_empty()
+            || slot.profile().grant == Grant::TokenExchange
         {
-            slot = slot.variant(variant(slot.profile(), request)?);
+            let (variant, subject) = variant(slot.profile(), request)?;
+            slot = slot.variant(variant, subject);
         }
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
@@ -220,7 +224,11 @@ impl TokenService {
 }
 
 /// The variant of a profile a call asks for, if the profile allows it.
-fn variant(profile: &Profile, request: &pb::GetTokenRequest) -> Result<Variant, ServeError> {
+fn variant(
+    profile: &Profile,
+    request: &pb::GetTokenRequest,
+) -> Result<(Variant, Option<Secret>), ServeError> {
+    let (subject, subject_token) = subject(profile, request)?;
     let allowed = profile.per_call.as_deref();
     let refuse = |what: &str, value: &str, key: &str| {
         ServeError::InvalidArgument(format!(
@@ -249,7 +257,8 @@ fn variant(profile: &Profile, request: &pb::GetTokenRequest) -> Result<Variant, 
             Err(refuse(what, value, key))
         }
     };
-    Ok(Variant {
+    let variant = Variant {
+        subject,
         scopes,
         audience: one_of(
             &request.audience,
@@ -263,7 +272,54 @@ fn variant(profile: &Profile, request: &pb::GetTokenRequest) -> Result<Variant, 
             "the resource",
             "allowed_resources",
         )?,
-    })
+    };
+    Ok((variant, subject_token))
+}
+
+/// The token types of RFC 8693 §3 a caller may exchange.
+const SUBJECT_TOKEN_TYPES: &[&str] = &[
+    "urn:ietf:params:oauth:token-type:access_token",
+    "urn:ietf:params:oauth:token-type:refresh_token",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:saml1",
+    "urn:ietf:params:oauth:token-type:saml2",
+];
+
+/// The subject of a token exchange: given exactly when the profile exchanges tokens.
+#[allow(clippy::type_complexity)]
+fn subject(
+    profile: &Profile,
+    request: &pb::GetTokenRequest,
+) -> Result<(Option<(TokenDigest, String)>, Option<Secret>), ServeError> {
+    let exchanges = profile.grant == Grant::TokenExchange;
+    match (exchanges, request.subject_token.is_empty()) {
+        (false, true) if request.subject_token_type.is_empty() => Ok((None, None)),
+        (false, _) => Err(ServeError::InvalidArgument(format!(
+            "profile `{}` does not exchange tokens: `subject_token` is only for a profile with `grant: token_exchange`",
+            profile.name
+        ))),
+        (true, true) => Err(ServeError::InvalidArgument(format!(
+            "profile `{}` exchanges tokens: give the token to exchange in `subject_token`",
+            profile.name
+        ))),
+        (true, false) => {
+            let kind = match request.subject_token_type.as_str() {
+                "" => SUBJECT_TOKEN_TYPES[0],
+                kind if SUBJECT_TOKEN_TYPES.contains(&kind) => kind,
+                other => {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "`subject_token_type` `{}` is not a token type of RFC 8693",
+                        other.chars().take(100).collect::<String>()
+                    )));
+                }
+            };
+            Ok((
+                Some((TokenDigest::of(&request.subject_token), kind.to_owned())),
+                Some(Secret::new(request.subject_token.clone())),
+            ))
+        }
+    }
 }
 
 /// The gRPC service as a running server serves it: replaced whole by a reload (caller

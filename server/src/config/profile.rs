@@ -202,6 +202,12 @@ impl RawProfile {
             },
         ));
         let retry = found.take(retry(&keys, self.retry));
+        if grant == Grant::TokenExchange && self.warm_up {
+            found.0.push(keys.err(
+                "warm_up",
+                "is not offered with `grant: token_exchange`: every token is for a caller's subject",
+            ));
+        }
         let allow = found.take(allow(&keys, self.allow));
         let jwt_bearer = match jwt_bearer {
             None => Some(None),

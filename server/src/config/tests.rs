@@ -327,6 +327,40 @@ fn mutual_tls_needs_a_certificate_and_key_and_nothing_else() {
 }
 
 #[test]
+fn token_exchange_profiles_fetch_nothing_of_their_own() {
+    let yaml = "profiles:\n  x:\n    token_url: https://x/t\n    grant: token_exchange\n    client_id: a\n    client_secret: { value: s }\n";
+    assert_eq!(
+        Config::from_yaml(yaml).unwrap().profiles[0].grant,
+        Grant::TokenExchange
+    );
+    assert_eq!(
+        error(&format!("{yaml}    warm_up: true\n")).key,
+        "profiles.x.warm_up"
+    );
+}
+
+#[test]
+fn per_call_values_are_listed_one_by_one_and_not_for_refresh_tokens() {
+    let config = Config::from_yaml(&profile_yaml(
+        "    allowed_scopes: [a, b]\n    allowed_audiences: [\"https://x\"]\n",
+    ))
+    .unwrap();
+    let per_call = config.profiles[0].per_call.as_deref().unwrap();
+    assert_eq!(per_call.scopes, ["a", "b"]);
+    assert_eq!(per_call.audiences, ["https://x"]);
+    assert!(per_call.resources.is_empty());
+    assert_eq!(
+        error(&profile_yaml("    allowed_scopes: [\"a b\"]\n")).key,
+        "profiles.jama.allowed_scopes"
+    );
+    let chained = format!(
+        "server: {{ state_dir: /tmp/x }}\n{}    grant: refresh_token\n    allowed_resources: [r]\n",
+        profile_yaml("").trim_end_matches('\n').to_owned() + "\n"
+    );
+    assert_eq!(error(&chained).key, "profiles.jama.allowed_resources");
+}
+
+#[test]
 fn errors_never_echo_a_secret() {
     let yaml = "profiles:\n  p:\n    token_url: http://idp.example.com/t\n    client_id: a\n    client_secret: { value: TOPSECRET }\n    colour: 1\n";
     assert!(!error(yaml).to_string().contains("TOPSECRET"));

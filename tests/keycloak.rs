@@ -14,4 +14,5 @@ mod keycloak {
     mod client_auth;
     mod exchange;
     mod grants;
+    mod per_call;
 }

@@ -435,6 +435,17 @@ pub(crate) struct Slot {
     /// The slots of the per-call variants callers asked for (other scopes, audience or
     /// resource), made at the first such call: most profiles never have one.
     variants: OnceLock<Box<Variants>>,
+    /// For a variant: the provider requests of all the profile's variants in the last
+    /// minute, so that callers asking for ever new variants (subject tokens, scope sets)
+    /// cannot take `idp_requests_per_minute` once per variant. Locked inside `state`
+    /// (never the other way round), for a few instructions.
+    family: Option<Arc<Mutex<Recent>>>,
+}
+
+/// A profile's variants, and the record of their provider requests.
+struct Variants {
+    slots: moka::sync::Cache<Variant, Arc<Slot>, foldhash::fast::RandomState>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 /// What a call asks for instead of the profile's own scopes, audience and resource:
@@ -456,8 +467,6 @@ const MAX_VARIANTS: u64 = 1024;
 /// A variant's slot is dropped after this long without a call, so that a variant asked
 /// for once is not refreshed for ever.
 const VARIANT_IDLE: Duration = Duration::from_secs(3600);
-
-type Variants = moka::sync::Cache<Variant, Arc<Slot>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct SlotState {
@@ -519,23 +528,24 @@ impl Recent {
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
+
+    /// How long until `limit` allows another request, if it does not now.
+    fn wait(&mut self, now: Instant, limit: u32) -> Option<Duration> {
+        while self
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            self.pop_front();
+        }
+        (self.len() >= limit as usize)
+            .then(|| self.front().map_or(Duration::ZERO, |t| *t + MINUTE - now))
+    }
 }
 
 impl SlotState {
     /// How long until the ceiling allows another provider request, if it does not now.
     fn ceiling_wait(&mut self, now: Instant, limit: u32) -> Option<Duration> {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
-        {
-            self.recent.pop_front();
-        }
-        (self.recent.len() >= limit as usize).then(|| {
-            self.recent
-                .front()
-                .map_or(Duration::ZERO, |t| *t + MINUTE - now)
-        })
+        self.recent.wait(now, limit)
     }
 
     /// Whether a report that `token`, the current one, was rejected is answered with the
@@ -647,6 +657,7 @@ impl Slot {
             stop: stop.clone(),
             retired: AtomicBool::new(false),
             variants: OnceLock::new(),
+            family: None,
         }
     }
 
@@ -660,15 +671,16 @@ impl Slot {
         subject: Option<Secret>,
     ) -> Arc<Slot> {
         let variants = self.variants.get_or_init(|| {
-            Box::new(
-                moka::sync::Cache::builder()
+            Box::new(Variants {
+                slots: moka::sync::Cache::builder()
                     .max_capacity(MAX_VARIANTS)
                     .time_to_idle(VARIANT_IDLE)
                     .build_with_hasher(foldhash::fast::RandomState::default()),
-            )
+                recent: Arc::default(),
+            })
         });
         // One slot per variant however many callers ask at once: moka runs one init.
-        variants.get_with_by_ref(&variant, || {
+        variants.slots.get_with_by_ref(&variant, || {
             let mut profile = Profile::clone(&self.profile);
             if let Some(scopes) = &variant.scopes {
                 profile.scopes.clone_from(scopes);
@@ -683,14 +695,17 @@ impl Slot {
             let subject = subject
                 .clone()
                 .zip(variant.subject.as_ref().map(|(_, kind)| kind.clone()));
-            let slot = Arc::new(Slot::new(
-                profile.clone(),
-                self.source.variant(profile, subject),
-                &self.stop,
-                self.wakes.clone(),
-                self.metrics.clone(),
-                self.counters.clone(),
-            ));
+            let slot = Arc::new(Slot {
+                family: Some(variants.recent.clone()),
+                ..Slot::new(
+                    profile.clone(),
+                    self.source.variant(profile, subject),
+                    &self.stop,
+                    self.wakes.clone(),
+                    self.metrics.clone(),
+                    self.counters.clone(),
+                )
+            });
             if self.is_retired() {
                 slot.retire();
             }
@@ -716,10 +731,10 @@ impl Slot {
         }
         drop(state);
         if let Some(variants) = self.variants.get() {
-            for (_, variant) in variants.iter() {
+            for (_, variant) in variants.slots.iter() {
                 variant.retire();
             }
-            variants.invalidate_all();
+            variants.slots.invalidate_all();
         }
     }
 
@@ -895,6 +910,17 @@ impl Slot {
                 limit,
                 retry_in,
             });
+        }
+        if let Some(family) = &self.family {
+            let mut family = family.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(retry_in) = family.wait(now, limit) {
+                return Err(ServeError::IdpCeiling {
+                    profile: self.profile.name.clone(),
+                    limit,
+                    retry_in,
+                });
+            }
+            family.push_back(now);
         }
         state.recent.push_back(now);
         let slot = Arc::clone(self);

@@ -141,3 +141,27 @@ async fn values_the_profile_does_not_allow_are_invalid_arguments() {
     assert_eq!(idp.requests()[0].form["resource"], "urn:orders");
     server.stop().await;
 }
+
+/// Asking for ever new variants does not multiply the provider requests a profile may
+/// make: its variants share one `idp_requests_per_minute`.
+#[tokio::test]
+async fn variants_share_one_ceiling_on_provider_requests() {
+    let idp = TestIdp::start(Behaviour::issue(3600)).await;
+    let server = Server::start(&config(
+        "p",
+        &idp,
+        "    allowed_scopes: [a, b, c]\n    idp_requests_per_minute: 2\n",
+    ))
+    .await;
+    let mut client = server.client.clone();
+    for scope in ["a", "b"] {
+        client.get_token(ask(&[scope], "")).await.unwrap();
+    }
+    let status = client.get_token(ask(&["c"], "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(idp.count(), 2);
+    // What was fetched is still served.
+    client.get_token(ask(&["a"], "")).await.unwrap();
+    assert_eq!(idp.count(), 2);
+    server.stop().await;
+}

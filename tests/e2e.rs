@@ -13,6 +13,7 @@ mod e2e {
     mod interop;
     mod lifecycle;
     mod observability;
+    mod per_call;
     mod providers;
     mod reload;
     mod rollout;

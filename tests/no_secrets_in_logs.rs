@@ -20,7 +20,7 @@ use tokenvend_server::Config;
 
 use support::{
     Behaviour, Server, TestIdp,
-    idp::{CLIENT_ID, CLIENT_SECRET},
+    idp::{CLIENT_ID, CLIENT_SECRET, EchoInto},
     profile,
     security::{SaIssuer, new_key, sign, unix_now, with_bearer},
 };
@@ -28,6 +28,7 @@ use support::{
 const API_KEY: &str = "api-key-7f3a9c";
 /// What the client behind Envoy sends in its own `authorization` and cookie.
 const CLIENTS_OWN: &str = "clients-own-credential-9d41e0";
+const SUBJECT_TOKEN: &str = "subject-token-3be1d07c94";
 
 #[tokio::test]
 async fn nothing_secret_is_logged_at_trace() {
@@ -40,9 +41,56 @@ async fn nothing_secret_is_logged_at_trace() {
         &format!("secret {CLIENT_SECRET} and key {API_KEY} refused"),
     ))
     .await;
+    // A provider that echoes the request into its error, for the methods whose credential
+    // is an assertion: a workload's JWT from a file, one signed with the secret, and the
+    // `jwt_bearer` grant's.
+    let echoing = TestIdp::start(Behaviour::Echo(EchoInto::Description)).await;
+    let assertion_dir = tempfile::tempdir().unwrap();
+    let assertion_file = assertion_dir.path().join("token");
+    let issuer = SaIssuer::start().await;
+    let workload_jwt = issuer.token("orders", "workload");
+    std::fs::write(&assertion_file, &workload_jwt).unwrap();
     let headers = format!("    headers: {{ X-Api-Key: {{ value: {API_KEY} }} }}\n");
+    let bearer_key = assertion_dir.path().join("bearer.key");
+    std::fs::write(
+        &bearer_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let bearer = format!(
+        "  bearer:\n    token_url: {}\n    grant: jwt_bearer\n    client_id: c\n    private_key: {{ file: {} }}\n    signing_alg: ES256\n    assertion_subject: someone\n",
+        echoing.token_url(),
+        bearer_key.display()
+    );
+    // A mutual-TLS client: its key is never sent, and must never be printed either.
+    let tls_key = rcgen::KeyPair::generate().unwrap();
+    let tls_cert = rcgen::CertificateParams::new(vec!["c".to_string()])
+        .unwrap()
+        .self_signed(&tls_key)
+        .unwrap();
+    let (tls_crt_file, tls_key_file) = (
+        assertion_dir.path().join("tls.crt"),
+        assertion_dir.path().join("tls.key"),
+    );
+    std::fs::write(&tls_crt_file, tls_cert.pem()).unwrap();
+    std::fs::write(&tls_key_file, tls_key.serialize_pem()).unwrap();
+    let mtls = format!(
+        "  mtls:\n    token_url: {}\n    client_id: c\n    auth_method: tls_client_auth\n    client_certificate: {{ file: {} }}\n    client_key: {{ file: {} }}\n",
+        echoing.token_url(),
+        tls_crt_file.display(),
+        tls_key_file.display()
+    );
+    let exchange = format!(
+        "  exchange:\n    token_url: {}\n    grant: token_exchange\n    client_id: c\n    client_secret: {{ value: s }}\n",
+        echoing.token_url()
+    );
+    let federated = format!(
+        "  federated:\n    token_url: {}\n    client_assertion: {{ file: {} }}\n",
+        echoing.token_url(),
+        assertion_file.display()
+    );
     let yaml = format!(
-        "profiles:\n{}{}{}",
+        "profiles:\n{}{}{}{}{federated}{bearer}{mtls}{exchange}",
         profile("post", &idp, &headers),
         profile(
             "basic",
@@ -50,6 +98,7 @@ async fn nothing_secret_is_logged_at_trace() {
             &format!("    auth_method: client_secret_basic\n{headers}")
         ),
         profile("failing", &failing, &headers),
+        profile("hmac", &echoing, "    auth_method: client_secret_jwt\n"),
     );
     let config = Config::from_yaml(&yaml).unwrap();
     tracing::debug!(?config, "loaded");
@@ -59,8 +108,34 @@ async fn nothing_secret_is_logged_at_trace() {
     for name in ["post", "basic"] {
         tokens.push(server.get(name).await.unwrap().access_token);
     }
-    let status = server.get("failing").await.unwrap_err();
-    tracing::info!(?status, "a failure as a caller would log it");
+    for name in ["failing", "hmac", "federated", "bearer", "mtls"] {
+        let status = server.get(name).await.unwrap_err();
+        tracing::info!(?status, "a failure as a caller would log it");
+    }
+    // A caller's token to exchange, echoed back by the provider.
+    let status = server
+        .client
+        .clone()
+        .get_token(GetTokenRequest {
+            profile: "exchange".into(),
+            subject_token: SUBJECT_TOKEN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    tracing::info!(?status, "a failed exchange as a caller would log it");
+    let assertions: Vec<String> = echoing
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let form = &r.form;
+            form.get("client_assertion")
+                .or(form.get("assertion"))
+                .cloned()
+        })
+        .collect();
+    assert_eq!(assertions.len(), 3, "every assertion profile asked");
+    assert!(assertions.contains(&workload_jwt));
     let mut stream = server
         .client
         .clone()
@@ -83,7 +158,6 @@ async fn nothing_secret_is_logged_at_trace() {
     server.stop().await;
 
     // Caller authentication: a good ServiceAccount token and bad ones of every kind.
-    let issuer = SaIssuer::start().await;
     let guarded = Server::start(&format!(
         "server:\n{}profiles:\n{}",
         issuer.auth_yaml(),
@@ -176,8 +250,17 @@ async fn nothing_secret_is_logged_at_trace() {
         API_KEY.to_owned(),
     ];
     forbidden.extend(tokens);
-    // Whole JWTs, and their signatures on their own.
-    for jwt in &jwts {
+    forbidden.push(SUBJECT_TOKEN.to_owned());
+    // Every line of the client key's base64.
+    forbidden.extend(
+        tls_key
+            .serialize_pem()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::to_owned),
+    );
+    // Whole JWTs (callers' and client assertions), and their signatures on their own.
+    for jwt in jwts.iter().chain(&assertions) {
         forbidden.push(jwt.clone());
         let signature = jwt.rsplit('.').next().unwrap();
         if signature.len() > 16 {

@@ -137,16 +137,44 @@ impl App {
 fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
     let key = |k: &str| format!("profiles.{}.{k}", profile.name);
     match &profile.client_auth {
-        ClientAuth::SecretPost(secret) | ClientAuth::SecretBasic(secret) => {
+        ClientAuth::SecretPost(secret)
+        | ClientAuth::SecretBasic(secret)
+        | ClientAuth::SecretJwt(secret) => {
             if let Err(e) = secret.load() {
                 errors.push(ConfigError::new(key("client_secret"), e.to_string()));
             }
         }
+        ClientAuth::Assertion(assertion) => match assertion.load() {
+            Err(e) => errors.push(ConfigError::new(key("client_assertion"), e.to_string())),
+            // Only the shape: whether it is signed, current and for this provider is the
+            // provider's to say, and the file is read again at each request.
+            Ok(jwt) if !is_compact_jwt(jwt.expose()) => errors.push(ConfigError::new(
+                key("client_assertion"),
+                "does not hold a JWT (three base64url parts joined by `.`)",
+            )),
+            Ok(_) => {}
+        },
         ClientAuth::PrivateKeyJwt(jwt) => {
             if let Err(e) = Signer::load(jwt) {
                 errors.push(ConfigError::new(key(e.key()), e.to_string()));
             }
         }
+        ClientAuth::None => {}
+        ClientAuth::Tls(tls) => {
+            if let Err(e) = crate::credential::tls_identity(profile, tls) {
+                errors.push(ConfigError::new(e.key, e.reason));
+            }
+        }
+    }
+    if let Some(bearer) = &profile.jwt_bearer
+        && let Err(e) = Signer::load(&bearer.key)
+    {
+        errors.push(ConfigError::new(key(e.key()), e.to_string()));
+    }
+    if let Some(ca) = &profile.provider_ca
+        && let Err(e) = crate::idp::provider_roots(ca)
+    {
+        errors.push(ConfigError::new(key("provider_ca"), e));
     }
     if let Some(seed) = &profile.refresh_token
         && let Err(e) = seed.load()
@@ -167,6 +195,16 @@ fn check_profile(profile: &Profile, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+}
+
+fn is_compact_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn check_service_account(server: &ServerConfig, errors: &mut Vec<ConfigError>) {

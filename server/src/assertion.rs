@@ -1,5 +1,6 @@
-//! Client assertions for `auth_method: private_key_jwt` (RFC 7523 §2.2): a short-lived JWT
-//! signed with the client's private key, sent instead of a client secret.
+//! Client assertions for `auth_method: private_key_jwt` and `client_secret_jwt` (RFC 7523
+//! §2.2, OpenID Connect Core §9): a short-lived JWT signed with the client's private key,
+//! or with its secret as an HMAC key, sent instead of the secret itself.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,6 +75,9 @@ struct Claims<'a> {
     iss: &'a str,
     sub: &'a str,
     aud: &'a str,
+    /// Google reads a `jwt_bearer` grant's scopes from the assertion, not the form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
     jti: String,
     iat: u64,
     nbf: u64,
@@ -122,11 +126,32 @@ impl Signer {
         Ok(signer)
     }
 
-    /// An assertion for `client_id` at the token endpoint `audience`.
+    /// Signs with the client secret as an HMAC SHA-256 key (`client_secret_jwt`).
+    pub(crate) fn hmac(secret: &Secret) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.expose().as_bytes()),
+            header: Header::new(Algorithm::HS256),
+        }
+    }
+
+    /// A client assertion for `client_id` at the token endpoint `audience` (RFC 7523 §3:
+    /// the client is both issuer and subject).
     pub(crate) fn assertion(
         &self,
         client_id: &str,
         audience: &str,
+    ) -> Result<Secret, AssertionError> {
+        self.sign(client_id, client_id, audience, None)
+    }
+
+    /// An assertion by `issuer` about `subject` for `audience`, with the `scope` asked for:
+    /// the `jwt_bearer` grant's.
+    pub(crate) fn sign(
+        &self,
+        issuer: &str,
+        subject: &str,
+        audience: &str,
+        scope: Option<&str>,
     ) -> Result<Secret, AssertionError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -135,9 +160,10 @@ impl Signer {
         let mut jti = [0u8; 16];
         getrandom::fill(&mut jti).map_err(AssertionError::Random)?;
         let claims = Claims {
-            iss: client_id,
-            sub: client_id,
+            iss: issuer,
+            sub: subject,
             aud: audience,
+            scope,
             jti: URL_SAFE_NO_PAD.encode(jti),
             iat: now,
             nbf: now,
@@ -146,5 +172,46 @@ impl Signer {
         jsonwebtoken::encode(&self.header, &claims, &self.key)
             .map(Secret::new)
             .map_err(AssertionError::Sign)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(jwt: &Secret) -> serde_json::Value {
+        let payload = jwt.expose().split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_bearer_assertion_names_issuer_subject_audience_and_scope() {
+        let signer = Signer::hmac(&Secret::new("k".repeat(32)));
+        let jwt = signer
+            .sign("svc@p.iam", "admin@example.com", "https://t", Some("a b"))
+            .unwrap();
+        let c = claims(&jwt);
+        assert_eq!(
+            (&c["iss"], &c["sub"], &c["aud"], &c["scope"]),
+            (
+                &"svc@p.iam".into(),
+                &"admin@example.com".into(),
+                &"https://t".into(),
+                &"a b".into()
+            )
+        );
+        assert_eq!(
+            c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+            LIFETIME_SECS
+        );
+        // A client assertion has no scope, and the client is issuer and subject both.
+        let c = claims(&signer.assertion("app", "https://t").unwrap());
+        assert_eq!((&c["iss"], &c["sub"]), (&"app".into(), &"app".into()));
+        assert!(c.get("scope").is_none(), "{c}");
+        assert_ne!(
+            claims(&signer.assertion("app", "https://t").unwrap())["jti"],
+            c["jti"],
+            "a fresh jti each time"
+        );
     }
 }

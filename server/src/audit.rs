@@ -25,7 +25,7 @@ impl Fingerprint {
 
 /// A token's SHA-256: how the cache recognises a token a caller reports as rejected
 /// without keeping a second copy of the token (the encoded reply holds the one copy).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct TokenDigest([u8; 32]);
 
 impl TokenDigest {

@@ -46,6 +46,7 @@ use crate::{
     error::ServeError,
     idp::{IdpClient, IssuedToken},
     metrics::{CacheLookup, Metrics, ProfileMetrics, Trigger},
+    secret::Secret,
     source::{FetchError, TokenSource},
     state::StateDir,
     store::SharedStore,
@@ -431,7 +432,41 @@ pub(crate) struct Slot {
     metrics: Metrics,
     /// This profile's counters, so that counting a hit is one atomic add.
     counters: Arc<ProfileMetrics>,
+    /// The slots of the per-call variants callers asked for (other scopes, audience or
+    /// resource), made at the first such call: most profiles never have one.
+    variants: OnceLock<Box<Variants>>,
+    /// For a variant: the provider requests of all the profile's variants in the last
+    /// minute, so that callers asking for ever new variants (subject tokens, scope sets)
+    /// cannot take `idp_requests_per_minute` once per variant. Locked inside `state`
+    /// (never the other way round), for a few instructions.
+    family: Option<Arc<Mutex<Recent>>>,
 }
+
+/// A profile's variants, and the record of their provider requests.
+struct Variants {
+    slots: moka::sync::Cache<Variant, Arc<Slot>, foldhash::fast::RandomState>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// What a call asks for instead of the profile's own scopes, audience and resource:
+/// scopes sorted and without repeats, so that the same set is one variant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    pub(crate) scopes: Option<Vec<String>>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resource: Option<String>,
+    /// For token exchange: the caller's subject token, by digest, and its type. Each
+    /// subject token is its own variant: an exchanged token is never served for another.
+    pub(crate) subject: Option<(TokenDigest, String)>,
+}
+
+/// The most variants of one profile kept at once; the least used go first. Each holds a
+/// token and a refresher entry; a caller whose variant was evicted gets a new token.
+const MAX_VARIANTS: u64 = 1024;
+
+/// A variant's slot is dropped after this long without a call, so that a variant asked
+/// for once is not refreshed for ever.
+const VARIANT_IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Default)]
 struct SlotState {
@@ -493,23 +528,24 @@ impl Recent {
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
+
+    /// How long until `limit` allows another request, if it does not now.
+    fn wait(&mut self, now: Instant, limit: u32) -> Option<Duration> {
+        while self
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            self.pop_front();
+        }
+        (self.len() >= limit as usize)
+            .then(|| self.front().map_or(Duration::ZERO, |t| *t + MINUTE - now))
+    }
 }
 
 impl SlotState {
     /// How long until the ceiling allows another provider request, if it does not now.
     fn ceiling_wait(&mut self, now: Instant, limit: u32) -> Option<Duration> {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
-        {
-            self.recent.pop_front();
-        }
-        (self.recent.len() >= limit as usize).then(|| {
-            self.recent
-                .front()
-                .map_or(Duration::ZERO, |t| *t + MINUTE - now)
-        })
+        self.recent.wait(now, limit)
     }
 
     /// Whether a report that `token`, the current one, was rejected is answered with the
@@ -620,7 +656,62 @@ impl Slot {
             scheduled: refresh::Scheduled::default(),
             stop: stop.clone(),
             retired: AtomicBool::new(false),
+            variants: OnceLock::new(),
+            family: None,
         }
+    }
+
+    /// The slot of a variant of this profile: its own token, its own single flight, its
+    /// own refresh, never shared with the profile's or another variant's. Not shared with
+    /// other replicas either (the shared store holds one token per profile).
+    /// `subject` is the subject token itself, for a token-exchange variant.
+    pub(crate) fn variant(
+        self: &Arc<Self>,
+        variant: Variant,
+        subject: Option<Secret>,
+    ) -> Arc<Slot> {
+        let variants = self.variants.get_or_init(|| {
+            Box::new(Variants {
+                slots: moka::sync::Cache::builder()
+                    .max_capacity(MAX_VARIANTS)
+                    .time_to_idle(VARIANT_IDLE)
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
+                recent: Arc::default(),
+            })
+        });
+        // One slot per variant however many callers ask at once: moka runs one init.
+        variants.slots.get_with_by_ref(&variant, || {
+            let mut profile = Profile::clone(&self.profile);
+            if let Some(scopes) = &variant.scopes {
+                profile.scopes.clone_from(scopes);
+            }
+            if variant.audience.is_some() {
+                profile.audience.clone_from(&variant.audience);
+            }
+            if variant.resource.is_some() {
+                profile.resource.clone_from(&variant.resource);
+            }
+            let profile = Arc::new(profile);
+            let subject = subject
+                .clone()
+                .zip(variant.subject.as_ref().map(|(_, kind)| kind.clone()));
+            let slot = Arc::new(Slot {
+                family: Some(variants.recent.clone()),
+                ..Slot::new(
+                    profile.clone(),
+                    self.source.variant(profile, subject),
+                    &self.stop,
+                    self.wakes.clone(),
+                    self.metrics.clone(),
+                    self.counters.clone(),
+                )
+            });
+            if self.is_retired() {
+                slot.retire();
+            }
+            slot.reschedule();
+            slot
+        })
     }
 
     /// Whether this slot no longer serves its profile: a reload replaced or removed it, or
@@ -633,10 +724,17 @@ impl Slot {
     fn retire(&self) {
         // Under the lock that `subscribe` takes: a watcher subscribed before this is woken,
         // and one subscribed after it sees the flag.
-        let _state = lock(&self.state);
+        let state = lock(&self.state);
         self.retired.store(true, Ordering::Relaxed);
         if let Some(updates) = self.updates.get() {
             updates.send_modify(|_| {});
+        }
+        drop(state);
+        if let Some(variants) = self.variants.get() {
+            for (_, variant) in variants.slots.iter() {
+                variant.retire();
+            }
+            variants.slots.invalidate_all();
         }
     }
 
@@ -812,6 +910,17 @@ impl Slot {
                 limit,
                 retry_in,
             });
+        }
+        if let Some(family) = &self.family {
+            let mut family = family.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(retry_in) = family.wait(now, limit) {
+                return Err(ServeError::IdpCeiling {
+                    profile: self.profile.name.clone(),
+                    limit,
+                    retry_in,
+                });
+            }
+            family.push_back(now);
         }
         state.recent.push_back(now);
         let slot = Arc::clone(self);

@@ -301,21 +301,32 @@ pub struct Profile {
     pub grant: Grant,
     /// Where the token endpoint is.
     pub endpoint: Endpoint,
-    /// The client identifier.
+    /// The client identifier. Empty only with `auth_method: client_assertion` and no
+    /// `client_id` configured: the workload's assertion names the client, and no
+    /// `client_id` is sent (Keycloak refuses one that differs from the assertion's `sub`).
     pub client_id: String,
     /// How the client authenticates to the token endpoint.
     pub client_auth: ClientAuth,
     /// For `grant: refresh_token`: the first refresh token, until a rotated one is stored.
     pub refresh_token: Option<SecretSource>,
+    /// For `grant: jwt_bearer` (and only then): how the grant's assertion is made. Boxed,
+    /// as few profiles have one.
+    pub jwt_bearer: Option<Box<JwtBearer>>,
     /// For `tokenvend authorize`: where the user approves, and where the code comes back.
     /// Boxed: two URLs few profiles have would otherwise add 180 bytes to every profile.
     pub authorize: Option<Box<Authorize>>,
+    /// CA certificates (PEM) that the provider's HTTPS certificate is checked against,
+    /// instead of the system's, for a provider with a private CA.
+    pub provider_ca: Option<PathBuf>,
     /// The scopes to request.
     pub scopes: Vec<String>,
     /// `audience` form field (Auth0, some Okta setups).
     pub audience: Option<String>,
     /// `resource` form field (RFC 8707; Entra ID v1 endpoints, ADFS).
     pub resource: Option<String>,
+    /// What a call may ask for instead of `scopes`, `audience` and `resource`; `None`
+    /// when a call may ask for nothing else. Boxed, as few profiles have it.
+    pub per_call: Option<Box<PerCall>>,
     /// Extra form fields, sent as given.
     pub params: BTreeMap<String, String>,
     /// Companion headers for the resource API, such as an API key, lower-cased.
@@ -374,6 +385,18 @@ pub enum ClientAuth {
     /// A JWT client assertion signed with the client's private key.
     /// Boxed: the key's settings would otherwise make every profile 60 bytes larger.
     PrivateKeyJwt(Box<PrivateKeyJwt>),
+    /// A JWT client assertion signed with the client secret (HMAC SHA-256), which itself
+    /// never leaves the server.
+    SecretJwt(SecretSource),
+    /// No client authentication: the `jwt_bearer` grant's assertion is the proof.
+    None,
+    /// Mutual TLS with the client's certificate (RFC 8705), and `client_id` in the form.
+    /// Boxed: two sources would otherwise make every profile larger.
+    Tls(Box<TlsClientAuth>),
+    /// A JWT issued to the workload by someone else (a projected Kubernetes
+    /// ServiceAccount token, a SPIFFE JWT-SVID), read afresh for each request and sent
+    /// as the client assertion: workload identity federation, no secret of our own.
+    Assertion(SecretSource),
 }
 
 /// The signing key of a `private_key_jwt` client.
@@ -387,6 +410,42 @@ pub struct PrivateKeyJwt {
     pub key_id: Option<String>,
     /// The PEM certificate of the key, for the `x5t` and `x5t#S256` headers (Entra ID).
     pub certificate: Option<SecretSource>,
+}
+
+/// The certificate of a client that authenticates with mutual TLS (RFC 8705).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsClientAuth {
+    /// The PEM certificate (chain) presented to the provider.
+    pub certificate: SecretSource,
+    /// Its PEM private key.
+    pub key: SecretSource,
+    /// `self_signed_tls_client_auth` (the provider knows the certificate itself) rather
+    /// than `tls_client_auth` (the provider trusts its CA and matches its subject).
+    pub self_signed: bool,
+}
+
+/// The values a `GetTokenRequest` may ask for instead of the profile's own. An empty list
+/// allows nothing of its kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerCall {
+    /// A call may ask for any subset of these scopes.
+    pub scopes: Vec<String>,
+    /// A call may ask for one of these audiences.
+    pub audiences: Vec<String>,
+    /// A call may ask for one of these resources.
+    pub resources: Vec<String>,
+}
+
+/// The assertion of a `grant: jwt_bearer` profile (RFC 7523 §2.1): `iss` is the client
+/// id, `sub` whom the token is for, `aud` the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtBearer {
+    /// The signing key, its algorithm, `kid` and certificate, as for `private_key_jwt`.
+    pub key: PrivateKeyJwt,
+    /// The `sub` claim: the user or service the token acts for.
+    pub subject: String,
+    /// The `aud` claim; `None` for the token endpoint.
+    pub audience: Option<String>,
 }
 
 /// Signing algorithms for client assertions.
@@ -436,6 +495,10 @@ pub enum Grant {
     ClientCredentials,
     /// RFC 6749 §6.
     RefreshToken,
+    /// RFC 7523 §2.1: a signed JWT as the authorization grant.
+    JwtBearer,
+    /// RFC 8693: a caller's token exchanged for one for this client.
+    TokenExchange,
 }
 
 impl Grant {
@@ -444,6 +507,8 @@ impl Grant {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::RefreshToken => "refresh_token",
+            Self::JwtBearer => "jwt_bearer",
+            Self::TokenExchange => "token_exchange",
         }
     }
 }
@@ -458,6 +523,16 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// A signed JWT client assertion.
     PrivateKeyJwt,
+    /// A JWT client assertion signed with the client secret.
+    ClientSecretJwt,
+    /// A workload's JWT from a file, sent as the client assertion.
+    ClientAssertion,
+    /// No client authentication, for `grant: jwt_bearer`.
+    None,
+    /// Mutual TLS with a certificate from a CA the provider trusts (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// Mutual TLS with a certificate the provider has registered (RFC 8705 §2.2).
+    SelfSignedTlsClientAuth,
 }
 
 impl AuthMethod {
@@ -466,6 +541,11 @@ impl AuthMethod {
             Self::ClientSecretPost => "client_secret_post",
             Self::ClientSecretBasic => "client_secret_basic",
             Self::PrivateKeyJwt => "private_key_jwt",
+            Self::ClientSecretJwt => "client_secret_jwt",
+            Self::ClientAssertion => "client_assertion",
+            Self::None => "none",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
     }
 }

@@ -7,8 +7,9 @@ use url::Url;
 
 use crate::{
     assertion::Signer,
-    config::{ClientAuth, Profile},
+    config::{ClientAuth, Profile, TlsClientAuth},
     idp::Credential,
+    secret::Secret,
 };
 
 /// A credential of a profile (secret, key, companion header) cannot be used.
@@ -30,6 +31,68 @@ impl CredentialError {
     }
 }
 
+/// The `jwt_bearer` grant's assertion for a request to `token_url`, signed now with the
+/// profile's key (read now, so that a rotated key file is used).
+pub(crate) fn bearer_assertion(
+    profile: &Profile,
+    token_url: &Url,
+) -> Result<Secret, CredentialError> {
+    let Some(bearer) = &profile.jwt_bearer else {
+        return Err(CredentialError::new(
+            profile,
+            "grant",
+            "is not `jwt_bearer`: there is no assertion to make",
+        ));
+    };
+    let signer =
+        Signer::load(&bearer.key).map_err(|e| CredentialError::new(profile, e.key(), e))?;
+    let audience = bearer.audience.as_deref().unwrap_or(token_url.as_str());
+    let scope = (!profile.scopes.is_empty()).then(|| profile.scopes.join(" "));
+    signer
+        .sign(
+            &profile.client_id,
+            &bearer.subject,
+            audience,
+            scope.as_deref(),
+        )
+        .map_err(|e| CredentialError::new(profile, "private_key", e))
+}
+
+/// The client certificate and key of a mutual-TLS client as one PEM, read now (so that a
+/// rotated certificate is used at the next request) and checked to make an identity.
+pub(crate) fn tls_identity(
+    profile: &Profile,
+    tls: &TlsClientAuth,
+) -> Result<Secret, CredentialError> {
+    let certificate = tls
+        .certificate
+        .load()
+        .map_err(|e| CredentialError::new(profile, "client_certificate", e))?;
+    let key = tls
+        .key
+        .load()
+        .map_err(|e| CredentialError::new(profile, "client_key", e))?;
+    if pem::parse_many(certificate.expose())
+        .ok()
+        .is_none_or(|p| !p.iter().any(|p| p.tag() == "CERTIFICATE"))
+    {
+        return Err(CredentialError::new(
+            profile,
+            "client_certificate",
+            "holds no PEM certificate",
+        ));
+    }
+    let identity = Secret::new(format!("{}\n{}\n", certificate.expose(), key.expose()));
+    reqwest::Identity::from_pem(identity.expose().as_bytes()).map_err(|_| {
+        CredentialError::new(
+            profile,
+            "client_key",
+            "is not a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) for the certificate",
+        )
+    })?;
+    Ok(identity)
+}
+
 /// The credential for a request to `token_url` (the audience of an assertion).
 pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, CredentialError> {
     let error = |key: &str, reason: String| CredentialError::new(profile, key, reason);
@@ -43,6 +106,23 @@ pub(crate) fn load(profile: &Profile, token_url: &Url) -> Result<Credential, Cre
             source
                 .load()
                 .map_err(|e| error("client_secret", e.to_string()))?,
+        ),
+        ClientAuth::SecretJwt(source) => {
+            let secret = source
+                .load()
+                .map_err(|e| error("client_secret", e.to_string()))?;
+            Credential::Assertion(
+                Signer::hmac(&secret)
+                    .assertion(&profile.client_id, token_url.as_str())
+                    .map_err(|e| error("client_secret", e.to_string()))?,
+            )
+        }
+        ClientAuth::None => Credential::None,
+        ClientAuth::Tls(tls) => Credential::Tls(tls_identity(profile, tls)?),
+        ClientAuth::Assertion(source) => Credential::Assertion(
+            source
+                .load()
+                .map_err(|e| error("client_assertion", e.to_string()))?,
         ),
         ClientAuth::PrivateKeyJwt(config) => {
             // Loaded per request (a few an hour) so that a rotated key file is used.

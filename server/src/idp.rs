@@ -32,17 +32,32 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub(crate) struct IdpClient {
     http: std::sync::Arc<arc_swap::ArcSwap<reqwest::Client>>,
+    /// The connect timeout of `http`, for the clients built per request.
+    connect_timeout_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     metrics: Option<Metrics>,
 }
 
 /// Redirects are not followed: a token endpoint that redirects is misconfigured, and
 /// following would resend credentials.
-fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+fn http_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    http_builder(connect_timeout).build()
+}
+
+/// The CA certificates in a `provider_ca` file; an error names the file, never more.
+pub(crate) fn provider_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = crate::bounded::read(path, crate::bounded::DOCUMENT_BYTES)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(roots) if !roots.is_empty() => Ok(roots),
+        _ => Err(format!("{} holds no PEM certificate", path.display())),
+    }
 }
 
 /// Why a token request failed. The text never holds a secret or a token.
@@ -143,6 +158,10 @@ impl IdpError {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn is_transient_status(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
@@ -154,6 +173,9 @@ impl IdpClient {
             http: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(http_client(
                 connect_timeout,
             )?)),
+            connect_timeout_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(millis(
+                connect_timeout,
+            ))),
             metrics: None,
         })
     }
@@ -166,6 +188,10 @@ impl IdpClient {
     ) -> Result<(), reqwest::Error> {
         self.http
             .store(std::sync::Arc::new(http_client(connect_timeout)?));
+        self.connect_timeout_ms.store(
+            millis(connect_timeout),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -242,8 +268,11 @@ impl IdpClient {
         body: String,
         authorization: Option<HeaderValue>,
     ) -> Result<(u16, IssuedToken), (Option<u16>, IdpError)> {
+        let http = self
+            .client_for(profile, credential)
+            .map_err(|e| (None, e))?;
         let answer = self
-            .post_form(token_url, profile.timeout, body, authorization)
+            .post_form(&http, token_url, profile.timeout, body, authorization)
             .await
             .map_err(|e| (None, e))?;
 
@@ -256,18 +285,54 @@ impl IdpClient {
         .map_err(|e| (Some(answer.status), e))
     }
 
+    /// The HTTP client for a profile's token request: the shared one, or, for mutual TLS
+    /// or a private CA, one built for this request with the client's certificate and the
+    /// CA, so that rotated files are used at once. Token requests are a few an hour; the
+    /// build is a millisecond.
+    fn client_for(
+        &self,
+        profile: &Profile,
+        credential: &Credential,
+    ) -> Result<reqwest::Client, IdpError> {
+        let identity = match credential {
+            Credential::Tls(pem) => Some(pem),
+            _ => None,
+        };
+        if identity.is_none() && profile.provider_ca.is_none() {
+            return Ok(reqwest::Client::clone(&self.http.load()));
+        }
+        let mut builder = http_builder(Duration::from_millis(
+            self.connect_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        if let Some(pem) = identity {
+            let identity = reqwest::Identity::from_pem(pem.expose().as_bytes()).map_err(|_| {
+                IdpError::Misconfigured("client_certificate or client_key cannot be used".into())
+            })?;
+            builder = builder.identity(identity);
+        }
+        if let Some(ca) = &profile.provider_ca {
+            for root in provider_roots(ca).map_err(IdpError::Misconfigured)? {
+                builder = builder.add_root_certificate(root);
+            }
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        builder
+            .build()
+            .map_err(|e| IdpError::Misconfigured(format!("cannot set up TLS: {e}")))
+    }
+
     /// Sends a form POST and reads the answer, capped in size.
     async fn post_form(
         &self,
+        http: &reqwest::Client,
         url: &Url,
         timeout: Duration,
         body: String,
         authorization: Option<HeaderValue>,
     ) -> Result<RawAnswer, IdpError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut request = self
-            .http
-            .load()
+        let mut request = http
             .post(url.clone())
             .timeout(timeout)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -319,6 +384,18 @@ pub(crate) enum Grant<'a> {
         /// profile's.
         scope: Option<&'a str>,
     },
+    /// RFC 8693, with the caller's token.
+    TokenExchange {
+        /// The token to exchange.
+        subject_token: &'a Secret,
+        /// Its type, a URN of RFC 8693 §3.
+        subject_token_type: &'a str,
+    },
+    /// RFC 7523 §2.1, with the signed assertion.
+    JwtBearer {
+        /// The assertion.
+        assertion: &'a Secret,
+    },
     /// RFC 6749 §4.1.3 with PKCE (RFC 7636).
     AuthorizationCode {
         /// The code from the redirect.
@@ -334,12 +411,20 @@ pub(crate) enum Grant<'a> {
 /// sometimes echo the request into their error text.
 fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> redact::Redactor {
     let mut redactor = redact::Redactor::default();
-    redactor.secret(credential.secret().expose());
+    if let Some(secret) = credential.secret() {
+        redactor.secret(secret.expose());
+    }
     if let Credential::Basic(secret) = credential {
         redactor.basic(&profile.client_id, secret.expose());
     }
     if let Grant::RefreshToken { token, .. } = grant {
         redactor.secret(token.expose());
+    }
+    if let Grant::JwtBearer { assertion } = grant {
+        redactor.secret(assertion.expose());
+    }
+    if let Grant::TokenExchange { subject_token, .. } = grant {
+        redactor.secret(subject_token.expose());
     }
     if let Grant::AuthorizationCode {
         code,
@@ -360,6 +445,10 @@ fn redactor(profile: &Profile, credential: &Credential, grant: &Grant<'_>) -> re
 
 /// The client's proof of identity for one request.
 pub(crate) enum Credential {
+    /// None: the `jwt_bearer` grant's assertion is the proof.
+    None,
+    /// Mutual TLS: the client certificate and its key, one PEM.
+    Tls(Secret),
     /// `client_secret` in the form body.
     Post(Secret),
     /// HTTP Basic.
@@ -369,9 +458,10 @@ pub(crate) enum Credential {
 }
 
 impl Credential {
-    fn secret(&self) -> &Secret {
+    fn secret(&self) -> Option<&Secret> {
         match self {
-            Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => s,
+            Self::Post(s) | Self::Basic(s) | Self::Assertion(s) => Some(s),
+            Self::None | Self::Tls(_) => None,
         }
     }
 }
@@ -445,6 +535,21 @@ fn token_request(
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", token.expose());
         }
+        Grant::TokenExchange {
+            subject_token,
+            subject_token_type,
+        } => {
+            form.append_pair(
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            );
+            form.append_pair("subject_token", subject_token.expose());
+            form.append_pair("subject_token_type", subject_token_type);
+        }
+        Grant::JwtBearer { assertion } => {
+            form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+            form.append_pair("assertion", assertion.expose());
+        }
         Grant::AuthorizationCode {
             code,
             redirect_uri,
@@ -457,6 +562,12 @@ fn token_request(
         }
     }
     let authorization = match credential {
+        Credential::None => None,
+        // RFC 8705 §2: the certificate authenticates; `client_id` says whose it is.
+        Credential::Tls(_) => {
+            form.append_pair("client_id", &profile.client_id);
+            None
+        }
         Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
         Credential::Post(secret) => {
             form.append_pair("client_id", &profile.client_id);
@@ -464,7 +575,10 @@ fn token_request(
             None
         }
         Credential::Assertion(assertion) => {
-            form.append_pair("client_id", &profile.client_id);
+            // Empty only for a workload's assertion with no `client_id` configured.
+            if !profile.client_id.is_empty() {
+                form.append_pair("client_id", &profile.client_id);
+            }
             form.append_pair(
                 "client_assertion_type",
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",

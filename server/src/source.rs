@@ -17,6 +17,7 @@ use crate::{
     config::{Endpoint, Grant, Profile},
     credential::{self, CredentialError},
     idp::{Grant as GrantRequest, IdpClient, IdpError, IssuedToken, discovery::Metadata},
+    secret::Secret,
     store::{ProfileStore, StoreDown, WhenDown},
 };
 
@@ -92,6 +93,8 @@ pub(crate) struct TokenSource {
     chain: Option<Arc<Chain>>,
     /// The store shared with other replicas, if any.
     shared: Option<Box<ProfileStore>>,
+    /// For a token-exchange variant: the caller's subject token and its type.
+    subject: Option<Box<(Secret, String)>>,
     /// The token this source last produced: the slot holds it, so a fetch means it no
     /// longer serves and the shared store must not hand it back. Locked only to copy.
     last: Mutex<Option<Fingerprint>>,
@@ -109,7 +112,18 @@ impl TokenSource {
             idp,
             metadata: ArcSwapOption::empty(),
             shared: None,
+            subject: None,
             last: Mutex::new(None),
+        }
+    }
+
+    /// A source for a variant of this source's profile (other scopes, audience or
+    /// resource): the same provider client, no store shared with other replicas.
+    /// `subject` is the subject token to exchange, with its type, for token exchange.
+    pub(crate) fn variant(&self, profile: Arc<Profile>, subject: Option<(Secret, String)>) -> Self {
+        Self {
+            subject: subject.map(Box::new),
+            ..Self::new(profile, self.idp.clone(), None)
         }
     }
 
@@ -140,7 +154,9 @@ impl TokenSource {
             None => self.request().await,
             Some(shared) => {
                 let when_down = match self.profile.grant {
-                    Grant::ClientCredentials => WhenDown::FetchAlone,
+                    Grant::ClientCredentials | Grant::JwtBearer | Grant::TokenExchange => {
+                        WhenDown::FetchAlone
+                    }
                     Grant::RefreshToken => WhenDown::Refuse,
                 };
                 let skip = [
@@ -170,6 +186,44 @@ impl TokenSource {
                 key: "server.state_dir".into(),
                 reason: "(or server.store) is required for refresh-token profiles".into(),
             })),
+            (Grant::TokenExchange, _) => {
+                // The profile's own slot has no subject: only its variants ask.
+                let Some(subject) = &self.subject else {
+                    return Err(FetchError::Credential(CredentialError::new(
+                        &self.profile,
+                        "grant",
+                        "is `token_exchange`: a call must give `subject_token`",
+                    )));
+                };
+                let credential = credential::load(&self.profile, &token_url)?;
+                self.idp
+                    .request_token(
+                        &self.profile,
+                        &token_url,
+                        &credential,
+                        GrantRequest::TokenExchange {
+                            subject_token: &subject.0,
+                            subject_token_type: &subject.1,
+                        },
+                    )
+                    .await
+                    .map_err(FetchError::from)
+            }
+            (Grant::JwtBearer, _) => {
+                let assertion = credential::bearer_assertion(&self.profile, &token_url)?;
+                let credential = credential::load(&self.profile, &token_url)?;
+                self.idp
+                    .request_token(
+                        &self.profile,
+                        &token_url,
+                        &credential,
+                        GrantRequest::JwtBearer {
+                            assertion: &assertion,
+                        },
+                    )
+                    .await
+                    .map_err(FetchError::from)
+            }
             (Grant::ClientCredentials, _) => {
                 let credential = credential::load(&self.profile, &token_url)?;
                 self.idp

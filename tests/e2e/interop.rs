@@ -15,7 +15,12 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::support::{Server, browser::authorize, seconds_left};
+use crate::support::{
+    Server,
+    browser::authorize,
+    eventually, seconds_left,
+    security::{ClientCert, Pki},
+};
 
 const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 
@@ -367,5 +372,120 @@ async fn refreshes_ask_for_the_scope_granted_not_the_scope_configured() {
         provider.assert_active(&fresh.access_token, "tv-code").await;
         current = fresh.access_token;
     }
+    server.stop().await;
+}
+
+fn write_pair(dir: &Path, name: &str, pair: &ClientCert) {
+    // Replaced whole, as a cert-manager Secret is.
+    for (ext, text) in [("crt", &pair.cert), ("key", &pair.key)] {
+        let tmp = dir.join(format!("{name}.{ext}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.{ext}"))).unwrap();
+    }
+}
+
+/// RFC 8705 against oidc-provider over HTTPS: a certificate from a CA the provider trusts
+/// (`tls_client_auth`, matched by subject), and one the client registered itself
+/// (`self_signed_tls_client_auth`, matched by thumbprint). The provider's certificate is
+/// from a private CA, trusted through `provider_ca`.
+#[tokio::test]
+async fn mutual_tls_client_authentication_both_ways_and_a_rotated_certificate() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let loopback = rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    write_pair(dir, "provider", &pki.leaf_named(None, vec![loopback]));
+    write_pair(dir, "mtls", &pki.leaf_named(Some("tv-mtls"), vec![]));
+    let self_signed_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tv-self-signed");
+    let self_signed = ClientCert {
+        cert: params.self_signed(&self_signed_key).unwrap().pem(),
+        key: self_signed_key.serialize_pem(),
+    };
+    write_pair(dir, "self-signed", &self_signed);
+    // From the CA the provider trusts, but for another client.
+    write_pair(dir, "rotating", &pki.leaf_named(Some("tv-other"), vec![]));
+
+    let path = |name: &str| dir.join(name).display().to_string();
+    let Some(provider) = start_oidc_provider(&[
+        ("TV_TLS_CERT", &path("provider.crt")),
+        ("TV_TLS_KEY", &path("provider.key")),
+        ("TV_TLS_CLIENT_CA", &path("ca.crt")),
+        ("TV_SELF_SIGNED_CERT", &path("self-signed.crt")),
+        ("NODE_EXTRA_CA_CERTS", &path("ca.crt")),
+    ]) else {
+        return;
+    };
+    assert!(provider.token_endpoint.starts_with("https://"));
+    let profile = |name: &str, client_id: &str, method: &str, files: &str| {
+        format!(
+            "  {name}:\n    token_url: {url}\n    client_id: {client_id}\n    auth_method: {method}\n    client_certificate: {{ file: {crt} }}\n    client_key: {{ file: {key} }}\n    provider_ca: {ca}\n    scopes: [\"api:read\"]\n",
+            url = provider.token_endpoint,
+            crt = path(&format!("{files}.crt")),
+            key = path(&format!("{files}.key")),
+            ca = path("ca.crt"),
+        )
+    };
+    let server = Server::start(&format!(
+        "profiles:\n{}{}{}",
+        profile("mtls", "tv-mtls", "tls_client_auth", "mtls"),
+        profile(
+            "self",
+            "tv-self-signed",
+            "self_signed_tls_client_auth",
+            "self-signed"
+        ),
+        profile("rotating", "tv-mtls", "tls_client_auth", "rotating"),
+    ))
+    .await;
+
+    let introspect = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let active = async |token: &str, client_id: &str| {
+        let answer: Value = introspect
+            .post(&provider.introspection_endpoint)
+            .form(&[
+                ("token", token),
+                ("client_id", "tv-post"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["active"], true, "{answer}");
+        assert_eq!(answer["client_id"], client_id, "{answer}");
+    };
+    for (name, client_id) in [("mtls", "tv-mtls"), ("self", "tv-self-signed")] {
+        let token = server
+            .get(name)
+            .await
+            .unwrap_or_else(|status| panic!("{name}: {status:?}"));
+        active(&token.access_token, client_id).await;
+    }
+
+    let refused = server.get("rotating").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("invalid_client"),
+        "{}",
+        refused.message()
+    );
+    // The certificate is replaced by one for this client (as cert-manager writes it): the
+    // next request presents it, with no restart or reload.
+    write_pair(dir, "rotating", &pki.leaf_named(Some("tv-mtls"), vec![]));
+    let token = eventually(
+        std::time::Duration::from_secs(10),
+        "a token with the renewed certificate",
+        || async { server.get("rotating").await.ok() },
+    )
+    .await;
+    active(&token.access_token, "tv-mtls").await;
     server.stop().await;
 }

@@ -7,9 +7,18 @@
 // Environment:
 //   TV_JWT_JWKS  a JWK Set (JSON) of public keys; when set, client `tv-jwt`
 //                (private_key_jwt) is registered with it.
+//   TV_TLS_CERT, TV_TLS_KEY  when set, serve HTTPS with this certificate and key (PEM
+//                files), asking every client for a certificate (RFC 8705), and register
+//                `tv-mtls` (tls_client_auth, subject CN=tv-mtls, its certificate
+//                verified against the CA in TV_TLS_CLIENT_CA) and `tv-self-signed`
+//                (self_signed_tls_client_auth, the certificate in TV_SELF_SIGNED_CERT).
+//                Start node with NODE_EXTRA_CA_CERTS naming the server's CA, so that
+//                the discovery fetch below trusts it.
 
-import { createServer } from 'node:http';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
+import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
 
 // oidc-provider (and its deps) may log via console.*; keep stdout clean.
 console.log = console.info = console.debug = (...args) => console.error(...args);
@@ -34,13 +43,24 @@ function log(...args) {
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'interop-rs256', use: 'sig', alg: 'RS256' };
 
-const server = createServer();
+const tls = process.env.TV_TLS_CERT !== undefined;
+// The certificate is asked for but not required by the TLS layer: oidc-provider decides,
+// per client authentication method, what a certificate must be.
+const server = tls
+  ? createHttpsServer({
+    cert: readFileSync(process.env.TV_TLS_CERT),
+    key: readFileSync(process.env.TV_TLS_KEY),
+    ca: readFileSync(process.env.TV_TLS_CLIENT_CA),
+    requestCert: true,
+    rejectUnauthorized: false,
+  })
+  : createHttpServer();
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(0, '127.0.0.1', resolve);
 });
 const { port } = server.address();
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 
 const client = (clientId, method) => ({
   client_id: clientId,
@@ -78,13 +98,46 @@ if (process.env.TV_JWT_JWKS) {
   });
 }
 
+if (tls) {
+  const mtls = { ...client('tv-mtls', 'tls_client_auth'), client_secret: undefined };
+  clients.push({ ...mtls, tls_client_auth_subject_dn: 'CN=tv-mtls' });
+  const der = new X509Certificate(readFileSync(process.env.TV_SELF_SIGNED_CERT)).raw;
+  const { publicKey } = new X509Certificate(der);
+  clients.push({
+    ...client('tv-self-signed', 'self_signed_tls_client_auth'),
+    client_secret: undefined,
+    jwks: { keys: [{ ...publicKey.export({ format: 'jwk' }), x5c: [der.toString('base64')] }] },
+  });
+}
+
 const provider = new Provider(issuer, {
   clients,
+  clientAuthMethods: [
+    'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+    ...(tls ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
+  ],
   scopes: ['openid', 'offline_access', SCOPE],
   features: {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     devInteractions: { enabled: false },
+    mTLS: {
+      enabled: tls,
+      tlsClientAuth: tls,
+      selfSignedTlsClientAuth: tls,
+      getCertificate(ctx) {
+        const peer = ctx.socket.getPeerCertificate?.();
+        return peer?.raw ? new X509Certificate(peer.raw) : undefined;
+      },
+      // Verified by the TLS layer against TV_TLS_CLIENT_CA.
+      certificateAuthorized(ctx) {
+        return ctx.socket.authorized === true;
+      },
+      certificateSubjectMatches(ctx, property, expected) {
+        if (property !== 'tls_client_auth_subject_dn') return false;
+        return expected === `CN=${ctx.socket.getPeerCertificate().subject?.CN}`;
+      },
+    },
   },
   // Refresh tokens are issued by the stock rule: the client may use the
   // refresh_token grant and was granted offline_access, which oidc-provider

@@ -79,8 +79,18 @@ impl Pki {
     }
 
     fn leaf(&self, sans: Vec<SanType>) -> ClientCert {
+        self.leaf_named(None, sans)
+    }
+
+    /// A certificate with this common name (if any) and these SANs.
+    pub fn leaf_named(&self, common_name: Option<&str>, sans: Vec<SanType>) -> ClientCert {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if let Some(name) = common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+        }
         params.subject_alt_names = sans;
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         ClientCert {

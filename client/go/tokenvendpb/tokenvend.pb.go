@@ -98,8 +98,25 @@ type GetTokenRequest struct {
 	// callers report it; if the cache already holds a newer token, that one is returned
 	// without asking the identity provider again.
 	RejectedToken string `protobuf:"bytes,3,opt,name=rejected_token,json=rejectedToken,proto3" json:"rejected_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Optional. Scopes to ask for instead of the profile's own: a subset of the profile's
+	// `allowed_scopes`, in any order. Refused with INVALID_ARGUMENT on a profile that allows
+	// none of them. Each different set has a token (and a provider request) of its own.
+	Scopes []string `protobuf:"bytes,10,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Optional. The audience to ask for instead of the profile's: one of its
+	// `allowed_audiences`, else INVALID_ARGUMENT.
+	Audience string `protobuf:"bytes,11,opt,name=audience,proto3" json:"audience,omitempty"`
+	// Optional. The resource (RFC 8707) to ask for instead of the profile's: one of its
+	// `allowed_resources`, else INVALID_ARGUMENT.
+	Resource string `protobuf:"bytes,12,opt,name=resource,proto3" json:"resource,omitempty"`
+	// For a profile with `grant: token_exchange` (RFC 8693), required there and refused
+	// elsewhere with INVALID_ARGUMENT: the caller's token, exchanged at the provider for one
+	// for the profile's client. Each subject token has its exchanged token to itself.
+	SubjectToken string `protobuf:"bytes,13,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
+	// The type of `subject_token`, a URN of RFC 8693 §3; empty means
+	// `urn:ietf:params:oauth:token-type:access_token`.
+	SubjectTokenType string `protobuf:"bytes,14,opt,name=subject_token_type,json=subjectTokenType,proto3" json:"subject_token_type,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetTokenRequest) Reset() {
@@ -149,6 +166,41 @@ func (x *GetTokenRequest) GetMinTtl() *durationpb.Duration {
 func (x *GetTokenRequest) GetRejectedToken() string {
 	if x != nil {
 		return x.RejectedToken
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GetTokenRequest) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetSubjectToken() string {
+	if x != nil {
+		return x.SubjectToken
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetSubjectTokenType() string {
+	if x != nil {
+		return x.SubjectTokenType
 	}
 	return ""
 }
@@ -481,11 +533,17 @@ var File_tokenvend_v1_tokenvend_proto protoreflect.FileDescriptor
 
 const file_tokenvend_v1_tokenvend_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n" +
+	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
 	"\x0fGetTokenRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x122\n" +
 	"\amin_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06minTtl\x12%\n" +
-	"\x0erejected_token\x18\x03 \x01(\tR\rrejectedToken\"\xae\x02\n" +
+	"\x0erejected_token\x18\x03 \x01(\tR\rrejectedToken\x12\x16\n" +
+	"\x06scopes\x18\n" +
+	" \x03(\tR\x06scopes\x12\x1a\n" +
+	"\baudience\x18\v \x01(\tR\baudience\x12\x1a\n" +
+	"\bresource\x18\f \x01(\tR\bresource\x12#\n" +
+	"\rsubject_token\x18\r \x01(\tR\fsubjectToken\x12,\n" +
+	"\x12subject_token_type\x18\x0e \x01(\tR\x10subjectTokenType\"\xae\x02\n" +
 	"\x05Token\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +

@@ -577,6 +577,7 @@ impl TokenClient {
                 .then(|| prost_types::Duration::try_from(min_ttl).ok())
                 .flatten(),
             rejected_token,
+            ..Default::default()
         });
         // No `grpc-timeout` header: tonic's channel would enforce it too, and report
         // it as `Cancelled`. Dropping the call on time resets the stream, which tells

@@ -56,6 +56,80 @@ fn private_key_jwt_needs_a_usable_key() {
 }
 
 #[test]
+fn a_client_assertion_must_be_readable_and_shaped_like_a_jwt() {
+    let yaml = |source: &str| {
+        format!(
+            "profiles:\n  fed:\n    token_url: https://x/t\n    auth_method: client_assertion\n    client_assertion: {source}\n"
+        )
+    };
+    let e = error(&yaml("{ file: /nonexistent/token }"));
+    assert_eq!(e.key, "profiles.fed.client_assertion");
+    assert!(e.message.contains("/nonexistent/token"), "{e}");
+    for not_a_jwt in ["opaque-token", "a.b", "a..c", "a.b.c.d", "a.b+.c"] {
+        let e = error(&yaml(&format!("{{ value: \"{not_a_jwt}\" }}")));
+        assert_eq!(e.key, "profiles.fed.client_assertion");
+        assert!(
+            !e.message.contains(not_a_jwt),
+            "the value is not shown: {e}"
+        );
+    }
+    build(
+        &yaml("{ value: eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln }"),
+        LOOPBACK,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn mutual_tls_files_are_read_and_must_make_an_identity() {
+    let yaml = |cert: &str, key: &str, ca: &str| {
+        format!(
+            "profiles:\n  m:\n    token_url: https://x/t\n    client_id: a\n    auth_method: tls_client_auth\n    client_certificate: {cert}\n    client_key: {key}\n    provider_ca: {ca}\n"
+        )
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (crt, pem_key) = (
+        path("c.crt", &cert.pem()),
+        path("c.key", &key.serialize_pem()),
+    );
+    let junk = path("junk", "not pem");
+    let file = |p: &str| format!("{{ file: {p} }}");
+    build(&yaml(&file(&crt), &file(&pem_key), &crt), LOOPBACK).unwrap_or_else(|e| panic!("{e}"));
+    for (yaml, key) in [
+        (
+            yaml(&file(&junk), &file(&pem_key), &crt),
+            "profiles.m.client_certificate",
+        ),
+        (
+            yaml(&file(&crt), &file(&junk), &crt),
+            "profiles.m.client_key",
+        ),
+        (
+            yaml(&file(&crt), &file(&pem_key), &junk),
+            "profiles.m.provider_ca",
+        ),
+        (
+            yaml(&file(&crt), &file("/nonexistent.key"), &crt),
+            "profiles.m.client_key",
+        ),
+    ] {
+        let e = error(&yaml);
+        assert_eq!(e.key, key, "{e}");
+        assert!(!e.message.contains("PRIVATE KEY"), "{e}");
+    }
+}
+
+#[test]
 fn tls_files_key_sets_and_store_keys_are_read() {
     let e = error(&format!(
         "server:\n  tls: {{ cert: /nonexistent.pem, key: /nonexistent.key }}\n{}",

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, MIN_LIFETIME,
-    Pattern, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm, nonzero,
-    parse_endpoint_url, secret_source,
+    AuthMethod, Authorize, ClientAuth, ConfigError, Dur, Endpoint, Found, Grant, JwtBearer,
+    MIN_LIFETIME, Pattern, PerCall, PrivateKeyJwt, Profile, RefreshAhead, Retry, SigningAlgorithm,
+    TlsClientAuth, nonzero, parse_endpoint_url, secret_source,
 };
 use crate::secret::{RawSecretSource, SecretSource};
 
@@ -28,6 +28,12 @@ pub(super) struct RawProfile {
     signing_alg: Option<SigningAlgorithm>,
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
+    client_assertion: Option<RawSecretSource>,
+    client_certificate: Option<RawSecretSource>,
+    client_key: Option<RawSecretSource>,
+    provider_ca: Option<std::path::PathBuf>,
+    assertion_subject: Option<String>,
+    assertion_audience: Option<String>,
     refresh_token: Option<RawSecretSource>,
     authorize_url: Option<String>,
     redirect_uri: Option<String>,
@@ -36,6 +42,9 @@ pub(super) struct RawProfile {
     scopes: Vec<String>,
     audience: Option<String>,
     resource: Option<String>,
+    allowed_scopes: Option<Vec<String>>,
+    allowed_audiences: Option<Vec<String>>,
+    allowed_resources: Option<Vec<String>>,
     #[serde(default)]
     params: BTreeMap<String, String>,
     #[serde(default)]
@@ -114,22 +123,55 @@ impl RawProfile {
         let keys = Keys(name);
         let mut found = Found::default();
         let endpoint = found.take(endpoint(&keys, self.token_url, self.issuer));
-        let client_id = found.take(match self.client_id {
-            Some(id) if !id.is_empty() => Ok(id),
-            _ => Err(keys.err("client_id", "is required")),
-        });
+        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
+        let mut key = KeyKeys {
+            private_key: self.private_key,
+            signing_alg: self.signing_alg,
+            key_id: self.key_id,
+            certificate: self.certificate,
+        };
+        // The key of a `jwt_bearer` profile signs the grant's assertion; the client
+        // authenticates (if at all) by other means.
+        let jwt_bearer = if grant == Grant::JwtBearer {
+            let bearer = found.take(jwt_bearer(
+                &keys,
+                std::mem::take(&mut key),
+                self.assertion_subject,
+                self.assertion_audience,
+            ));
+            Some(bearer)
+        } else {
+            for (k, given) in [
+                ("assertion_subject", self.assertion_subject.is_some()),
+                ("assertion_audience", self.assertion_audience.is_some()),
+            ] {
+                if given {
+                    found
+                        .0
+                        .push(keys.err(k, "is only used with `grant: jwt_bearer`"));
+                }
+            }
+            None
+        };
         let client_auth = found.take(client_auth(
             &keys,
+            grant,
             ClientAuthKeys {
                 auth_method: self.auth_method,
                 client_secret: self.client_secret,
-                private_key: self.private_key,
-                signing_alg: self.signing_alg,
-                key_id: self.key_id,
-                certificate: self.certificate,
+                key,
+                client_assertion: self.client_assertion,
+                client_certificate: self.client_certificate,
+                client_key: self.client_key,
             },
         ));
-        let grant = self.grant.unwrap_or(Grant::ClientCredentials);
+        let client_id = found.take(match self.client_id {
+            Some(id) if !id.is_empty() => Ok(id),
+            // The workload's assertion names the client; Keycloak refuses a `client_id`
+            // that differs from its `sub`, so none is sent unless one is configured.
+            None if matches!(client_auth, Some(ClientAuth::Assertion(_))) => Ok(String::new()),
+            _ => Err(keys.err("client_id", "is required")),
+        });
         let chain = found.take(chain(
             &keys,
             grant,
@@ -138,6 +180,13 @@ impl RawProfile {
             self.redirect_uri,
         ));
         let shape = found.take(request_shape(&keys, &self.scopes, &self.params));
+        let per_call = found.take(per_call(
+            &keys,
+            grant,
+            self.allowed_scopes,
+            self.allowed_audiences,
+            self.allowed_resources,
+        ));
         let headers = found.take(headers(&keys, self.headers));
         let timing = found.take(timing(
             &keys,
@@ -153,8 +202,21 @@ impl RawProfile {
             },
         ));
         let retry = found.take(retry(&keys, self.retry));
+        if grant == Grant::TokenExchange && self.warm_up {
+            found.0.push(keys.err(
+                "warm_up",
+                "is not offered with `grant: token_exchange`: every token is for a caller's subject",
+            ));
+        }
         let allow = found.take(allow(&keys, self.allow));
+        let jwt_bearer = match jwt_bearer {
+            None => Some(None),
+            Some(Some(bearer)) => Some(Some(Box::new(bearer))),
+            Some(None) => None,
+        };
         let (
+            Some(per_call),
+            Some(jwt_bearer),
             Some(endpoint),
             Some(client_id),
             Some(client_auth),
@@ -165,6 +227,8 @@ impl RawProfile {
             Some(allow),
             Some(()),
         ) = (
+            per_call,
+            jwt_bearer,
             endpoint,
             client_id,
             client_auth,
@@ -178,6 +242,16 @@ impl RawProfile {
         else {
             return Err(found.0);
         };
+        // Errors of keys that build nothing (the assertion keys of another grant).
+        if !found.0.is_empty() {
+            return Err(found.0);
+        }
+        if authorize.is_some() && client_id.is_empty() {
+            // The authorization request names the client; there is no assertion in it.
+            return Err(vec![
+                keys.err("client_id", "is required with `authorize_url`"),
+            ]);
+        }
         Ok(Profile {
             name: name.into(),
             grant,
@@ -185,11 +259,14 @@ impl RawProfile {
             client_id,
             client_auth,
             refresh_token,
+            jwt_bearer,
+            provider_ca: self.provider_ca,
             authorize,
             scopes: self.scopes,
             audience: self.audience.filter(|a| !a.is_empty()),
             resource: self.resource.filter(|r| !r.is_empty()),
             params: self.params,
+            per_call,
             headers,
             refresh_ahead: timing.refresh_ahead,
             min_ttl: timing.min_ttl,
@@ -229,74 +306,191 @@ fn endpoint(
 struct ClientAuthKeys {
     auth_method: Option<AuthMethod>,
     client_secret: Option<RawSecretSource>,
+    key: KeyKeys,
+    client_assertion: Option<RawSecretSource>,
+    client_certificate: Option<RawSecretSource>,
+    client_key: Option<RawSecretSource>,
+}
+
+/// A private key and its settings: for `private_key_jwt`, or for a `jwt_bearer` grant.
+#[derive(Default)]
+struct KeyKeys {
     private_key: Option<RawSecretSource>,
     signing_alg: Option<SigningAlgorithm>,
     key_id: Option<String>,
     certificate: Option<RawSecretSource>,
 }
 
+impl KeyKeys {
+    fn uses_options(&self) -> bool {
+        self.signing_alg.is_some() || self.key_id.is_some() || self.certificate.is_some()
+    }
+
+    fn into_config(
+        self,
+        keys: &Keys<'_>,
+        private_key: SecretSource,
+    ) -> Result<PrivateKeyJwt, ConfigError> {
+        let certificate = self
+            .certificate
+            .map(|c| secret_source(c, &keys.key("certificate")))
+            .transpose()?;
+        Ok(PrivateKeyJwt {
+            private_key,
+            algorithm: self.signing_alg.unwrap_or(SigningAlgorithm::RS256),
+            key_id: self.key_id.filter(|k| !k.is_empty()),
+            certificate,
+        })
+    }
+}
+
+/// The assertion of a `jwt_bearer` grant: a key to sign it, and whom it is for.
+fn jwt_bearer(
+    keys: &Keys<'_>,
+    mut key: KeyKeys,
+    subject: Option<String>,
+    audience: Option<String>,
+) -> Result<JwtBearer, ConfigError> {
+    let Some(private_key) = key.private_key.take() else {
+        return Err(keys.err(
+            "private_key",
+            "is required with `grant: jwt_bearer`: it signs the grant's assertion",
+        ));
+    };
+    let private_key = secret_source(private_key, &keys.key("private_key"))?;
+    let subject = match subject {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            return Err(keys.err(
+                "assertion_subject",
+                "is required with `grant: jwt_bearer`: the user or account the token is for",
+            ));
+        }
+    };
+    Ok(JwtBearer {
+        key: key.into_config(keys, private_key)?,
+        subject,
+        audience: audience.filter(|a| !a.is_empty()),
+    })
+}
+
 /// Which keys go with which `auth_method`. Whether the secrets and keys can be read and
 /// used is the runtime's question (`app`), asked when the configuration is built.
-fn client_auth(keys: &Keys<'_>, raw: ClientAuthKeys) -> Result<ClientAuth, ConfigError> {
-    let uses_key_options =
-        raw.signing_alg.is_some() || raw.key_id.is_some() || raw.certificate.is_some();
-    let auth_method = raw.auth_method.unwrap_or(if raw.private_key.is_some() {
+fn client_auth(
+    keys: &Keys<'_>,
+    grant: Grant,
+    raw: ClientAuthKeys,
+) -> Result<ClientAuth, ConfigError> {
+    let bearer = grant == Grant::JwtBearer;
+    let auth_method = raw.auth_method.unwrap_or(if raw.key.private_key.is_some() {
         AuthMethod::PrivateKeyJwt
+    } else if raw.client_assertion.is_some() {
+        AuthMethod::ClientAssertion
+    } else if bearer && raw.client_secret.is_none() {
+        // Salesforce and Google take the grant's assertion as the only proof.
+        AuthMethod::None
     } else {
         AuthMethod::ClientSecretPost
     });
-    if auth_method != AuthMethod::PrivateKeyJwt && uses_key_options {
+    let method = auth_method.as_str();
+    if auth_method != AuthMethod::PrivateKeyJwt && raw.key.uses_options() {
         return Err(keys.err(
             "auth_method",
             "`signing_alg`, `key_id` and `certificate` need `auth_method: private_key_jwt`",
         ));
     }
-    match auth_method {
-        AuthMethod::ClientSecretPost | AuthMethod::ClientSecretBasic => {
-            if raw.private_key.is_some() {
+    if bearer && auth_method == AuthMethod::PrivateKeyJwt {
+        return Err(keys.err(
+            "auth_method",
+            "`private_key_jwt` is not offered with `grant: jwt_bearer`, whose `private_key` signs the grant",
+        ));
+    }
+    if !bearer && auth_method == AuthMethod::None {
+        return Err(keys.err("auth_method", "`none` is only for `grant: jwt_bearer`"));
+    }
+    let tls = matches!(
+        auth_method,
+        AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+    );
+    if !tls {
+        for (key, given) in [
+            ("client_certificate", raw.client_certificate.is_some()),
+            ("client_key", raw.client_key.is_some()),
+        ] {
+            if given {
                 return Err(keys.err(
-                    "private_key",
-                    format!(
-                        "is only used with `auth_method: private_key_jwt`, not `{}`",
-                        auth_method.as_str()
-                    ),
+                    key,
+                    "is only used with `auth_method: tls_client_auth` or `self_signed_tls_client_auth`",
                 ));
             }
-            let Some(secret) = raw.client_secret else {
-                return Err(keys.err("client_secret", "is required"));
-            };
-            let secret = secret_source(secret, &keys.key("client_secret"))?;
-            Ok(if auth_method == AuthMethod::ClientSecretBasic {
-                ClientAuth::SecretBasic(secret)
-            } else {
-                ClientAuth::SecretPost(secret)
-            })
-        }
-        AuthMethod::PrivateKeyJwt => {
-            if raw.client_secret.is_some() {
-                return Err(keys.err(
-                    "client_secret",
-                    "is not used with `auth_method: private_key_jwt`; remove it",
-                ));
-            }
-            let Some(private_key) = raw.private_key else {
-                return Err(keys.err(
-                    "private_key",
-                    "is required with `auth_method: private_key_jwt`",
-                ));
-            };
-            let certificate = raw
-                .certificate
-                .map(|c| secret_source(c, &keys.key("certificate")))
-                .transpose()?;
-            Ok(ClientAuth::PrivateKeyJwt(Box::new(PrivateKeyJwt {
-                private_key: secret_source(private_key, &keys.key("private_key"))?,
-                algorithm: raw.signing_alg.unwrap_or(SigningAlgorithm::RS256),
-                key_id: raw.key_id.filter(|k| !k.is_empty()),
-                certificate,
-            })))
         }
     }
+    // Each method takes exactly one credential; any other given is a mistake that would
+    // otherwise be silently ignored.
+    let secret = ("client_secret", raw.client_secret.is_some());
+    let private_key = ("private_key", raw.key.private_key.is_some());
+    let assertion = ("client_assertion", raw.client_assertion.is_some());
+    let (wanted, unused) = match auth_method {
+        AuthMethod::ClientSecretPost
+        | AuthMethod::ClientSecretBasic
+        | AuthMethod::ClientSecretJwt => (
+            Some(("client_secret", raw.client_secret)),
+            vec![private_key, assertion],
+        ),
+        AuthMethod::PrivateKeyJwt => (
+            Some(("private_key", raw.key.private_key)),
+            vec![secret, assertion],
+        ),
+        AuthMethod::ClientAssertion => (
+            Some(("client_assertion", raw.client_assertion)),
+            vec![secret, private_key],
+        ),
+        AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+            (None, vec![secret, private_key, assertion])
+        }
+    };
+    if let Some((key, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(keys.err(
+            key,
+            format!("is not used with `auth_method: {method}`; remove it"),
+        ));
+    }
+    let Some((key, source)) = wanted else {
+        if !tls {
+            return Ok(ClientAuth::None);
+        }
+        let (Some(certificate), Some(key)) = (raw.client_certificate, raw.client_key) else {
+            return Err(keys.err(
+                "client_certificate",
+                format!("and `client_key` are required with `auth_method: {method}`"),
+            ));
+        };
+        return Ok(ClientAuth::Tls(Box::new(TlsClientAuth {
+            certificate: secret_source(certificate, &keys.key("client_certificate"))?,
+            key: secret_source(key, &keys.key("client_key"))?,
+            self_signed: auth_method == AuthMethod::SelfSignedTlsClientAuth,
+        })));
+    };
+    let Some(source) = source else {
+        return Err(keys.err(key, format!("is required with `auth_method: {method}`")));
+    };
+    let source = secret_source(source, &keys.key(key))?;
+    Ok(match auth_method {
+        AuthMethod::ClientSecretPost => ClientAuth::SecretPost(source),
+        AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(source),
+        AuthMethod::ClientSecretJwt => ClientAuth::SecretJwt(source),
+        AuthMethod::ClientAssertion => ClientAuth::Assertion(source),
+        AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+            ClientAuth::None
+        }
+        AuthMethod::PrivateKeyJwt => ClientAuth::PrivateKeyJwt(Box::new(
+            KeyKeys {
+                private_key: None,
+                ..raw.key
+            }
+            .into_config(keys, source)?,
+        )),
+    })
 }
 
 /// The refresh-token seed and the `tokenvend authorize` endpoints, which only a
@@ -323,7 +517,7 @@ fn chain(
         (Some(_), None) => return Err(keys.err("redirect_uri", "is required with `authorize_url`")),
         (None, Some(_)) => return Err(keys.err("authorize_url", "is required with `redirect_uri`")),
     };
-    if grant == Grant::ClientCredentials && (refresh_token.is_some() || authorize.is_some()) {
+    if grant != Grant::RefreshToken && (refresh_token.is_some() || authorize.is_some()) {
         let k = if refresh_token.is_some() {
             "refresh_token"
         } else {
@@ -356,6 +550,48 @@ fn request_shape(
         ));
     }
     Ok(())
+}
+
+/// What calls may ask for instead of the profile's scopes, audience and resource.
+fn per_call(
+    keys: &Keys<'_>,
+    grant: Grant,
+    scopes: Option<Vec<String>>,
+    audiences: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+) -> Result<Option<Box<PerCall>>, ConfigError> {
+    if scopes.is_none() && audiences.is_none() && resources.is_none() {
+        return Ok(None);
+    }
+    if grant == Grant::RefreshToken {
+        // One refresh token is one grant; a variant would need a chain of its own.
+        let k = if scopes.is_some() {
+            "allowed_scopes"
+        } else if audiences.is_some() {
+            "allowed_audiences"
+        } else {
+            "allowed_resources"
+        };
+        return Err(keys.err(k, "is not offered with `grant: refresh_token`"));
+    }
+    let check = |k: &str, values: &Option<Vec<String>>| -> Result<(), ConfigError> {
+        let values = values.as_deref().unwrap_or_default();
+        if let Some(v) = values.iter().find(|v| v.is_empty() || v.contains(' ')) {
+            return Err(keys.err(
+                k,
+                format!("`{v}` is not one value: list each as its own item"),
+            ));
+        }
+        Ok(())
+    };
+    check("allowed_scopes", &scopes)?;
+    check("allowed_audiences", &audiences)?;
+    check("allowed_resources", &resources)?;
+    Ok(Some(Box::new(PerCall {
+        scopes: scopes.unwrap_or_default(),
+        audiences: audiences.unwrap_or_default(),
+        resources: resources.unwrap_or_default(),
+    })))
 }
 
 /// Companion headers: their names here; whether their values can be sent is known only

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 fn profile_yaml(extra: &str) -> String {
@@ -152,6 +154,210 @@ fn issuer_or_token_url_but_not_both() {
 fn key_options_need_private_key_jwt() {
     let yaml = "profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n    client_secret: { value: s }\n    key_id: k1\n";
     assert_eq!(error(yaml).key, "profiles.p.auth_method");
+}
+
+#[test]
+fn each_auth_method_takes_its_own_credential_and_no_other() {
+    let yaml = |keys: &str| {
+        format!("profiles:\n  p:\n    token_url: https://x/t\n    client_id: a\n{keys}")
+    };
+    let cases = [
+        (
+            "    auth_method: client_secret_jwt\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    auth_method: client_assertion\n",
+            "profiles.p.client_assertion",
+        ),
+        (
+            "    auth_method: client_secret_jwt\n    client_secret: { value: s }\n    private_key: { value: k }\n",
+            "profiles.p.private_key",
+        ),
+        (
+            "    client_secret: { value: s }\n    client_assertion: { file: /t }\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    auth_method: client_assertion\n    client_assertion: { file: /t }\n    client_secret: { value: s }\n",
+            "profiles.p.client_secret",
+        ),
+        (
+            "    private_key: { value: k }\n    client_assertion: { file: /t }\n",
+            "profiles.p.client_assertion",
+        ),
+    ];
+    for (keys, key) in cases {
+        assert_eq!(error(&yaml(keys)).key, key, "{keys}");
+    }
+    let config = Config::from_yaml(&yaml(
+        "    auth_method: client_secret_jwt\n    client_secret: { env: S }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.profiles[0].client_auth,
+        ClientAuth::SecretJwt(SecretSource::Env("S".into()))
+    );
+}
+
+#[test]
+fn a_client_assertion_profile_needs_no_client_id() {
+    // `auth_method` follows from `client_assertion`, as it does from `private_key`.
+    let yaml = "profiles:\n  fed:\n    token_url: https://x/t\n    client_assertion: { file: /var/run/secrets/tokens/idp }\n";
+    let profile = &Config::from_yaml(yaml).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::Assertion(SecretSource::File("/var/run/secrets/tokens/idp".into()))
+    );
+    assert_eq!(profile.client_id, "", "none configured, none sent");
+    let with_id = yaml.replace(
+        "    client_assertion",
+        "    client_id: app-1\n    client_assertion",
+    );
+    assert_eq!(
+        Config::from_yaml(&with_id).unwrap().profiles[0].client_id,
+        "app-1"
+    );
+    // Every other method needs one, and so does the authorization request.
+    let secret = "profiles:\n  p:\n    token_url: https://x/t\n    client_secret: { value: s }\n";
+    assert_eq!(error(secret).key, "profiles.p.client_id");
+    let authorize = format!(
+        "server: {{ state_dir: /tmp/x }}\n{}    grant: refresh_token\n    authorize_url: https://x/a\n    redirect_uri: https://y/cb\n",
+        yaml.replace("fed", "p")
+    );
+    assert_eq!(error(&authorize).key, "profiles.p.client_id");
+}
+
+#[test]
+fn a_jwt_bearer_profile_signs_its_grant_and_may_authenticate_no_client() {
+    let bearer = "profiles:\n  sf:\n    token_url: https://login.salesforce.com/services/oauth2/token\n    grant: jwt_bearer\n    client_id: consumer-key\n    private_key: { file: /k.pem }\n    key_id: k1\n    assertion_subject: integration@example.com\n";
+    let profile = &Config::from_yaml(bearer).unwrap().profiles[0];
+    assert_eq!(profile.grant, Grant::JwtBearer);
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::None,
+        "the assertion is the proof"
+    );
+    let jwt = profile.jwt_bearer.as_deref().unwrap();
+    assert_eq!(jwt.subject, "integration@example.com");
+    assert_eq!(jwt.audience, None, "the token endpoint");
+    assert_eq!(jwt.key.key_id.as_deref(), Some("k1"));
+    assert_eq!(jwt.key.private_key, SecretSource::File("/k.pem".into()));
+
+    // With a client secret beside it, the client authenticates too (Keycloak).
+    let with_secret = format!(
+        "{bearer}    client_secret: {{ env: S }}\n    assertion_audience: https://sso.example.com/realms/r\n"
+    );
+    let profile = &Config::from_yaml(&with_secret).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::SecretPost(SecretSource::Env("S".into()))
+    );
+    assert_eq!(
+        profile.jwt_bearer.as_deref().unwrap().audience.as_deref(),
+        Some("https://sso.example.com/realms/r")
+    );
+
+    let cases = [
+        (
+            bearer.replace("    private_key: { file: /k.pem }\n", ""),
+            "profiles.sf.private_key",
+        ),
+        (
+            bearer.replace("    assertion_subject: integration@example.com\n", ""),
+            "profiles.sf.assertion_subject",
+        ),
+        (
+            format!("{bearer}    auth_method: private_key_jwt\n"),
+            "profiles.sf.auth_method",
+        ),
+        (
+            format!("{bearer}    refresh_token: {{ env: R }}\n"),
+            "profiles.sf.refresh_token",
+        ),
+        (
+            profile_yaml("    assertion_subject: x\n"),
+            "profiles.jama.assertion_subject",
+        ),
+        (
+            profile_yaml("    auth_method: none\n"),
+            "profiles.jama.auth_method",
+        ),
+    ];
+    for (yaml, key) in cases {
+        assert_eq!(error(&yaml).key, key, "{yaml}");
+    }
+}
+
+#[test]
+fn mutual_tls_needs_a_certificate_and_key_and_nothing_else() {
+    let tls = "profiles:\n  m:\n    token_url: https://x/t\n    client_id: a\n    auth_method: tls_client_auth\n    client_certificate: { file: /c.crt }\n    client_key: { file: /c.key }\n    provider_ca: /ca.crt\n";
+    let profile = &Config::from_yaml(tls).unwrap().profiles[0];
+    assert_eq!(
+        profile.client_auth,
+        ClientAuth::Tls(Box::new(TlsClientAuth {
+            certificate: SecretSource::File("/c.crt".into()),
+            key: SecretSource::File("/c.key".into()),
+            self_signed: false,
+        }))
+    );
+    assert_eq!(profile.provider_ca.as_deref(), Some(Path::new("/ca.crt")));
+    let self_signed = tls.replace("tls_client_auth", "self_signed_tls_client_auth");
+    assert!(matches!(
+        &Config::from_yaml(&self_signed).unwrap().profiles[0].client_auth,
+        ClientAuth::Tls(t) if t.self_signed
+    ));
+    let cases = [
+        (
+            tls.replace("    client_key: { file: /c.key }\n", ""),
+            "profiles.m.client_certificate",
+        ),
+        (
+            format!("{tls}    client_secret: {{ value: s }}\n"),
+            "profiles.m.client_secret",
+        ),
+        (
+            profile_yaml("    client_certificate: { file: /c.crt }\n"),
+            "profiles.jama.client_certificate",
+        ),
+    ];
+    for (yaml, key) in cases {
+        assert_eq!(error(&yaml).key, key, "{yaml}");
+    }
+}
+
+#[test]
+fn token_exchange_profiles_fetch_nothing_of_their_own() {
+    let yaml = "profiles:\n  x:\n    token_url: https://x/t\n    grant: token_exchange\n    client_id: a\n    client_secret: { value: s }\n";
+    assert_eq!(
+        Config::from_yaml(yaml).unwrap().profiles[0].grant,
+        Grant::TokenExchange
+    );
+    assert_eq!(
+        error(&format!("{yaml}    warm_up: true\n")).key,
+        "profiles.x.warm_up"
+    );
+}
+
+#[test]
+fn per_call_values_are_listed_one_by_one_and_not_for_refresh_tokens() {
+    let config = Config::from_yaml(&profile_yaml(
+        "    allowed_scopes: [a, b]\n    allowed_audiences: [\"https://x\"]\n",
+    ))
+    .unwrap();
+    let per_call = config.profiles[0].per_call.as_deref().unwrap();
+    assert_eq!(per_call.scopes, ["a", "b"]);
+    assert_eq!(per_call.audiences, ["https://x"]);
+    assert!(per_call.resources.is_empty());
+    assert_eq!(
+        error(&profile_yaml("    allowed_scopes: [\"a b\"]\n")).key,
+        "profiles.jama.allowed_scopes"
+    );
+    let chained = format!(
+        "server: {{ state_dir: /tmp/x }}\n{}    grant: refresh_token\n    allowed_resources: [r]\n",
+        profile_yaml("").trim_end_matches('\n').to_owned() + "\n"
+    );
+    assert_eq!(error(&chained).key, "profiles.jama.allowed_resources");
 }
 
 #[test]

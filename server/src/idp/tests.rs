@@ -232,6 +232,39 @@ fn form_body_carries_scopes_space_separated_and_params() {
 }
 
 #[test]
+fn a_client_assertion_goes_with_client_id_only_when_one_is_configured() {
+    let assertion = Credential::Assertion(Secret::new("h.p.s"));
+    let (body, auth) = token_request(&profile(), &assertion, &Grant::ClientCredentials);
+    assert!(auth.is_none());
+    assert_eq!(
+        body,
+        "grant_type=client_credentials&client_id=my+id&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=h.p.s&scope=read+write"
+    );
+    let mut anonymous = Profile::clone(&profile());
+    anonymous.client_id = String::new();
+    let (body, _) = token_request(&anonymous, &assertion, &Grant::ClientCredentials);
+    assert!(!body.contains("client_id"), "{body}");
+    assert!(body.contains("&client_assertion=h.p.s"), "{body}");
+}
+
+#[test]
+fn the_jwt_bearer_grant_sends_its_assertion_and_no_credential_of_its_own() {
+    let assertion = Secret::new("h.p.s");
+    let (body, auth) = token_request(
+        &profile(),
+        &Credential::None,
+        &Grant::JwtBearer {
+            assertion: &assertion,
+        },
+    );
+    assert!(auth.is_none());
+    assert_eq!(
+        body,
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=h.p.s&scope=read+write"
+    );
+}
+
+#[test]
 fn retry_after_seconds_or_date() {
     let now = SystemTime::now();
     assert_eq!(

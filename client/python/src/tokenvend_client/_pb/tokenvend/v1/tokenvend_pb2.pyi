@@ -23,14 +23,24 @@ CACHE_STATE_STALE: CacheState
 CACHE_STATE_FAILED: CacheState
 
 class GetTokenRequest(_message.Message):
-    __slots__ = ("profile", "min_ttl", "rejected_token")
+    __slots__ = ("profile", "min_ttl", "rejected_token", "scopes", "audience", "resource", "subject_token", "subject_token_type")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     MIN_TTL_FIELD_NUMBER: _ClassVar[int]
     REJECTED_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
     profile: str
     min_ttl: _duration_pb2.Duration
     rejected_token: str
-    def __init__(self, profile: _Optional[str] = ..., min_ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., rejected_token: _Optional[str] = ...) -> None: ...
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    audience: str
+    resource: str
+    subject_token: str
+    subject_token_type: str
+    def __init__(self, profile: _Optional[str] = ..., min_ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., rejected_token: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., audience: _Optional[str] = ..., resource: _Optional[str] = ..., subject_token: _Optional[str] = ..., subject_token_type: _Optional[str] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("access_token", "token_type", "expires_at", "scopes", "headers", "profile")

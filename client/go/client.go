@@ -299,6 +299,14 @@ func (c *Client) fetch(ctx context.Context, profile string, minTTL time.Duration
 	// The RPC runs detached from the first caller's cancellation, because other callers
 	// may be sharing it; each caller still stops waiting when its own context ends.
 	ch := c.group.DoChan(key, func() (any, error) {
+		// A caller that found no usable copy may get here just after another caller's
+		// RPC stored one and left the group: that copy is the answer, not a second RPC.
+		c.mu.Lock()
+		t := c.usable(c.entries[profile], minTTL)
+		c.mu.Unlock()
+		if t != nil {
+			return t, nil
+		}
 		rctx, cancel := c.rpcContext(ctx)
 		defer cancel()
 		pb, err := c.rpc.GetToken(rctx, &tokenvendpb.GetTokenRequest{

@@ -215,6 +215,7 @@ impl TokenService {
             || !request.audience.is_empty()
             || !request.resource.is_empty()
             || !request.subject_token.is_empty()
+            || !request.subject_token_type.is_empty()
             || slot.profile().grant == Grant::TokenExchange
         {
             slot = variant_slot(&slot, request)?;

@@ -119,6 +119,12 @@ async fn values_the_profile_does_not_allow_are_invalid_arguments() {
             profile: "plain".into(),
             ..ask(&["read"], "")
         },
+        // A token type with no token to exchange, on a profile that exchanges none.
+        GetTokenRequest {
+            profile: "plain".into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            ..ask(&[], "")
+        },
     ];
     for request in refused {
         let status = client.get_token(request.clone()).await.unwrap_err();

@@ -12,6 +12,7 @@ mod e2e {
     mod forward_nginx;
     mod interop;
     mod lifecycle;
+    mod notices;
     mod observability;
     mod per_call;
     mod providers;

@@ -72,6 +72,7 @@ impl App {
         };
         check_service_account(server, &mut errors);
         check_store(server, &mut errors);
+        check_notices(server, &mut errors);
         let mut warnings = config.warnings();
         let forward_auth = forward_auth
             .filter(|_| server.forward_auth.is_some())
@@ -258,6 +259,26 @@ fn check_store(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
                 e.to_string(),
             ));
         }
+    }
+}
+
+/// The webhook's signing secret can be read now, and is a usable key; it is read again
+/// for each notice, so a rotated one is picked up.
+fn check_notices(server: &ServerConfig, errors: &mut Vec<ConfigError>) {
+    let Some(notices) = &server.notices else {
+        return;
+    };
+    let key = notices
+        .secret
+        .load()
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            crate::notice::signing_key(&s)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = key {
+        errors.push(ConfigError::new("server.notices.secret", e));
     }
 }
 

@@ -184,7 +184,6 @@ impl TokenCache {
 
     /// How every profile stands, sorted by profile name: what the notices' scan and the
     /// admin page read. Takes each slot's lock for a moment, never the hot path's.
-    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
     pub(crate) async fn health(&self) -> Vec<Health> {
         self.slots()
             .into_iter()
@@ -643,7 +642,6 @@ pub(crate) enum CacheState {
 }
 
 /// How one profile, or one connection of a template profile, stands.
-#[allow(dead_code, reason = "read by the notices' scan and the admin page")]
 #[derive(Debug, Clone)]
 pub(crate) struct Health {
     /// The profile.
@@ -667,10 +665,8 @@ pub(crate) struct SlotStatus {
     pub last_error: Option<String>,
     /// Whether the last request failed in a way only a person can fix (no refresh token
     /// yet, or the provider refused the stored one): it needs authorizing again.
-    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
     pub needs_authorization: bool,
     /// When the current run of failures began; `None` once a request succeeds.
-    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
     pub failing_since: Option<SystemTime>,
 }
 

@@ -17,6 +17,7 @@ use std::{
 
 mod allow;
 mod ext_authz;
+mod notices;
 mod profile;
 mod server;
 mod store;
@@ -27,6 +28,8 @@ use serde::Deserialize;
 use url::Url;
 
 pub use allow::{Pattern, PatternError};
+pub use notices::NoticesConfig;
+pub(crate) use notices::WebhookOrigin;
 pub use store::{EncryptionKey, RedisConfig, RedisTarget, SentinelConfig, SentinelNode};
 
 use crate::secret::{RawSecretSource, SecretSource};
@@ -81,6 +84,9 @@ pub struct ServerConfig {
     pub ext_authz: ExtAuthzConfig,
     /// The forward-auth HTTP listener (`server.forward_auth`), if it is on.
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// The webhook told when a profile needs re-authorization or keeps failing
+    /// (`server.notices`), if any.
+    pub notices: Option<NoticesConfig>,
 }
 
 /// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`) on the
@@ -279,6 +285,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             ext_authz: ExtAuthzConfig::default(),
             forward_auth: None,
+            notices: None,
         }
     }
 }

@@ -32,6 +32,7 @@ mod idp;
 mod limit;
 pub mod logging;
 mod metrics;
+mod notice;
 mod reload;
 pub mod secret;
 pub mod server;

@@ -63,6 +63,7 @@ struct Inner {
     refreshes: Counter<u64>,
     refresh_failures: Counter<u64>,
     reloads: Counter<u64>,
+    notices: Counter<u64>,
 }
 
 /// The per-profile counters, by profile name; kept across reloads so that a changed
@@ -326,6 +327,11 @@ impl Metrics {
                 .with_unit("{reload}")
                 .with_description("New configuration versions, applied or refused.")
                 .build(),
+            notices: meter
+                .u64_counter("tokenvend.notices")
+                .with_unit("{notice}")
+                .with_description("Webhook notices, by type (needs_reauthorization, failing) and outcome (sent, failed, dropped, skipped_other_replica).")
+                .build(),
             provider,
             registry,
             profiles,
@@ -429,6 +435,17 @@ impl Metrics {
         self.inner
             .reloads
             .add(1, &[KeyValue::new("result", result)]);
+    }
+
+    /// Records what became of a webhook notice.
+    pub(crate) fn notice(&self, kind: &'static str, outcome: &'static str) {
+        self.inner.notices.add(
+            1,
+            &[
+                KeyValue::new("type", kind),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
     }
 
     /// Stops the OTLP export, after a last one. The periodic reader exports from a thread

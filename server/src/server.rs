@@ -181,7 +181,7 @@ async fn run(
         idp.clone(),
         state.as_ref(),
         metrics.clone(),
-        store,
+        store.clone(),
     ));
     let readiness = Arc::new(Readiness::new(cache.clone()));
     let connections = ConnectionLimit::new(
@@ -258,6 +258,19 @@ async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    // Always running, reading `server.notices` at each scan: a reload may turn them on.
+    {
+        let live = live.clone();
+        crate::notice::spawn(
+            cache.clone(),
+            move || live.settings.load().notices.clone(),
+            store,
+            metrics.clone(),
+            root.child_token(),
+            &tasks,
+        )?;
+    }
 
     // A reload stops at the shutdown signal, so that nothing changes while draining.
     let reloads = root.child_token();

@@ -11,7 +11,8 @@
 //! - `tv:p:lock` — held by the replica asking the provider: `SET NX PX` with a random
 //!   fencing value, deleted only by a script that checks the value;
 //! - `tv:p:updated` — a channel the holder publishes on once the token is written;
-//! - `tv:p:chain` — the refresh-token chain: `<version>` and the sealed token ([`chain`]).
+//! - `tv:p:chain` — the refresh-token chain: `<version>` and the sealed token ([`chain`]);
+//! - `tv:notice:…` — which replica sends a webhook notice ([`notice`]).
 //!
 //! Redis is reached through a connection manager that reconnects by itself; the first
 //! connection is made on first use, so a server starts (degraded) while Redis is down.
@@ -21,6 +22,7 @@
 mod chain;
 mod crypto;
 mod flight;
+mod notice;
 mod primary;
 
 use std::{

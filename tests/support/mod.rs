@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod raw;
 pub mod redis;
 pub mod security;
+pub mod webhook;
 
 use std::{net::SocketAddr, time::Duration};
 

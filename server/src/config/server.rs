@@ -11,7 +11,7 @@ use crate::secret::RawSecretSource;
 use super::{
     AdminConfig, AuthConfig, ConfigError, Dur, ForwardAuthConfig, Found, JwksSource, Limits,
     ServerConfig, ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz, nonzero,
-    parse_endpoint_url, store::RawStore,
+    notices::RawNotices, parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -35,6 +35,7 @@ pub(super) struct RawServer {
     #[serde(default)]
     ext_authz: RawExtAuthz,
     forward_auth: Option<RawForwardAuth>,
+    notices: Option<RawNotices>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +332,7 @@ impl RawServer {
         let limits = found.take(self.limits.validate());
         let ext_authz = found.take(self.ext_authz.validate());
         let forward_auth = found.take(self.forward_auth.map(RawForwardAuth::validate).transpose());
+        let notices = found.take(self.notices.map(RawNotices::validate).transpose());
         let (
             Some(listen),
             Some(admin_listen),
@@ -342,6 +344,7 @@ impl RawServer {
             Some(limits),
             Some(ext_authz),
             Some(forward_auth),
+            Some(notices),
         ) = (
             listen,
             admin_listen,
@@ -353,6 +356,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            notices,
         )
         else {
             return Err(found.0);
@@ -377,6 +381,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            notices,
         })
     }
 }

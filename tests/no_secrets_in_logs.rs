@@ -321,3 +321,65 @@ async fn nothing_secret_is_logged_at_trace() {
         "the scrape works"
     );
 }
+
+#[tokio::test]
+async fn the_webhook_secret_signature_and_url_are_never_logged() {
+    let captured = support::logs::Logs::capture();
+    const KEY: &[u8] = b"webhook-key-never-logged-0c81d2e";
+    let secret = format!("whsec_{}", STANDARD.encode(KEY));
+    const URL_TOKEN: &str = "hook-url-token-5d7e21";
+    const SEED: &str = "refused-seed-never-logged-9a0b";
+    let receiver = support::webhook::Receiver::start().await;
+    // A failed attempt first, so that the retry's log lines are looked at too.
+    receiver.answer(&[500]);
+    let idp = TestIdp::start(Behaviour::Rotate {
+        lifetime: 3600,
+        delay: std::time::Duration::ZERO,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  state_dir: {}\n  notices:\n    webhook: {}\n    secret: {{ value: \"{secret}\" }}\n    failing_after: 1s\nprofiles:\n  jadu:\n    token_url: {}\n    grant: refresh_token\n    client_id: {CLIENT_ID}\n    client_secret: {{ value: \"{CLIENT_SECRET}\" }}\n    refresh_token: {{ value: {SEED} }}\n    retry: {{ initial: 100ms, max: 200ms }}\n",
+        dir.path().display(),
+        receiver.url(URL_TOKEN),
+        idp.token_url(),
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    tracing::debug!(?config, "loaded");
+    let server = Server::start_with(config).await;
+    let received = receiver
+        .wait_for(
+            "needs_reauthorization",
+            2,
+            std::time::Duration::from_secs(15),
+        )
+        .await;
+    assert!(received[1].signed_by(KEY));
+    let scraped = server.metrics().await.text;
+    server.stop().await;
+
+    let logs = captured.text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("notice sent") && l.contains("jadu")),
+        "the capture works"
+    );
+    let mut forbidden = vec![
+        secret.clone(),
+        STANDARD.encode(KEY),
+        String::from_utf8_lossy(KEY).into_owned(),
+        URL_TOKEN.to_owned(),
+        SEED.to_owned(),
+    ];
+    for request in &received {
+        let signature = request.header("webhook-signature").to_owned();
+        forbidden.push(signature.trim_start_matches("v1,").to_owned());
+        forbidden.push(signature);
+    }
+    for needle in &forbidden {
+        let line = logs.lines().find(|l| l.contains(needle.as_str()));
+        assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");
+        let line = scraped.lines().find(|l| l.contains(needle.as_str()));
+        assert!(line.is_none(), "`{needle}` is in /metrics: {line:?}");
+    }
+}

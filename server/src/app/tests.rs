@@ -395,3 +395,28 @@ fn forward_auth_is_restart_only() {
     );
     assert_eq!(new.forward_auth, None);
 }
+
+#[test]
+fn a_notice_secret_that_cannot_sign_stops_the_build_with_its_key() {
+    let with = |secret: &str| {
+        format!(
+            "server:\n  notices:\n    webhook: https://hooks.example.com/t\n    secret: {secret}\n{}",
+            profile_yaml("")
+        )
+    };
+    for (secret, says) in [
+        ("{ env: TOKENVEND_TEST_NOT_SET_ANYWHERE }", "is not set"),
+        ("{ value: too-short }", "use at least 16"),
+        ("{ value: \"whsec_!!\" }", "not base64"),
+    ] {
+        let e = error(&with(secret));
+        assert_eq!(e.key, "server.notices.secret", "{e}");
+        assert!(e.message.contains(says), "{e}");
+        assert!(!e.message.contains("too-short"), "{e}");
+    }
+    build(
+        &with("{ value: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }"),
+        LOOPBACK,
+    )
+    .unwrap();
+}

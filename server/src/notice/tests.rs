@@ -354,3 +354,46 @@ fn the_scan_comes_often_enough_for_failing_after_and_no_more() {
         Duration::from_millis(250)
     );
 }
+
+#[tokio::test]
+async fn failing_claims_meet_when_episodes_begin_less_than_failing_after_apart() {
+    let config = Config::from_yaml(
+        "server:\n  store:\n    redis:\n      url: redis://127.0.0.1:1\n      key_prefix: tv\n      encryption_keys:\n        - { id: k1, key: { value: \"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\" } }\nprofiles:\n  p:\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: { value: s }\n",
+    )
+    .unwrap();
+    // Connects on first use: working out a `failing` claim's keys needs no Redis.
+    let store = SharedStore::new(config.server.store.as_ref().unwrap()).unwrap();
+    let after = Duration::from_secs(60);
+    let keys = |since_s: u64, subject: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            let since = UNIX_EPOCH + Duration::from_secs(since_s);
+            let notice = Notice::new(
+                Event::Failing,
+                &health("p", subject, status(CacheState::Failed, false, Some(since))),
+                "s",
+                since,
+            );
+            notice.claim_keys(&store, after).await.unwrap()
+        }
+    };
+    let (first, ttl) = keys(6_000, None).await;
+    assert_eq!(
+        first,
+        ["tv:notice:p:failing:w100", "tv:notice:p:failing:w101"]
+    );
+    assert_eq!(ttl, Duration::from_secs(180));
+    let meets = |a: &[String], b: &[String]| a.iter().any(|k| b.contains(k));
+    // Less than `failing_after` apart, across a window's edge or not: they meet (and
+    // up to two windows apart they may).
+    assert!(meets(&first, &keys(6_059, None).await.0));
+    assert!(meets(&first, &keys(6_119, None).await.0));
+    assert!(meets(&keys(5_999, None).await.0, &first));
+    // Two windows apart: a new episode.
+    assert!(!meets(&first, &keys(6_120, None).await.0));
+    // A connection's subject is in the key by digest only.
+    let (connection, _) = keys(6_000, Some("tenant-42")).await;
+    assert!(connection[0].starts_with("tv:notice:p:"), "{connection:?}");
+    assert!(!connection[0].contains("tenant-42"));
+    assert!(!meets(&first, &connection));
+}

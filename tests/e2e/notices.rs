@@ -329,3 +329,43 @@ async fn replicas_sharing_a_redis_send_each_notice_once() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_reload_turns_notices_on_and_points_them_elsewhere() {
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    let idp = TestIdp::start(Behaviour::html(503)).await;
+    let profiles = format!(
+        "profiles:\n{}",
+        profile("p", &idp, "    retry: { initial: 100ms, max: 200ms }\n")
+    );
+    let mut file =
+        crate::support::ConfigFile::new(&format!("server:\n  reload_interval: 100ms\n{profiles}"));
+    let server = Server::start_file(&file).await;
+    server.get("p").await.unwrap_err();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Turned on: the episode already going on is announced.
+    file.update(&format!(
+        "server:\n  reload_interval: 100ms\n{}{profiles}",
+        notices(&first, "1s")
+    ));
+    first.wait_for("failing", 1, Duration::from_secs(10)).await;
+    // A new receiver and a new episode: the next notice goes there.
+    file.update(&format!(
+        "server:\n  reload_interval: 100ms\n{}{profiles}",
+        notices(&second, "1s")
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    idp.set(Behaviour::issue(3600));
+    crate::support::eventually(Duration::from_secs(5), "recovery", || async {
+        server.get("p").await.ok()
+    })
+    .await;
+    idp.set(Behaviour::html(503));
+    server.reject("p", "tok-1").await.unwrap_err();
+    let got = second.wait_for("failing", 1, Duration::from_secs(10)).await;
+    check_notice(&got[0]);
+    assert_eq!(first.received().len(), 1);
+    server.stop().await;
+}

@@ -81,6 +81,7 @@ impl App {
             Some(check_admin(server, admin)),
             forward_auth,
         ];
+        crate::web::check(server, admin, &config.profiles, &mut errors, &mut warnings);
         for check in checks.into_iter().flatten() {
             match check {
                 Ok(None) => {}

@@ -19,7 +19,7 @@ use url::Url;
 
 use crate::{
     chain::{ChainError, FileStore, RefreshChain},
-    config::{Authorize, Config, Grant, Profile, is_loopback},
+    config::{Authorize, Config, Grant, Profile, ServerConfig, is_loopback},
     credential::{self, CredentialError},
     idp::{Grant as GrantRequest, IdpClient, IdpError},
     secret::Secret,
@@ -91,6 +91,20 @@ impl Request {
         })
     }
 
+    /// A request started earlier, from its `state` and verifier, to finish it.
+    pub(crate) fn resume(authorize: &Authorize, state: String, verifier: Secret) -> Self {
+        Self {
+            url: authorize.authorize_url.clone(),
+            state,
+            verifier,
+        }
+    }
+
+    /// The `state` and the PKCE verifier, to keep until the redirect comes.
+    pub(crate) fn parts(&self) -> (&str, &Secret) {
+        (&self.state, &self.verifier)
+    }
+
     /// The code from the redirect, once `state` matches.
     pub fn code_from(&self, redirect: &Url) -> Result<String, AuthorizeError> {
         let param = |name: &str| {
@@ -141,7 +155,7 @@ pub async fn run(
         ))
     })?;
     // Before the person approves: a store that cannot be set up would waste the approval.
-    let chain = chain_of(config, name)?;
+    let chain = chain_of(&config.server, name)?;
 
     let request = Request::new(profile, authorize)?;
     let redirect = if receivable(&authorize.redirect_uri) {
@@ -160,6 +174,19 @@ pub async fn run(
 
     let idp = IdpClient::new(config.server.idp_connect_timeout)
         .map_err(|e| AuthorizeError::Io(e.to_string()))?;
+    complete(&chain, &idp, profile, authorize, &request, &code).await
+}
+
+/// Exchanges the code at once and stores the refresh token in `chain`: the end of every
+/// authorization, from the command line or the admin page's callback.
+pub(crate) async fn complete(
+    chain: &RefreshChain<Storage>,
+    idp: &IdpClient,
+    profile: &Arc<Profile>,
+    authorize: &Authorize,
+    request: &Request,
+    code: &str,
+) -> Result<(), AuthorizeError> {
     let source = TokenSource::new(profile.clone(), idp.clone(), None);
     let token_url = source.token_url().await?;
     let credential = credential::load(profile, &token_url)?;
@@ -169,7 +196,7 @@ pub async fn run(
             &token_url,
             &credential,
             GrantRequest::AuthorizationCode {
-                code: &code,
+                code,
                 redirect_uri: authorize.redirect_uri.as_str(),
                 code_verifier: request.verifier.expose(),
             },
@@ -188,8 +215,11 @@ pub async fn run(
 
 /// The chain a server with this configuration reads: a server with a shared store keeps
 /// its chains there even when it has a state directory too.
-fn chain_of(config: &Config, name: &str) -> Result<RefreshChain<Storage>, AuthorizeError> {
-    let storage = match (&config.server.store, &config.server.state_dir) {
+pub(crate) fn chain_of(
+    server: &ServerConfig,
+    name: &str,
+) -> Result<RefreshChain<Storage>, AuthorizeError> {
+    let storage = match (&server.store, &server.state_dir) {
         (Some(redis), _) => Storage::Shared(SharedStore::new(redis)?.profile(name)),
         (None, Some(dir)) => {
             let file = FileStore::new(dir, name);

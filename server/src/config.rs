@@ -152,6 +152,38 @@ pub struct AdminConfig {
     pub metrics_token: Option<SecretSource>,
     /// Serve `/metrics` without a token on a non-loopback address, on purpose.
     pub unauthenticated_metrics: bool,
+    /// The admin listener's address as browsers reach it (`https://tokenvend.example.com`),
+    /// without a trailing `/`: the hosted authorization's callback is
+    /// `{public_url}/oauth/callback`.
+    pub public_url: Option<Url>,
+    /// Seals the admin page's cookies and signs its links; shared by every replica.
+    pub session_key: Option<SecretSource>,
+    /// How people log in to the admin page.
+    pub login: AdminLogin,
+    /// The identities that may authorize and revoke; everyone else who logs in reads.
+    pub admins: Vec<String>,
+}
+
+/// The ways to log in to the admin page; any that is set is offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminLogin {
+    /// A bearer token (for scripts) that also logs a browser in through `/login`.
+    pub token: Option<SecretSource>,
+    /// An OpenID Connect issuer people log in at.
+    pub oidc: Option<AdminOidc>,
+}
+
+/// `server.admin.login.oidc`: the admin page as an OpenID Connect relying party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminOidc {
+    /// The issuer, compared as written with the ID token's `iss`.
+    pub issuer: String,
+    /// The client registered at the issuer for the admin page.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: SecretSource,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
 }
 
 /// TLS for the gRPC port. The files are read again when they change.

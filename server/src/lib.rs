@@ -41,6 +41,7 @@ mod state;
 mod store;
 pub mod telemetry;
 mod tls;
+mod web;
 
 pub use config::Config;
 pub use server::{Listeners, serve};

@@ -30,6 +30,7 @@ use crate::{
     state::StateDir,
     store::SharedStore,
     tls::{self, ConnectionLimit},
+    web::Web,
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -176,6 +177,7 @@ async fn run(
         .map(SharedStore::new)
         .transpose()
         .map_err(ServerError::Store)?;
+    let shared = store.clone();
     let cache = Arc::new(TokenCache::with_store(
         &config.profiles,
         idp.clone(),
@@ -183,6 +185,11 @@ async fn run(
         metrics.clone(),
         store,
     ));
+    let web = admin_addr
+        .map(|addr| Web::new(&config.server, addr, cache.clone(), idp.clone(), shared))
+        .transpose()
+        .map_err(|e| ServerError::Config(vec![e].into()))?
+        .map(Arc::new);
     let readiness = Arc::new(Readiness::new(cache.clone()));
     let connections = ConnectionLimit::new(
         limits.max_connections,
@@ -271,12 +278,13 @@ async fn run(
         );
         tasks.spawn(reload::run(watcher, live.clone(), reloads.clone()));
     }
-    if let Some(listener) = listeners.admin {
+    if let (Some(listener), Some(web)) = (listeners.admin, web) {
         tasks.spawn(admin::serve(
             listener,
             readiness.clone(),
             metrics.clone(),
             config.server.admin.metrics_token.clone(),
+            web,
             root.child_token(),
         ));
     }

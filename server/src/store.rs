@@ -172,6 +172,26 @@ impl SharedStore {
         }
     }
 
+    /// Claims `name` for `ttl`: true for the first claim across every replica, false for
+    /// any later one (`SET NX`). The admin page's callback claims each `state` here, so
+    /// that a replayed redirect is refused on whichever replica it lands.
+    pub(crate) async fn claim_once(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}:web:claimed:{name}", self.inner.prefix);
+        let attempt = async {
+            let mut redis = self.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut redis)
+                .await?;
+            Ok(set.is_some())
+        };
+        self.note(attempt.await)
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         Ok(self.inner.primary.connected().await?.commands.clone())
     }

@@ -182,6 +182,20 @@ impl TokenCache {
         slots
     }
 
+    /// How every profile stands, sorted by profile name: what the notices' scan and the
+    /// admin page read. Takes each slot's lock for a moment, never the hot path's.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub(crate) async fn health(&self) -> Vec<Health> {
+        self.slots()
+            .into_iter()
+            .map(|slot| Health {
+                profile: slot.profile.name.clone(),
+                subject: None,
+                status: slot.status(),
+            })
+            .collect()
+    }
+
     /// Switches to a new set of profiles in one atomic step. A profile configured exactly
     /// as before keeps its slot (its cached token, its refresher, its watchers); a new or
     /// changed one gets a new slot; the slots of removed and changed profiles are retired:
@@ -476,6 +490,9 @@ struct SlotState {
     /// No request to the provider before this, after a failure.
     retry_at: Option<Instant>,
     last_refresh: Option<SystemTime>,
+    /// When the current run of failed requests began; cleared by a success. Written only
+    /// where an outcome is published, for the health a notice or the admin page reads.
+    failing_since: Option<SystemTime>,
     /// The lifetime of the last token, to refuse a min_ttl no token can meet without
     /// asking the provider.
     lifetime: Option<Duration>,
@@ -620,6 +637,21 @@ pub(crate) enum CacheState {
     Stale,
     /// No valid token, and the last request failed.
     Failed,
+    /// No valid token, and the last request failed in a way only a person can fix: there
+    /// is no refresh token yet, or the provider refused the stored one.
+    NeedsAuthorization,
+}
+
+/// How one profile, or one connection of a template profile, stands.
+#[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    /// The profile.
+    pub profile: Arc<str>,
+    /// The connection's subject, for a connection.
+    pub subject: Option<String>,
+    /// Its slot's status.
+    pub status: SlotStatus,
 }
 
 /// A snapshot of a slot, for `ListProfiles`.
@@ -633,6 +665,13 @@ pub(crate) struct SlotStatus {
     pub last_refresh: Option<SystemTime>,
     /// Why the last request failed, if it did.
     pub last_error: Option<String>,
+    /// Whether the last request failed in a way only a person can fix (no refresh token
+    /// yet, or the provider refused the stored one): it needs authorizing again.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub needs_authorization: bool,
+    /// When the current run of failures began; `None` once a request succeeds.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub failing_since: Option<SystemTime>,
 }
 
 impl Slot {
@@ -846,16 +885,23 @@ impl Slot {
             .load_full()
             .filter(|t| !t.remaining(Instant::now()).is_zero());
         let failing = state.last_error.is_some();
+        let needs_authorization = state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| matches!(e, FetchError::Reauthorize { .. }));
         SlotStatus {
             state: match (&valid, failing) {
                 (Some(_), false) => CacheState::Valid,
                 (Some(_), true) => CacheState::Stale,
+                (None, true) if needs_authorization => CacheState::NeedsAuthorization,
                 (None, true) => CacheState::Failed,
                 (None, false) => CacheState::Empty,
             },
             expires_at: valid.map(|t| t.expires_at),
             last_refresh: state.last_refresh,
             last_error: state.last_error.as_ref().map(|e| e.to_string()),
+            needs_authorization,
+            failing_since: state.failing_since,
         }
     }
 
@@ -986,6 +1032,7 @@ impl Slot {
                 state.last_error = None;
                 state.retry_at = None;
                 state.last_refresh = Some(SystemTime::now());
+                state.failing_since = None;
                 state.lifetime = Some(token.lifetime);
                 // Counted from a replacement that worked: a failed one backs off anyway,
                 // and must not keep the next report from trying again.
@@ -1011,6 +1058,7 @@ impl Slot {
                     .max(error.retry_after().unwrap_or_default());
                 state.retry_at = Some(Instant::now() + delay);
                 state.last_error = Some(error.clone());
+                state.failing_since.get_or_insert_with(SystemTime::now);
                 let failures = state.failures;
                 drop(state);
                 tracing::warn!(
@@ -1025,6 +1073,7 @@ impl Slot {
                 // Backing off keeps a bug from turning into a request storm.
                 state.failures += 1;
                 state.retry_at = Some(Instant::now() + backoff(self.profile.retry, state.failures));
+                state.failing_since.get_or_insert_with(SystemTime::now);
                 drop(state);
                 tracing::error!(profile = %self.profile.name, "token request panicked");
             }

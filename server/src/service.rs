@@ -583,6 +583,7 @@ impl pb::token_service_server::TokenService for TokenService {
                         CacheState::Valid => pb::CacheState::Valid,
                         CacheState::Stale => pb::CacheState::Stale,
                         CacheState::Failed => pb::CacheState::Failed,
+                        CacheState::NeedsAuthorization => pb::CacheState::NeedsAuthorization,
                     } as i32,
                     expires_at: status.expires_at.map(Into::into),
                     last_refresh: status.last_refresh.map(Into::into),

@@ -20,6 +20,7 @@ use crate::{
     cache::TokenCache,
     config::{Config, ConfigErrors},
     conn::CountCalls,
+    connections::ConnectionStore,
     ext_authz::LiveExtAuthz,
     forward,
     idp::IdpClient,
@@ -73,6 +74,9 @@ pub enum ServerError {
     /// The shared store's settings cannot be used (its password or keys cannot be read).
     #[error(transparent)]
     Store(#[from] crate::store::SetupError),
+    /// The connections of template profiles cannot be kept (their key cannot be read).
+    #[error(transparent)]
+    Connections(#[from] crate::connections::ConnectionError),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
@@ -176,13 +180,18 @@ async fn run(
         .map(SharedStore::new)
         .transpose()
         .map_err(ServerError::Store)?;
-    let cache = Arc::new(TokenCache::with_store(
-        &config.profiles,
-        idp.clone(),
-        state.as_ref(),
-        metrics.clone(),
-        store,
-    ));
+    let connections = ConnectionStore::new(&config.server, store.as_ref())?;
+    let cache = Arc::new(
+        TokenCache::with_store(
+            &config.profiles,
+            idp.clone(),
+            state.as_ref(),
+            metrics.clone(),
+            store,
+        )
+        .with_connections(connections),
+    );
+    cache.follow_revocations();
     let readiness = Arc::new(Readiness::new(cache.clone()));
     let connections = ConnectionLimit::new(
         limits.max_connections,

@@ -72,6 +72,11 @@ impl App {
         };
         check_service_account(server, &mut errors);
         check_store(server, &mut errors);
+        if let Some(key) = &server.connections.key
+            && let Err(e) = decode_key(key)
+        {
+            errors.push(ConfigError::new("server.connections.key", e.to_string()));
+        }
         let mut warnings = config.warnings();
         let forward_auth = forward_auth
             .filter(|_| server.forward_auth.is_some())
@@ -349,6 +354,8 @@ pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
 ///   file's content is read at each scrape, so a rotated token needs no restart).
 /// - `server.state_dir`: locked at start; a running server cannot move its chains.
 /// - `server.store`: the shared store's connection and the chains in it.
+/// - `server.connections`: its key names and seals the stored connections, and the
+///   caches of connections are sized when the server starts.
 /// - `server.tls` turned on or off (its files may change): the listener's kind.
 /// - `server.limits.max_concurrent_streams`: an HTTP/2 setting fixed when the server starts.
 /// - `server.forward_auth`: its socket is bound once, and its headers and `max_age` are
@@ -376,6 +383,8 @@ pub(crate) fn keep_restart_only(
     new.state_dir.clone_from(&running.state_dir);
     keep("server.store", new.store != running.store);
     new.store.clone_from(&running.store);
+    keep("server.connections", new.connections != running.connections);
+    new.connections.clone_from(&running.connections);
     if new.tls.is_some() != running.tls.is_some() {
         keep("server.tls", true);
         new.tls.clone_from(&running.tls);

@@ -20,6 +20,7 @@ mod chain;
 pub mod cli;
 pub mod config;
 mod conn;
+mod connections;
 mod credential;
 pub mod dev;
 mod error;

@@ -20,6 +20,7 @@ use crate::{
     cache::TokenCache,
     config::{Config, ConfigErrors},
     conn::CountCalls,
+    connections::ConnectionStore,
     ext_authz::LiveExtAuthz,
     forward,
     idp::IdpClient,
@@ -74,6 +75,9 @@ pub enum ServerError {
     /// The shared store's settings cannot be used (its password or keys cannot be read).
     #[error(transparent)]
     Store(#[from] crate::store::SetupError),
+    /// The connections of template profiles cannot be kept (their key cannot be read).
+    #[error(transparent)]
+    Connections(#[from] crate::connections::ConnectionError),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
@@ -178,13 +182,18 @@ async fn run(
         .transpose()
         .map_err(ServerError::Store)?;
     let shared = store.clone();
-    let cache = Arc::new(TokenCache::with_store(
-        &config.profiles,
-        idp.clone(),
-        state.as_ref(),
-        metrics.clone(),
-        store,
-    ));
+    let connections = ConnectionStore::new(&config.server, store.as_ref())?;
+    let cache = Arc::new(
+        TokenCache::with_store(
+            &config.profiles,
+            idp.clone(),
+            state.as_ref(),
+            metrics.clone(),
+            store,
+        )
+        .with_connections(connections),
+    );
+    cache.follow_revocations();
     let web = admin_addr
         .map(|addr| Web::new(&config.server, addr, cache.clone(), idp.clone(), shared))
         .transpose()

@@ -68,8 +68,6 @@ pub(crate) struct Web {
     keys: Keys,
     cache: Arc<TokenCache>,
     idp: IdpClient,
-    /// Where authorized refresh tokens go (`store`, `state_dir`: restart-only settings).
-    server: ServerConfig,
     shared: Option<SharedStore>,
     used: Mutex<UsedStates>,
     oidc: Option<login::Oidc>,
@@ -117,7 +115,6 @@ impl Web {
             keys,
             cache,
             idp,
-            server: server.clone(),
             shared,
             used: Mutex::new(UsedStates::default()),
             oidc,
@@ -607,6 +604,7 @@ pub(crate) fn state_text(state: CacheState) -> &'static str {
         CacheState::Valid => "valid",
         CacheState::Stale => "stale",
         CacheState::Failed => "failed",
+        CacheState::NeedsAuthorization => "needs re-authorization",
     }
 }
 

@@ -9,9 +9,9 @@ use url::Url;
 use crate::secret::RawSecretSource;
 
 use super::{
-    AdminConfig, AdminLogin, AdminOidc, AuthConfig, ConfigError, Dur, ForwardAuthConfig, Found,
-    JwksSource, Limits, ServerConfig, ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz,
-    nonzero, parse_endpoint_url, store::RawStore,
+    AdminConfig, AdminLogin, AdminOidc, AuthConfig, ConfigError, ConnectionsConfig, Dur,
+    ForwardAuthConfig, Found, JwksSource, Limits, ServerConfig, ServiceAccountConfig, TlsConfig,
+    ext_authz::RawExtAuthz, nonzero, parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -35,6 +35,16 @@ pub(super) struct RawServer {
     #[serde(default)]
     ext_authz: RawExtAuthz,
     forward_auth: Option<RawForwardAuth>,
+    #[serde(default)]
+    connections: RawConnections,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    key: Option<RawSecretSource>,
+    max_cached: Option<u64>,
+    idle: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +355,32 @@ impl RawLimits {
     }
 }
 
+impl RawConnections {
+    fn validate(self) -> Result<ConnectionsConfig, ConfigError> {
+        let defaults = ConnectionsConfig::default();
+        let key = self
+            .key
+            .map(RawSecretSource::into_source)
+            .transpose()
+            .map_err(|e| ConfigError::new("server.connections.key", e.to_string()))?;
+        let max_cached = match self.max_cached {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "server.connections.max_cached",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => defaults.max_cached,
+        };
+        Ok(ConnectionsConfig {
+            key,
+            max_cached,
+            idle: nonzero("server.connections.idle", self.idle, defaults.idle)?,
+        })
+    }
+}
+
 impl RawForwardAuth {
     fn validate(self) -> Result<ForwardAuthConfig, ConfigError> {
         let key = |k: &str| format!("server.forward_auth.{k}");
@@ -427,6 +463,7 @@ impl RawServer {
         let limits = found.take(self.limits.validate());
         let ext_authz = found.take(self.ext_authz.validate());
         let forward_auth = found.take(self.forward_auth.map(RawForwardAuth::validate).transpose());
+        let connections = found.take(self.connections.validate());
         let (
             Some(listen),
             Some(admin_listen),
@@ -438,6 +475,7 @@ impl RawServer {
             Some(limits),
             Some(ext_authz),
             Some(forward_auth),
+            Some(connections),
         ) = (
             listen,
             admin_listen,
@@ -449,6 +487,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            connections,
         )
         else {
             return Err(found.0);
@@ -473,6 +512,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            connections,
         })
     }
 }

@@ -35,6 +35,8 @@ const MAX_QUERY: usize = 8 * 1024;
 #[derive(Serialize, Deserialize)]
 struct Flow {
     profile: String,
+    /// The connection being made, for a template profile.
+    subject: Option<String>,
     state: String,
     verifier: String,
     /// Who started it, for the log line.
@@ -91,6 +93,7 @@ pub(super) async fn start(
     let (state, verifier) = request.parts();
     let flow = Flow {
         profile: profile.name.to_string(),
+        subject: None,
         state: state.to_owned(),
         verifier: verifier.expose().to_owned(),
         by: viewer.identity.clone(),
@@ -171,11 +174,13 @@ async fn finish(web: &Web, headers: &HeaderMap, query: &str) -> Response {
         tracing::warn!(profile = %profile.name, "{reason}");
         return refused(StatusCode::BAD_REQUEST, &html::escape(reason));
     }
-    let stored = match authorize::chain_of(&web.server, &profile.name) {
-        Ok(chain) => {
-            authorize::complete(&chain, &web.idp, profile, authorize, &request, &code).await
-        }
-        Err(error) => Err(error),
+    let stored = match authorize::exchange(&web.idp, profile, authorize, &request, &code).await {
+        Ok((refresh_token, scope)) => web
+            .cache
+            .authorized(&profile.name, flow.subject.as_deref(), refresh_token, scope)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
     };
     if let Err(error) = stored {
         tracing::warn!(profile = %profile.name, %error, "authorization from the admin page failed");
@@ -184,7 +189,7 @@ async fn finish(web: &Web, headers: &HeaderMap, query: &str) -> Response {
             &format!(
                 "Authorizing <code>{}</code> failed: {}",
                 html::Text(&profile.name),
-                html::shortened(&error.to_string(), 400)
+                html::shortened(&error, 400)
             ),
         );
     }

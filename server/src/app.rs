@@ -426,6 +426,8 @@ pub(crate) struct Live {
     /// Ends `WatchToken` streams at shutdown; every service built shares it.
     pub(crate) streams: CancellationToken,
     pub(crate) metrics: Metrics,
+    /// The admin web, if the admin listener is served: it signs connect links.
+    pub(crate) web: Option<Arc<crate::web::Web>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
 }
@@ -447,6 +449,7 @@ impl Live {
             &server.limits,
             self.metrics.clone(),
         )
+        .with_links(self.web.clone())
     }
 
     /// Builds `config` as this server would run it and swaps it in; on an error nothing

@@ -229,15 +229,18 @@ async fn run(
         "Calls waiting on an identity provider for a token.",
         move || pending.total() as u64,
     );
-    let tokens = Arc::new(TokenService::new(
-        cache.clone(),
-        streams.clone(),
-        app.auth(),
-        app.limiter(),
-        holdings.clone(),
-        &limits,
-        metrics.clone(),
-    ));
+    let tokens = Arc::new(
+        TokenService::new(
+            cache.clone(),
+            streams.clone(),
+            app.auth(),
+            app.limiter(),
+            holdings.clone(),
+            &limits,
+            metrics.clone(),
+        )
+        .with_links(web.clone()),
+    );
     let service = LiveService::new(tokens.clone(), limits.max_request_bytes);
     let ext_authz = LiveExtAuthz::new(tokens, &config.server.ext_authz);
     let live = Arc::new(Live {
@@ -257,6 +260,7 @@ async fn run(
         forward_auth: forward_addr,
         streams,
         metrics: metrics.clone(),
+        web: web.clone(),
         tasks: tasks.clone(),
         stop: root.clone(),
     });

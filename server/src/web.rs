@@ -15,6 +15,7 @@
 //! and CSRF token) and an authorization in progress (profile, `state`, PKCE verifier).
 //! The server keeps only the set of `state`s already used, so that a redirect works once.
 
+mod connections;
 mod flow;
 pub(crate) mod html;
 mod login;
@@ -45,6 +46,7 @@ use crate::{
     store::SharedStore,
 };
 
+pub(crate) use connections::LinkError;
 pub(crate) use seal::Keys;
 
 /// The session cookie: identity and CSRF token, for the whole admin site.
@@ -259,6 +261,9 @@ pub(crate) fn routes(web: Arc<Web>) -> Router {
         .route("/login/oidc", get(login::oidc_start))
         .route("/login/callback", get(login::oidc_callback))
         .route("/logout", post(login::logout))
+        .route("/connect/{profile}", get(connections::connect))
+        .route("/connections/{profile}", get(connections::list))
+        .route("/connections/{profile}/revoke", post(connections::revoke))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(protect))
         .with_state(web)
@@ -568,7 +573,12 @@ fn render_index(web: &Web, viewer: &Viewer, notice: Option<&str>) -> String {
             .map(|e| html::shortened(e, 300))
             .unwrap_or_default();
         let requests = slot.counters().idp_requests_last_hour(now);
-        let action = if !web.hosted(profile) {
+        let action = if profile.template {
+            format!(
+                "<a href=\"/connections/{}\">Connections</a>",
+                Text(&profile.name)
+            )
+        } else if !web.hosted(profile) {
             if profile.grant == Grant::RefreshToken {
                 format!(
                     "<span class=\"hint\">authorize with <code>tokenvend authorize {}</code></span>",

@@ -676,3 +676,159 @@ async fn oidc_login_makes_listed_identities_admins_and_others_readers() {
         server.stop().await;
     }
 }
+
+const CONNECTIONS_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// The row of a subject on a connections page, if it is there.
+fn subject_state(body: &str, subject: &str) -> Option<String> {
+    let row = &body[body.find(&format!("<tr data-subject=\"{subject}\""))?..];
+    let at = row.find("<td class=\"state\">").unwrap() + 18;
+    Some(row[at..at + row[at..].find('<').unwrap()].to_owned())
+}
+
+async fn connect_link(
+    grpc: SocketAddr,
+    profile: &str,
+    subject: &str,
+    ttl_seconds: u32,
+) -> Result<tokenvend::pb::CreateConnectLinkResponse, tonic::Status> {
+    let mut client = TokenServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client
+        .create_connect_link(tokenvend::pb::CreateConnectLinkRequest {
+            profile: profile.into(),
+            subject: subject.into(),
+            ttl_seconds,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_signed_connect_link_makes_a_connection_and_an_altered_or_expired_one_is_refused() {
+    let Some(provider) = start_oidc_provider(&[("TV_ADMIN_WEB", "1")]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start("127.0.0.1:0", |base| {
+        format!(
+            "server:\n  state_dir: {dir}\n  connections: {{ key: {{ value: \"{CONNECTIONS_KEY}\" }} }}\n  admin:\n    public_url: {base}\n    session_key: {{ value: {SESSION_KEY} }}\nprofiles:\n  tenants:\n    issuer: {issuer}\n    grant: refresh_token\n    template: true\n    client_id: tv-code\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_post\n    authorize_url: \"{auth}?prompt=consent\"\n    redirect_uri: {base}/oauth/callback\n    scopes: [openid, offline_access, \"api:read\"]\n  plain:\n    token_url: http://127.0.0.1:9/token\n    client_id: a\n    client_secret: {{ value: s }}\n",
+            dir = dir.path().display(),
+            issuer = provider.issuer,
+            auth = provider.authorization_endpoint,
+        )
+    })
+    .await;
+
+    // Links are made for template profiles only, for at most a day.
+    let status = connect_link(server.grpc, "plain", "t", 0)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let status = connect_link(server.grpc, "tenants", "t", 2 * 86_400)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = connect_link(server.grpc, "nope", "t", 0).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    let link = connect_link(server.grpc, "tenants", "tenant-42", 0)
+        .await
+        .unwrap();
+    assert!(
+        link.url.starts_with(&server.url("/connect/tenants?")),
+        "{}",
+        link.url
+    );
+    let left = link.expires_at.unwrap().seconds - tokenvend_now();
+    assert!((890..=900).contains(&left), "{left}");
+
+    // Altered: another subject, another expiry, another signature.
+    let url = Url::parse(&link.url).unwrap();
+    let query: BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+    let altered = |key: &str, value: &str| {
+        let mut q = query.clone();
+        q.insert(key.to_owned(), value.to_owned());
+        let mut u = url.clone();
+        u.query_pairs_mut().clear().extend_pairs(q.iter());
+        u.to_string()
+    };
+    for bad in [
+        altered("subject", "tenant-43"),
+        altered("expires", &(tokenvend_now() + 3600).to_string()),
+        altered("sig", "AAAA"),
+        server.url("/connect/tenants?subject=tenant-42"),
+    ] {
+        let page = Browser::default().get(&bad).await;
+        assert_eq!(page.status, 403, "{bad}: {}", page.body);
+        assert!(page.body.contains("not valid"), "{}", page.body);
+    }
+
+    // The person follows the link: provider, consent, callback, a page of their own.
+    let mut person = Browser::default();
+    let page = person.get(&link.url).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body
+            .contains("<p id=\"connected\">Connected <strong>tenant-42</strong>"),
+        "{}",
+        page.body
+    );
+
+    // The admin page lists it, valid once its slot has its first token.
+    let mut admin = Browser::default();
+    let index = admin.get(&server.url("/")).await;
+    assert!(
+        index.body.contains("<a href=\"/connections/tenants\">"),
+        "{}",
+        index.body
+    );
+    assert!(!index.body.contains("action=\"/authorize/tenants\""));
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = admin.get(&server.url("/connections/tenants")).await.body;
+        if subject_state(&listed, "tenant-42").as_deref() == Some("valid") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        subject_state(&listed, "tenant-42").as_deref(),
+        Some("valid"),
+        "{listed}"
+    );
+    assert!(!listed.contains(SECRET));
+
+    // An admin revokes it.
+    let revoked = admin
+        .post(
+            &server.url("/connections/tenants/revoke"),
+            &[("csrf", &csrf(&listed)), ("subject", "tenant-42")],
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert!(revoked.body.contains("id=\"notice\""), "{}", revoked.body);
+    assert_eq!(
+        subject_state(&revoked.body, "tenant-42"),
+        None,
+        "{}",
+        revoked.body
+    );
+
+    // A link past its expiry is refused.
+    let short = connect_link(server.grpc, "tenants", "tenant-7", 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let page = Browser::default().get(&short.url).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    server.stop().await;
+}
+
+fn tokenvend_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

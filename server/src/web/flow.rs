@@ -64,19 +64,40 @@ pub(super) async fn start(
     if !viewer.admin {
         return refused(StatusCode::FORBIDDEN, "Only admins may authorize profiles.");
     }
-    let slot = web.cache.slot(&name);
+    begin(&web, &name, None, viewer.identity)
+}
+
+/// Sends the browser to the provider to authorize `name` (for the connection `subject`
+/// of a template profile), with the flow sealed in a cookie only the callback receives.
+pub(super) fn begin(
+    web: &Web,
+    name: &str,
+    subject: Option<String>,
+    by: Option<String>,
+) -> Response {
+    let slot = web.cache.slot(name);
     let Some((profile, authorize)) = slot
         .as_ref()
         .map(|s| s.profile())
-        .filter(|p| web.hosted(p))
+        .filter(|p| web.hosted(p) && p.template == subject.is_some())
         .and_then(|p| p.authorize.as_ref().map(|a| (p, a)))
     else {
         return refused(
             StatusCode::NOT_FOUND,
             &format!(
-                "No profile here can be authorized as <code>{}</code>: it must use <code>grant: refresh_token</code> with <code>redirect_uri: {}</code>.",
-                html::Text(&name),
-                html::Text(&web.callback_url())
+                "No profile here can be authorized as <code>{}</code>{}: it must use <code>grant: refresh_token</code> with <code>redirect_uri: {}</code>{}.",
+                html::Text(name),
+                if subject.is_some() {
+                    " with a subject"
+                } else {
+                    ""
+                },
+                html::Text(&web.callback_url()),
+                if subject.is_some() {
+                    " and <code>template: true</code>"
+                } else {
+                    " and not be a template"
+                },
             ),
         );
     };
@@ -93,13 +114,13 @@ pub(super) async fn start(
     let (state, verifier) = request.parts();
     let flow = Flow {
         profile: profile.name.to_string(),
-        subject: None,
+        subject,
         state: state.to_owned(),
         verifier: verifier.expose().to_owned(),
-        by: viewer.identity.clone(),
+        by,
     };
     let sealed = web.keys.seal(FLOW, &flow, FLOW_TTL);
-    tracing::info!(profile = %profile.name, by = viewer.identity.as_deref().unwrap_or("anonymous"), "authorization started from the admin page");
+    tracing::info!(profile = %profile.name, connection = flow.subject.is_some(), by = flow.by.as_deref().unwrap_or("anonymous"), "authorization started from the admin web");
     see_other(
         request.url.as_str(),
         Some(web.cookie(FLOW, &sealed, CALLBACK_PATH, FLOW_TTL)),
@@ -143,7 +164,7 @@ async fn finish(web: &Web, headers: &HeaderMap, query: &str) -> Response {
     let Some((profile, authorize)) = slot
         .as_ref()
         .map(|s| s.profile())
-        .filter(|p| web.hosted(p))
+        .filter(|p| web.hosted(p) && p.template == flow.subject.is_some())
         .and_then(|p| p.authorize.as_ref().map(|a| (p, a)))
     else {
         return refused(
@@ -193,7 +214,16 @@ async fn finish(web: &Web, headers: &HeaderMap, query: &str) -> Response {
             ),
         );
     }
-    tracing::info!(profile = %profile.name, by = flow.by.as_deref().unwrap_or("anonymous"), "profile authorized from the admin page");
+    tracing::info!(profile = %profile.name, connection = flow.subject.is_some(), by = flow.by.as_deref().unwrap_or("connect link"), "authorized from the admin web");
+    if let Some(subject) = &flow.subject {
+        // The person at a connect link is no admin: their page is this one.
+        let body = format!(
+            "<h1>Connected</h1>\n<p id=\"connected\">Connected <strong>{}</strong> to <code>{}</code>. You can close this window.</p>\n",
+            html::Text(subject),
+            html::Text(&profile.name)
+        );
+        return html_response(StatusCode::OK, html::page("Connected", &body));
+    }
     let notice = format!("Authorized profile {}.", profile.name);
     let sealed = web.keys.seal(NOTICE, &notice, Duration::from_secs(60));
     see_other(

@@ -10,6 +10,7 @@ use aes_gcm::{
     aead::{Aead as _, Payload},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use hmac::{Hmac, Mac};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
 
@@ -25,6 +26,7 @@ pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// for one purpose is never accepted for another.
 pub(crate) struct Keys {
     cookies: Aes256Gcm,
+    links: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -57,7 +59,45 @@ impl Keys {
         let cookie_key = derive(b"tokenvend admin cookies v1", material);
         Self {
             cookies: Aes256Gcm::new((&cookie_key).into()),
+            links: derive(b"tokenvend connect links v1", material),
         }
+    }
+
+    /// The signature of a connect link: HMAC-SHA256 over the profile, the subject and
+    /// the expiry, each length-prefixed so that no two triples sign alike.
+    pub(crate) fn sign_link(&self, profile: &str, subject: &str, expires: u64) -> String {
+        B64.encode(
+            self.link_mac(profile, subject, expires)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Whether `sig` is the signature of this link (compared in constant time).
+    pub(crate) fn link_signed(
+        &self,
+        profile: &str,
+        subject: &str,
+        expires: u64,
+        sig: &str,
+    ) -> bool {
+        B64.decode(sig).is_ok_and(|sig| {
+            self.link_mac(profile, subject, expires)
+                .verify_slice(&sig)
+                .is_ok()
+        })
+    }
+
+    fn link_mac(&self, profile: &str, subject: &str, expires: u64) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.links).expect("HMAC takes any key");
+        for part in [profile.as_bytes(), subject.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&expires.to_be_bytes());
+        mac
     }
 
     /// `value` sealed for the cookie `name`, to be opened until `ttl` from now.
@@ -176,6 +216,23 @@ mod tests {
         assert!(keys.open::<String>("c", &expired).is_none());
         assert!(keys.open::<String>("c", "").is_none());
         assert!(keys.open::<String>("c", "not base64!").is_none());
+    }
+
+    #[test]
+    fn a_link_verifies_only_as_signed() {
+        let keys = keys();
+        let sig = keys.sign_link("jadu", "tenant-1", 1_900_000_000);
+        assert!(keys.link_signed("jadu", "tenant-1", 1_900_000_000, &sig));
+        assert!(!keys.link_signed("jadu", "tenant-2", 1_900_000_000, &sig));
+        assert!(!keys.link_signed("jadu", "tenant-1", 1_900_000_001, &sig));
+        assert!(!keys.link_signed("jadux", "tenant-1", 1_900_000_000, &sig));
+        // Moving bytes between fields does not keep the signature.
+        let shifted = keys.sign_link("jadut", "enant-1", 1_900_000_000);
+        assert_ne!(sig, shifted);
+        assert!(!keys.link_signed("jadu", "tenant-1", 1_900_000_000, "AAAA"));
+        assert!(!keys.link_signed("jadu", "tenant-1", 1_900_000_000, "not base64!"));
+        let other = Keys::derive(&Secret::new("j".repeat(32))).unwrap();
+        assert!(!other.link_signed("jadu", "tenant-1", 1_900_000_000, &sig));
     }
 
     #[test]

@@ -18,10 +18,10 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::{
-    SESSION, Session, Web, cookie, csrf_ok, form_field, html, html_response, seal, see_other,
+    SESSION, Session, Web, cookie, csrf_ok, form_field, html, html_response, same_secret, seal,
+    see_other,
 };
 use crate::{
-    admin::same_secret,
     auth::jwt::IdTokens,
     config::{AdminOidc, ConfigError},
     idp::discovery::Metadata,

@@ -6,6 +6,7 @@ mod support;
 mod e2e {
     mod cache;
     mod client_auth;
+    mod connections;
     mod dev_mode;
     mod ext_authz;
     mod forward_auth;

@@ -141,6 +141,7 @@ async fn nothing_secret_is_logged_at_trace() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "post".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -5,7 +5,7 @@
 //! `ZRANGE … BYLEX` pages through it in digest order with the last digest as the cursor:
 //! no scan of the whole keyspace, and a page costs the same at 10 or 100,000 connections.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -160,12 +160,5 @@ impl SharedStore {
                 }
             }
         }
-    }
-}
-
-impl ProfileStore {
-    /// The subject this connection handle was made for.
-    pub(crate) fn subject(&self) -> Option<&Arc<str>> {
-        self.subject.as_ref()
     }
 }

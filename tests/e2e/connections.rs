@@ -425,3 +425,86 @@ async fn a_revocation_stops_every_replica_sharing_redis() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Against `oidc-provider`: two people authorize (`tokenvend authorize --subject`), each
+/// connection gets tokens for its own grant, and a rotated refresh token outlives a
+/// restart (the provider spends each refresh token it rotates, so a chain not stored
+/// durably would be refused after the restart).
+#[tokio::test]
+async fn oidc_provider_connections_rotate_and_survive_a_restart() {
+    use super::interop::{SECRET, free_port, start_oidc_provider};
+    let Some(provider) = start_oidc_provider(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  state_dir: {dir}\n  connections: {{ key: {{ value: \"{KEY}\" }} }}\nprofiles:\n  code:\n    issuer: {issuer}\n    grant: refresh_token\n    template: true\n    client_id: tv-code\n    client_secret: {{ value: \"{SECRET}\" }}\n    auth_method: client_secret_post\n    authorize_url: \"{auth}?prompt=consent\"\n    redirect_uri: http://127.0.0.1:{port}/cb\n    scopes: [openid, offline_access, \"api:read\"]\n    rejected_token_min_interval: 0s\n",
+        dir = dir.path().display(),
+        issuer = provider.issuer,
+        auth = provider.authorization_endpoint,
+        port = free_port(),
+    );
+    for subject in ["alice@example.com", "bob@example.com"] {
+        crate::support::browser::authorize_for(&yaml, "code", Some(subject)).await;
+    }
+    let code = |subject: &str| GetTokenRequest {
+        profile: "code".into(),
+        subject: subject.into(),
+        ..Default::default()
+    };
+
+    let server = Server::start(&yaml).await;
+    let mut client = server.client.clone();
+    let alice = client
+        .get_token(code("alice@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bob = client
+        .get_token(code("bob@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(alice.access_token, bob.access_token);
+    provider.assert_active(&alice.access_token, "tv-code").await;
+    provider.assert_active(&bob.access_token, "tv-code").await;
+
+    // Two refreshes of alice's connection, each rotating her refresh token.
+    let mut current = alice.access_token.clone();
+    for n in 0..2 {
+        let mut again = code("alice@example.com");
+        again.rejected_token = current.clone();
+        let fresh = client.get_token(again).await.unwrap().into_inner();
+        assert_ne!(fresh.access_token, current, "refresh {n}");
+        current = fresh.access_token;
+    }
+    server.stop().await;
+
+    // A new server, an empty cache: it refreshes from the stored (rotated) chain.
+    let server = Server::start(&yaml).await;
+    let mut client = server.client.clone();
+    let after = client
+        .get_token(code("alice@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(after.access_token, current);
+    provider.assert_active(&after.access_token, "tv-code").await;
+    let bob_after = client
+        .get_token(code("bob@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    provider
+        .assert_active(&bob_after.access_token, "tv-code")
+        .await;
+
+    // The state directory names no subject and holds no token in the clear.
+    for (name, content) in files(dir.path()) {
+        let text = String::from_utf8_lossy(&content);
+        assert!(!name.contains("alice") && !name.contains("bob"), "{name}");
+        assert!(!text.contains("alice") && !text.contains("bob"), "{name}");
+        assert!(!text.contains("refresh_token"), "{name}: a clear record");
+    }
+    server.stop().await;
+}

@@ -397,6 +397,25 @@ async fn a_revocation_stops_every_replica_sharing_redis() {
         }
     }
 
+    // A new authorization on one replica replaces the connection on both: the other
+    // drops the token of the old chain.
+    put(&a, "shared-subject@example.com", "rt-shared-2", true)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "replica b serves the new chain",
+        || async {
+            let token = get(&b, "shared-subject@example.com").await.ok()?;
+            (token.access_token != on_b.access_token).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        refresh_tokens_sent(&idp).last().map(String::as_str),
+        Some("rt-shared-2")
+    );
+
     a.client
         .clone()
         .revoke_connection(RevokeConnectionRequest {

@@ -7,6 +7,7 @@ mod e2e {
     mod admin_web;
     mod cache;
     mod client_auth;
+    mod connections;
     mod dev_mode;
     mod ext_authz;
     mod forward_auth;

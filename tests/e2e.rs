@@ -4,8 +4,10 @@
 mod support;
 
 mod e2e {
+    mod admin_web;
     mod cache;
     mod client_auth;
+    mod connections;
     mod dev_mode;
     mod ext_authz;
     mod forward_auth;

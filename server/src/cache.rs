@@ -12,6 +12,7 @@
 //!   [`refresh`]); while the provider fails, the still-valid token keeps being served and
 //!   requests are retried with backoff.
 
+mod connections;
 mod refresh;
 
 use std::{
@@ -42,6 +43,7 @@ use crate::{
     audit::{self, Fingerprint, TokenDigest},
     chain::FileStore,
     config::{Profile, Retry},
+    connections::ConnectionStore,
     credential::CredentialError,
     error::ServeError,
     idp::{IdpClient, IssuedToken},
@@ -70,6 +72,9 @@ pub(crate) struct TokenCache {
     state_dir: Option<PathBuf>,
     /// The store shared with other replicas, consulted on a miss (never on a hit).
     store: Option<SharedStore>,
+    /// Where the connections of template profiles are kept; `None` without a
+    /// connections key (then no profile is a template).
+    connections: Option<ConnectionStore>,
     metrics: Metrics,
     /// Where slots ask the refresher to work out their next refresh again.
     wakes: refresh::Wakes,
@@ -135,6 +140,7 @@ impl TokenCache {
             idp,
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             store,
+            connections: None,
             metrics,
             wakes,
             _stop_on_drop: stop.clone().drop_guard(),
@@ -168,6 +174,12 @@ impl TokenCache {
         ));
         slot.reschedule();
         slot
+    }
+
+    /// Keeps the connections of template profiles in `store`.
+    pub(crate) fn with_connections(mut self, store: Option<ConnectionStore>) -> Self {
+        self.connections = store;
+        self
     }
 
     /// The slot of a profile.
@@ -448,8 +460,11 @@ pub(crate) struct Slot {
     /// The slots of the per-call variants callers asked for (other scopes, audience or
     /// resource), made at the first such call: most profiles never have one.
     variants: OnceLock<Box<Variants>>,
-    /// For a variant: the provider requests of all the profile's variants in the last
-    /// minute, so that callers asking for ever new variants (subject tokens, scope sets)
+    /// For a template profile's own slot: the slots of its connections, made at the first
+    /// call for one (see [`connections`]).
+    connections: OnceLock<Box<connections::ConnectionSlots>>,
+    /// For a variant or a connection: the provider requests of all the profile's variants
+    /// (or connections) in the last minute, so that callers asking for ever new variants (subject tokens, scope sets)
     /// cannot take `idp_requests_per_minute` once per variant. Locked inside `state`
     /// (never the other way round), for a few instructions.
     family: Option<Arc<Mutex<Recent>>>,
@@ -692,6 +707,7 @@ impl Slot {
             stop: stop.clone(),
             retired: AtomicBool::new(false),
             variants: OnceLock::new(),
+            connections: OnceLock::new(),
             family: None,
         }
     }
@@ -770,6 +786,9 @@ impl Slot {
                 variant.retire();
             }
             variants.slots.invalidate_all();
+        }
+        if let Some(connections) = self.connections.get() {
+            connections.retire_all();
         }
     }
 

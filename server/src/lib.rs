@@ -20,7 +20,9 @@ mod chain;
 pub mod cli;
 pub mod config;
 mod conn;
+mod connections;
 mod credential;
+mod crypto;
 pub mod dev;
 mod error;
 mod ext_authz;
@@ -42,6 +44,7 @@ mod state;
 mod store;
 pub mod telemetry;
 mod tls;
+mod web;
 
 pub use config::Config;
 pub use server::{Listeners, serve};

@@ -98,6 +98,37 @@ impl TokenService for Forward {
             .await
     }
 
+    async fn list_connections(
+        &self,
+        _: Request<tokenvend::pb::ListConnectionsRequest>,
+    ) -> Result<Response<tokenvend::pb::ListConnectionsResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
+    async fn revoke_connection(
+        &self,
+        _: Request<tokenvend::pb::RevokeConnectionRequest>,
+    ) -> Result<Response<tokenvend::pb::RevokeConnectionResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
+    async fn put_connection(
+        &self,
+        _: Request<tokenvend::pb::PutConnectionRequest>,
+    ) -> Result<Response<tokenvend::pb::PutConnectionResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
+    async fn create_connect_link(
+        &self,
+        request: Request<tokenvend::pb::CreateConnectLinkRequest>,
+    ) -> Result<Response<tokenvend::pb::CreateConnectLinkResponse>, Status> {
+        self.upstream
+            .clone()
+            .create_connect_link(forwarded(request))
+            .await
+    }
+
     type WatchTokenStream = Pin<Box<dyn Stream<Item = Result<EncodedToken, Status>> + Send>>;
 
     async fn watch_token(

@@ -14,6 +14,10 @@
 //                (self_signed_tls_client_auth, the certificate in TV_SELF_SIGNED_CERT).
 //                Start node with NODE_EXTRA_CA_CERTS naming the server's CA, so that
 //                the discovery fetch below trusts it.
+//   TV_ADMIN_WEB  when set, `tv-code` may also redirect to tokenvend's admin page
+//                (http://127.0.0.1:<any port>/oauth/callback), and client `tv-admin`
+//                (client_secret_basic, redirect http://127.0.0.1:<any port>/login/callback)
+//                is registered for the admin page's OpenID Connect login.
 
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -89,6 +93,19 @@ const clients = [
     scope: `openid offline_access ${SCOPE}`,
   },
 ];
+if (process.env.TV_ADMIN_WEB) {
+  clients.find((c) => c.client_id === CODE_CLIENT).redirect_uris.push('http://127.0.0.1/oauth/callback');
+  clients.push({
+    client_id: 'tv-admin',
+    client_secret: CLIENT_SECRET,
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    application_type: 'native',
+    redirect_uris: ['http://127.0.0.1/login/callback'],
+    scope: 'openid',
+  });
+}
 if (process.env.TV_JWT_JWKS) {
   clients.push({
     ...client('tv-jwt', 'private_key_jwt'),

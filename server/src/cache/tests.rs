@@ -282,6 +282,7 @@ async fn health_says_when_a_person_must_authorize_and_since_when_it_fails() {
     let refused = || FetchError::Reauthorize {
         profile: "p".into(),
         reason: "the provider refused the refresh token (invalid_grant)".into(),
+        connection: false,
     };
     let status = slot.status();
     assert_eq!(status.state, CacheState::Empty);

@@ -37,6 +37,7 @@ pub(super) struct RawProfile {
     refresh_token: Option<RawSecretSource>,
     authorize_url: Option<String>,
     redirect_uri: Option<String>,
+    revocation_url: Option<String>,
     idle_refresh: Option<Dur>,
     #[serde(default)]
     scopes: Vec<String>,
@@ -58,6 +59,8 @@ pub(super) struct RawProfile {
     timeout: Option<Dur>,
     #[serde(default)]
     warm_up: bool,
+    #[serde(default)]
+    template: bool,
     retry: Option<RawRetry>,
     allow: Option<Vec<String>>,
     idp_requests_per_minute: Option<u32>,
@@ -172,12 +175,18 @@ impl RawProfile {
             None if matches!(client_auth, Some(ClientAuth::Assertion(_))) => Ok(String::new()),
             _ => Err(keys.err("client_id", "is required")),
         });
+        let template_flags = (
+            self.refresh_token.is_some(),
+            self.authorize_url.is_some() && self.redirect_uri.is_some(),
+        );
+        if self.template {
+            found.take(template(&keys, grant, template_flags, self.warm_up));
+        }
         let chain = found.take(chain(
             &keys,
             grant,
             self.refresh_token,
-            self.authorize_url,
-            self.redirect_uri,
+            (self.authorize_url, self.redirect_uri, self.revocation_url),
         ));
         let shape = found.take(request_shape(&keys, &self.scopes, &self.params));
         let per_call = found.take(per_call(
@@ -275,6 +284,7 @@ impl RawProfile {
             rejected_token_min_interval: timing.rejected_token_min_interval,
             timeout: timing.timeout,
             warm_up: self.warm_up,
+            template: self.template,
             idle_refresh: timing.idle_refresh,
             retry,
             allow,
@@ -500,12 +510,17 @@ fn chain(
     keys: &Keys<'_>,
     grant: Grant,
     refresh_token: Option<RawSecretSource>,
-    authorize_url: Option<String>,
-    redirect_uri: Option<String>,
+    (authorize_url, redirect_uri, revocation_url): (Option<String>, Option<String>, Option<String>),
 ) -> Result<(Option<SecretSource>, Option<Box<Authorize>>), ConfigError> {
     let refresh_token = refresh_token
         .map(|raw| secret_source(raw, &keys.key("refresh_token")))
         .transpose()?;
+    if revocation_url.is_some() && authorize_url.is_none() {
+        return Err(keys.err(
+            "revocation_url",
+            "is only used with `authorize_url`: it revokes the refresh tokens people authorized",
+        ));
+    }
     let authorize = match (authorize_url, redirect_uri) {
         (None, None) => None,
         (Some(url), Some(redirect)) => Some(Box::new(Authorize {
@@ -513,6 +528,11 @@ fn chain(
                 .map_err(|e| keys.err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
             redirect_uri: Url::parse(&redirect)
                 .map_err(|e| keys.err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
+            revocation_url: revocation_url
+                .map(|url| {
+                    parse_endpoint_url(&url).map_err(|e| keys.err("revocation_url", e.to_string()))
+                })
+                .transpose()?,
         })),
         (Some(_), None) => return Err(keys.err("redirect_uri", "is required with `authorize_url`")),
         (None, Some(_)) => return Err(keys.err("authorize_url", "is required with `redirect_uri`")),
@@ -526,6 +546,43 @@ fn chain(
         return Err(keys.err(k, "is only used with `grant: refresh_token`"));
     }
     Ok((refresh_token, authorize))
+}
+
+/// `template: true`: a profile that holds one connection per subject, each its own
+/// refresh-token chain started by a person. Only a refresh-token profile can be one, with
+/// the `authorize` endpoints a person approves at; a seed would be one person's token
+/// for every subject, and warming up has no subject to warm.
+fn template(
+    keys: &Keys<'_>,
+    grant: Grant,
+    (seeded, authorizes): (bool, bool),
+    warm_up: bool,
+) -> Result<(), ConfigError> {
+    if grant != Grant::RefreshToken {
+        return Err(keys.err(
+            "template",
+            "is only offered with `grant: refresh_token`: each connection is a person's refresh token",
+        ));
+    }
+    if !authorizes {
+        return Err(keys.err(
+            "template",
+            "needs `authorize_url` and `redirect_uri`: each connection is started by a person authorizing",
+        ));
+    }
+    if seeded {
+        return Err(keys.err(
+            "refresh_token",
+            "is not used with `template: true`: each connection has its own refresh token",
+        ));
+    }
+    if warm_up {
+        return Err(keys.err(
+            "warm_up",
+            "is not offered with `template: true`: tokens are fetched per subject, when asked for",
+        ));
+    }
+    Ok(())
 }
 
 /// Scopes and extra form fields.

@@ -74,6 +74,16 @@ assert any(p["name"] == "forward-auth" and p["port"] == 8443 and p["targetPort"]
 rules = kind("NetworkPolicy")["spec"]["ingress"]
 rule = next(r for r in rules if r["ports"][0]["port"] == "forward-auth")
 assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}], rule
+# adminIngress: the admin page behind an Ingress, its public_url derived from the host,
+# the page's own keys passed through beside the metrics token, and the ingress
+# controller let through to the admin port.
+ingress = kind("Ingress")
+assert ingress["spec"]["rules"][0]["host"] == "tokenvend.example.com", ingress
+assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {"name": "admin"}, ingress
+admin = config["server"]["admin"]
+assert admin["public_url"] == "https://tokenvend.example.com", admin
+assert set(admin) == {"public_url", "session_key", "login", "admins", "metrics_token"}, admin
+assert any(r["ports"][0]["port"] == "admin" and r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "ingress-nginx" for r in rules), rules
 PY
 "$venv/bin/python" - "$out/default.yaml" <<'PY'
 import sys, yaml
@@ -81,6 +91,7 @@ docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
 assert "forward_auth" not in config["server"], "off by default"
 assert "forward-auth" not in str(docs)
+assert not any(d["kind"] == "Ingress" for d in docs), "no Ingress by default"
 PY
 
 echo "--- a grace period shorter than the drain is refused"
@@ -181,8 +192,13 @@ for profile in config["profiles"].values():
     for source in profile.get("headers", {}).values():
         provide(source)
 server = config["server"]
-if "metrics_token" in server.get("admin", {}):
-    provide(server["admin"]["metrics_token"])
+admin = server.get("admin", {})
+if "metrics_token" in admin:
+    provide(admin["metrics_token"])
+if "session_key" in admin:
+    provide_key(admin["session_key"])
+if "token" in admin.get("login", {}):
+    provide(admin["login"]["token"])
 tls = server.get("tls", {})
 for key, pem in (("cert", "tls.crt"), ("key", "tls.key"), ("client_ca", "ca.crt")):
     if key in tls:
@@ -272,7 +288,7 @@ PY
 dir=$(prepare "$out/open-metrics.yaml")
 check "$dir"
 
-echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists, forward-auth)"
+echo "--- full values (TLS, mutual TLS, ServiceAccount tokens, limits, allow lists, forward-auth, admin page)"
 dir=$(prepare "$out/full.yaml")
 check "$dir"
 # Readiness waits for `warm_up` profiles to hold a token, and their real providers cannot
@@ -289,4 +305,11 @@ if check "$dir" 2>"$dir/check.err"; then
   exit 1
 fi
 grep -q "server.forward_auth.listen" "$dir/check.err" || { cat "$dir/check.err" >&2; exit 1; }
+echo "--- the admin page behind the Ingress without a login is refused by tokenvend check"
+dir=$(prepare "$out/full.yaml" 'del config["server"]["admin"]["login"]')
+if check "$dir" 2>"$dir/check.err"; then
+  echo "tokenvend check accepted the admin page on 0.0.0.0 without a login" >&2
+  exit 1
+fi
+grep -q "server.admin.login" "$dir/check.err" || { cat "$dir/check.err" >&2; exit 1; }
 echo "helm chart: all checks passed"

@@ -69,11 +69,18 @@ jwks_url|jwks_file,jwks_ca,jwks_token_file,leeway,refetch_interval}}.
 {{- $server := deepCopy (.Values.server | default dict) }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) }}
 {{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
+{{- /* Other server.admin keys given in the values (the admin page's public_url,
+session_key, login, admins) are kept; the metrics keys come from `metrics`. */}}
+{{- $admin := deepCopy (get $server "admin" | default dict) }}
 {{- if .Values.metrics.unauthenticated }}
-{{- $_ := set $server "admin" (dict "unauthenticated_metrics" true) }}
+{{- $_ := set $admin "unauthenticated_metrics" true }}
 {{- else }}
-{{- $_ := set $server "admin" (dict "metrics_token" (dict "file" (printf "%s/token" (include "tokenvend.metricsTokenDir" .)))) }}
+{{- $_ := set $admin "metrics_token" (dict "file" (printf "%s/token" (include "tokenvend.metricsTokenDir" .))) }}
 {{- end }}
+{{- if and .Values.adminIngress.enabled (not (hasKey $admin "public_url")) }}
+{{- $_ := set $admin "public_url" (printf "https://%s" (required "adminIngress.host is required with adminIngress.enabled" .Values.adminIngress.host)) }}
+{{- end }}
+{{- $_ := set $server "admin" $admin }}
 {{- if .Values.forwardAuth.enabled }}
 {{- $forward := deepCopy (get $server "forward_auth" | default dict) }}
 {{- $_ := set $forward "listen" (printf "0.0.0.0:%d" (int .Values.forwardAuth.port)) }}

@@ -122,8 +122,6 @@ impl std::fmt::Debug for ConnectionStore {
 pub(crate) struct StoredConnection {
     /// The subject.
     pub subject: String,
-    /// The digest that names it in the store; also the listing's cursor.
-    pub digest: String,
     /// When a person authorized it, if known.
     pub created_at: Option<SystemTime>,
     /// When its chain was last written (authorized or rotated).
@@ -286,18 +284,23 @@ impl ConnectionStore {
         Ok(found)
     }
 
-    /// Up to `limit` connections of a profile after the digest `after`, in digest order.
-    /// A record that cannot be opened (written under another key) is skipped and logged.
+    /// Up to `limit` connections of a profile after the digest `after`, in digest order,
+    /// and the cursor of the next page (`None` on the last). A record that cannot be
+    /// opened (written under another key) is skipped and logged, so a page may hold
+    /// fewer than `limit` with more to come.
     pub(crate) async fn list(
         &self,
         profile: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<StoredConnection>, ConnectionError> {
+    ) -> Result<(Vec<StoredConnection>, Option<String>), ConnectionError> {
         let digests = match &self.inner.where_ {
             Where::Dir(dir) => list_dir(&dir.join(profile), after, limit)?,
             Where::Shared(store) => store.connection_digests(profile, after, limit).await?,
         };
+        let next = (digests.len() == limit)
+            .then(|| digests.last().cloned())
+            .flatten();
         let mut found = Vec::with_capacity(digests.len());
         for digest in digests {
             match self.read(profile, &digest).await {
@@ -306,7 +309,6 @@ impl ConnectionStore {
                     created_at: record.started_at(),
                     updated_at: record.updated_at(),
                     refused: record.refused(),
-                    digest,
                 }),
                 // Listed, then revoked before it was read.
                 Ok(None) => {}
@@ -315,7 +317,7 @@ impl ConnectionStore {
                 }
             }
         }
-        Ok(found)
+        Ok((found, next))
     }
 
     /// Deletes a connection's chain (and, with a shared store, tells every replica);
@@ -430,21 +432,24 @@ mod tests {
                 assert!(!name.contains(clear), "{name} names {clear}");
             }
         }
-        let listed = store.list("p", None, 10).await.unwrap();
+        let (listed, next) = store.list("p", None, 10).await.unwrap();
+        assert_eq!(next, None);
         let mut subjects: Vec<_> = listed.iter().map(|c| c.subject.as_str()).collect();
         subjects.sort_unstable();
         assert_eq!(subjects, ["customer-one@example.com", "customer-two"]);
         assert!(listed.iter().all(|c| c.created_at.is_some() && !c.refused));
         // Paged by digest.
-        let first = store.list("p", None, 1).await.unwrap();
-        let second = store.list("p", Some(&first[0].digest), 1).await.unwrap();
+        let (first, next) = store.list("p", None, 1).await.unwrap();
+        assert_eq!(next.as_deref().map(str::len), Some(32));
+        let (second, last) = store.list("p", next.as_deref(), 1).await.unwrap();
         assert_eq!(second.len(), 1);
         assert_ne!(first[0].subject, second[0].subject);
         assert!(
             store
-                .list("p", Some(&second[0].digest), 1)
+                .list("p", last.as_deref(), 1)
                 .await
                 .unwrap()
+                .0
                 .is_empty()
         );
 
@@ -452,7 +457,7 @@ mod tests {
         assert_eq!(token.expose(), "rt-secret-1");
         assert!(!store.exists("p", subject).await.unwrap());
         assert!(store.remove("p", subject).await.unwrap().is_none());
-        assert_eq!(store.list("p", None, 10).await.unwrap().len(), 1);
+        assert_eq!(store.list("p", None, 10).await.unwrap().0.len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use futures::future::join_all;
 use tokenvend::pb::{
     CacheState, GetTokenRequest, ListConnectionsRequest, PutConnectionRequest,
-    RevokeConnectionRequest, Token,
+    RevokeConnectionRequest, Token, WatchTokenRequest,
 };
 use tonic::Code;
 
@@ -204,7 +204,29 @@ async fn subjects_are_required_exactly_on_template_profiles() {
 
     // Once imported it serves; imported again it is refused unless replaced.
     put(&server, "carol", "rt-carol-1", false).await.unwrap();
-    assert!(get(&server, "carol").await.is_ok());
+    let carol = get(&server, "carol").await.unwrap();
+    // WatchToken takes the subject as GetToken does.
+    let mut watched = client
+        .watch_token(WatchTokenRequest {
+            profile: "t".into(),
+            subject: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watched.message().await.unwrap().unwrap().access_token,
+        carol.access_token
+    );
+    drop(watched);
+    let status = client
+        .watch_token(WatchTokenRequest {
+            profile: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = put(&server, "carol", "rt-carol-2", false)
         .await
         .unwrap_err();

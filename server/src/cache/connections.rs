@@ -261,18 +261,18 @@ impl TokenCache {
         removed?.ok_or_else(|| ConnectionError::Missing(profile.to_owned()))
     }
 
-    /// A page of a template profile's connections: up to `limit` after the cursor `after`
-    /// (the last one's digest), with each one's status.
+    /// A page of a template profile's connections: up to `limit` after the cursor `after`,
+    /// with each one's status, and the cursor of the next page (`None` on the last).
     pub(crate) async fn list_connections(
         &self,
         profile: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ConnectionStatus>, ConnectionError> {
+    ) -> Result<(Vec<ConnectionStatus>, Option<String>), ConnectionError> {
         let slot = self.template(profile)?;
-        let stored = self.connection_store()?.list(profile, after, limit).await?;
+        let (stored, next) = self.connection_store()?.list(profile, after, limit).await?;
         let in_memory = slot.connections.get();
-        Ok(stored
+        let page = stored
             .into_iter()
             .map(|stored| {
                 let status = in_memory
@@ -281,7 +281,8 @@ impl TokenCache {
                     .unwrap_or_else(|| stored_status(&stored));
                 ConnectionStatus { stored, status }
             })
-            .collect())
+            .collect();
+        Ok((page, next))
     }
 
     /// Every connection of a template profile with its status, for the admin page and
@@ -296,14 +297,13 @@ impl TokenCache {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self
+            let (page, next) = self
                 .list_connections(profile, after.as_deref(), PAGE)
                 .await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|c| c.stored.digest.clone());
             all.extend(page.into_iter().map(|c| (c.stored.subject, c.status)));
-            if !full {
-                return Ok(all);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
             }
         }
     }

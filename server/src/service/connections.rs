@@ -75,19 +75,13 @@ impl TokenService {
                 Status::invalid_argument("`page_token` is not one this server gave"),
             ));
         }
-        let page = self
+        let (page, next) = self
             .cache
             .list_connections(&message.profile, after, limit)
             .instrument(span.clone())
             .await
             .map_err(|e| finish(&span, status(e)))?;
-        let next_page_token = if page.len() == limit {
-            page.last()
-                .map(|c| c.stored.digest.clone())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next.unwrap_or_default();
         let connections = page
             .into_iter()
             .map(|c| pb::ConnectionInfo {

@@ -196,15 +196,29 @@ impl TokenCache {
 
     /// How every profile stands, sorted by profile name: what the notices' scan and the
     /// admin page read. Takes each slot's lock for a moment, never the hot path's.
+    /// A template profile's connections are those in memory: a connection fails or is
+    /// refused while it is refreshed, and it is refreshed only while it is in memory, so
+    /// none that needs a person is missed, and no scan reads every stored connection.
     pub(crate) async fn health(&self) -> Vec<Health> {
-        self.slots()
-            .into_iter()
-            .map(|slot| Health {
-                profile: slot.profile.name.clone(),
+        let mut all = Vec::new();
+        for slot in self.slots() {
+            let profile = slot.profile.name.clone();
+            all.push(Health {
+                profile: profile.clone(),
                 subject: None,
+                connection: None,
                 status: slot.status(),
-            })
-            .collect()
+            });
+            for (subject, connection) in slot.connections_in_memory() {
+                all.push(Health {
+                    connection: Some(self.connection_digest(&profile, &subject)),
+                    subject: Some(subject.to_string()),
+                    profile: profile.clone(),
+                    status: connection.status(),
+                });
+            }
+        }
+        all
     }
 
     /// Switches to a new set of profiles in one atomic step. A profile configured exactly
@@ -663,6 +677,8 @@ pub(crate) struct Health {
     pub profile: Arc<str>,
     /// The connection's subject, for a connection.
     pub subject: Option<String>,
+    /// The connection's name in logs and store keys (a keyed digest, never the subject).
+    pub connection: Option<String>,
     /// Its slot's status.
     pub status: SlotStatus,
 }

@@ -22,7 +22,7 @@ use std::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac as _};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zeroize::Zeroizing;
@@ -220,7 +220,8 @@ impl Watch {
 struct Notice {
     event: Event,
     profile: Arc<str>,
-    subject: Option<String>,
+    /// A connection's keyed digest: what logs and claim keys name it by.
+    connection: Option<String>,
     /// When the episode began: names it for the `failing` claim.
     since: Option<SystemTime>,
     id: String,
@@ -300,7 +301,7 @@ impl Notice {
         Self {
             event,
             profile: health.profile.clone(),
-            subject: health.subject.clone(),
+            connection: health.connection.clone(),
             since: status.failing_since,
             id,
             body,
@@ -322,12 +323,12 @@ impl Notice {
         store: &SharedStore,
         failing_after: Duration,
     ) -> Result<(Vec<String>, Duration), crate::store::StoreError> {
-        let who = match &self.subject {
+        let who = match &self.connection {
             None => self.profile.to_string(),
-            Some(subject) => format!("{}:{}", self.profile, digest(subject)),
+            Some(connection) => format!("{}:{connection}", self.profile),
         };
         let event = self.event.as_str();
-        if self.event == Event::NeedsReauthorization && self.subject.is_none() {
+        if self.event == Event::NeedsReauthorization && self.connection.is_none() {
             let version = store.chain_version(&self.profile).await?;
             return Ok((
                 vec![store.notice_key(&format!("{who}:{event}:v{version}"))],
@@ -355,13 +356,6 @@ fn new_id() -> String {
     format!("ntc_{hex}")
 }
 
-/// A connection's subject as a key part: fixed length, no separators, not the subject.
-fn digest(subject: &str) -> String {
-    Sha256::digest(subject.as_bytes())[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Why the signing secret cannot be used. Never includes the secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -436,7 +430,7 @@ impl Queue {
                 .notice(dropped.event.as_str(), Outcome::Dropped.as_str());
             tracing::warn!(
                 profile = %dropped.profile,
-                subject = dropped.subject.as_deref(),
+                connection = dropped.connection.as_deref(),
                 event = dropped.event.as_str(),
                 id = %dropped.id,
                 "notice dropped: too many waiting to be sent"
@@ -500,7 +494,7 @@ async fn handle(
             Ok(false) => {
                 tracing::debug!(
                     profile = %notice.profile,
-                    subject = notice.subject.as_deref(),
+                    connection = notice.connection.as_deref(),
                     event = notice.event.as_str(),
                     "notice left to the replica that claimed it"
                 );
@@ -519,7 +513,7 @@ async fn handle(
         Ok((status, attempts)) => {
             tracing::info!(
                 profile = %notice.profile,
-                subject = notice.subject.as_deref(),
+                connection = notice.connection.as_deref(),
                 event = notice.event.as_str(),
                 id = %notice.id,
                 webhook = %WebhookOrigin(&config.webhook),
@@ -532,7 +526,7 @@ async fn handle(
         Err((reason, attempts)) => {
             tracing::warn!(
                 profile = %notice.profile,
-                subject = notice.subject.as_deref(),
+                connection = notice.connection.as_deref(),
                 event = notice.event.as_str(),
                 id = %notice.id,
                 webhook = %WebhookOrigin(&config.webhook),

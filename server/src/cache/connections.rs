@@ -58,6 +58,16 @@ pub(crate) struct ConnectionStatus {
     pub status: SlotStatus,
 }
 
+impl Slot {
+    /// The connections of this template profile now in memory, with their subjects.
+    pub(super) fn connections_in_memory(&self) -> Vec<(Arc<str>, Arc<Slot>)> {
+        self.connections
+            .get()
+            .map(|c| c.slots.iter().map(|(k, v)| (Arc::clone(&*k), v)).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl TokenCache {
     fn connection_store(&self) -> Result<&ConnectionStore, ConnectionError> {
         self.connections.as_ref().ok_or_else(|| {

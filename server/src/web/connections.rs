@@ -142,8 +142,8 @@ pub(super) async fn list(
         .cache
         .list_connections(&profile, query.after.as_deref(), PAGE)
         .await;
-    let connections = match listed {
-        Ok(connections) => connections,
+    let (connections, next) = match listed {
+        Ok(page) => page,
         Err(error) => {
             return html_response(
                 StatusCode::NOT_FOUND,
@@ -197,12 +197,9 @@ pub(super) async fn list(
         );
     }
     body.push_str("</tbody>\n</table>\n");
-    if connections.len() == PAGE
-        && let Some(last) = connections.last()
-    {
+    if let Some(after) = next {
         let mut next = Url::parse("http://x/").expect("a constant URL");
-        next.query_pairs_mut()
-            .append_pair("after", &last.stored.digest);
+        next.query_pairs_mut().append_pair("after", &after);
         let _ = writeln!(
             body,
             "<p><a href=\"/connections/{}?{}\">Next</a></p>",

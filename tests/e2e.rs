@@ -4,6 +4,7 @@
 mod support;
 
 mod e2e {
+    mod browser;
     mod cache;
     mod client_auth;
     mod dev_mode;

@@ -321,3 +321,139 @@ async fn nothing_secret_is_logged_at_trace() {
         "the scrape works"
     );
 }
+
+/// The admin web's hosted flow and login: the code, the state, the sealed cookies, the
+/// tokens the exchange returns, the session key and the login token stay out of the logs.
+#[tokio::test]
+async fn the_admin_web_logs_no_secret() {
+    use reqwest::header;
+
+    const SESSION_KEY: &str = "web-session-key-5e1f0c9a7b3d2e4f6a8c";
+    const LOGIN_TOKEN: &str = "web-login-token-0d9c8b7a6f5e";
+    const REFRESH: &str = "web-refresh-token-77c1a9e3";
+    const ACCESS: &str = "web-access-token-4b2d8f61";
+    const CODE: &str = "web-code-a81f3c5d";
+    let captured = support::logs::Logs::capture();
+    // Answers every request, the code exchange and the refreshes after it, alike.
+    let idp = TestIdp::start(Behaviour::Raw(
+        json!({"access_token": ACCESS, "token_type": "Bearer", "expires_in": 3600, "refresh_token": REFRESH})
+            .to_string(),
+    ))
+    .await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", admin.local_addr().unwrap());
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let yaml = format!(
+        "server:\n  state_dir: {dir}\n  admin:\n    session_key: {{ value: {SESSION_KEY} }}\n    login:\n      token: {{ value: {LOGIN_TOKEN} }}\nprofiles:\n  hosted:\n    token_url: {url}\n    grant: refresh_token\n    client_id: {CLIENT_ID}\n    client_secret: {{ value: \"{CLIENT_SECRET}\" }}\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: {base}/oauth/callback\n",
+        dir = state_dir.path().display(),
+        url = idp.token_url(),
+    );
+    let mut config = Config::from_yaml(&yaml).unwrap();
+    config.server.shutdown_delay = std::time::Duration::ZERO;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokenvend_server::serve(
+        tokenvend_server::Listeners {
+            grpc,
+            admin: Some(admin),
+            forward_auth: None,
+        },
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie_of = |response: &reqwest::Response| {
+        response.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // A wrong login, then the right one.
+    let wrong = http
+        .post(format!("{base}/login"))
+        .form(&[("token", "web-wrong-token-31f0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let login = http
+        .post(format!("{base}/login"))
+        .form(&[("token", LOGIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let session = cookie_of(&login);
+    let page = http
+        .get(format!("{base}/"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &page[at..at + page[at..].find('"').unwrap()];
+    let started = http
+        .post(format!("{base}/authorize/hosted"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    let flow = cookie_of(&started);
+    let to_provider =
+        url::Url::parse(started.headers()[header::LOCATION].to_str().unwrap()).unwrap();
+    let state = to_provider
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let back = http
+        .get(format!("{base}/oauth/callback?code={CODE}&state={state}"))
+        .header(header::COOKIE, format!("{session}; {flow}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 303, "{}", back.text().await.unwrap());
+    let exchanged = idp
+        .requests()
+        .iter()
+        .any(|r| r.form.get("code").map(String::as_str) == Some(CODE));
+    assert!(exchanged, "the code was exchanged");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    let logs = captured.text();
+    assert!(
+        logs.contains("authorized from the admin web"),
+        "the capture works"
+    );
+    let (_, session_value) = session.split_once('=').unwrap();
+    let (_, flow_value) = flow.split_once('=').unwrap();
+    for needle in [
+        SESSION_KEY,
+        LOGIN_TOKEN,
+        "web-wrong-token-31f0",
+        REFRESH,
+        ACCESS,
+        CODE,
+        &state,
+        csrf,
+        session_value,
+        flow_value,
+        CLIENT_SECRET,
+    ] {
+        let line = logs.lines().find(|l| l.contains(needle));
+        assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");
+    }
+}

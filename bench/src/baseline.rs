@@ -33,6 +33,13 @@ impl pb::token_service_server::TokenService for Bare {
         Err(Status::unimplemented("baseline"))
     }
 
+    async fn create_connect_link(
+        &self,
+        _: Request<pb::CreateConnectLinkRequest>,
+    ) -> Result<Response<pb::CreateConnectLinkResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     type WatchTokenStream = Never;
 
     async fn watch_token(

@@ -1,6 +1,7 @@
 //! The admin HTTP endpoints: `/metrics` (Prometheus text, behind a bearer token when one
 //! is configured), and `/livez` and `/readyz` for Kubernetes probes, open to all and
-//! naming no profile.
+//! naming no profile; and the admin web ([`crate::web`]): the page and the hosted
+//! authorization.
 
 use std::sync::{
     Arc,
@@ -18,7 +19,12 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{cache::TokenCache, metrics::Metrics, secret::SecretSource};
+use crate::{
+    cache::TokenCache,
+    metrics::Metrics,
+    secret::SecretSource,
+    web::{self, Web},
+};
 
 /// Whether the server should get traffic.
 ///
@@ -108,6 +114,7 @@ pub(crate) async fn serve(
     readiness: Arc<Readiness>,
     metrics: Metrics,
     metrics_token: Option<SecretSource>,
+    web: Arc<Web>,
     stop: CancellationToken,
 ) {
     let state = AdminState {
@@ -115,7 +122,8 @@ pub(crate) async fn serve(
         metrics,
         metrics_token: metrics_token.map(Arc::new),
     };
-    if let Err(error) = axum::serve(listener, app(state))
+    let app = app(state).merge(web::routes(web));
+    if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
@@ -192,7 +200,7 @@ fn refusal(token: &SecretSource, headers: &HeaderMap) -> Option<Response> {
 /// Compares in time that depends on neither value: the digests of both are compared
 /// byte by byte without stopping early, so neither the length nor a common prefix of
 /// the token shows in how long a guess takes to refuse.
-fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
     let (a, b) = (Sha256::digest(presented), Sha256::digest(expected));
     let difference = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
     std::hint::black_box(difference) == 0

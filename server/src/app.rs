@@ -72,6 +72,11 @@ impl App {
         };
         check_service_account(server, &mut errors);
         check_store(server, &mut errors);
+        if let Some(key) = &server.connections.key
+            && let Err(e) = decode_key(key)
+        {
+            errors.push(ConfigError::new("server.connections.key", e.to_string()));
+        }
         let mut warnings = config.warnings();
         let forward_auth = forward_auth
             .filter(|_| server.forward_auth.is_some())
@@ -81,6 +86,7 @@ impl App {
             Some(check_admin(server, admin)),
             forward_auth,
         ];
+        crate::web::check(server, admin, &config.profiles, &mut errors, &mut warnings);
         for check in checks.into_iter().flatten() {
             match check {
                 Ok(None) => {}
@@ -348,6 +354,8 @@ pub(crate) fn connection_rules(server: &ServerConfig) -> Rules {
 ///   file's content is read at each scrape, so a rotated token needs no restart).
 /// - `server.state_dir`: locked at start; a running server cannot move its chains.
 /// - `server.store`: the shared store's connection and the chains in it.
+/// - `server.connections`: its key names and seals the stored connections, and the
+///   caches of connections are sized when the server starts.
 /// - `server.tls` turned on or off (its files may change): the listener's kind.
 /// - `server.limits.max_concurrent_streams`: an HTTP/2 setting fixed when the server starts.
 /// - `server.forward_auth`: its socket is bound once, and its headers and `max_age` are
@@ -375,6 +383,8 @@ pub(crate) fn keep_restart_only(
     new.state_dir.clone_from(&running.state_dir);
     keep("server.store", new.store != running.store);
     new.store.clone_from(&running.store);
+    keep("server.connections", new.connections != running.connections);
+    new.connections.clone_from(&running.connections);
     if new.tls.is_some() != running.tls.is_some() {
         keep("server.tls", true);
         new.tls.clone_from(&running.tls);
@@ -416,6 +426,8 @@ pub(crate) struct Live {
     /// Ends `WatchToken` streams at shutdown; every service built shares it.
     pub(crate) streams: CancellationToken,
     pub(crate) metrics: Metrics,
+    /// The admin web, if the admin listener is served: it signs connect links.
+    pub(crate) web: Option<Arc<crate::web::Web>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
 }
@@ -437,6 +449,7 @@ impl Live {
             &server.limits,
             self.metrics.clone(),
         )
+        .with_links(self.web.clone())
     }
 
     /// Builds `config` as this server would run it and swaps it in; on an error nothing

@@ -20,6 +20,7 @@ use url::Url;
 use crate::{
     chain::{ChainError, FileStore, RefreshChain},
     config::{Authorize, Config, Grant, Profile, is_loopback},
+    connections::ConnectionStore,
     credential::{self, CredentialError},
     idp::{Grant as GrantRequest, IdpClient, IdpError},
     secret::Secret,
@@ -54,6 +55,9 @@ pub enum AuthorizeError {
     /// The refresh token cannot be stored.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The connection cannot be stored.
+    #[error(transparent)]
+    Connection(#[from] crate::connections::ConnectionError),
 }
 
 /// An authorization request in progress.
@@ -91,6 +95,20 @@ impl Request {
         })
     }
 
+    /// A request started earlier, from its `state` and verifier, to finish it.
+    pub(crate) fn resume(authorize: &Authorize, state: String, verifier: Secret) -> Self {
+        Self {
+            url: authorize.authorize_url.clone(),
+            state,
+            verifier,
+        }
+    }
+
+    /// The `state` and the PKCE verifier, to keep until the redirect comes.
+    pub(crate) fn parts(&self) -> (&str, &Secret) {
+        (&self.state, &self.verifier)
+    }
+
     /// The code from the redirect, once `state` matches.
     pub fn code_from(&self, redirect: &Url) -> Result<String, AuthorizeError> {
         let param = |name: &str| {
@@ -124,6 +142,18 @@ pub async fn run(
     show: impl FnOnce(&Url),
     paste: impl AsyncFnOnce() -> std::io::Result<String>,
 ) -> Result<(), AuthorizeError> {
+    run_for(config, name, None, show, paste).await
+}
+
+/// [`run`] for the connection `subject` of a template profile (`None` for a profile's
+/// own chain).
+pub async fn run_for(
+    config: &Config,
+    name: &str,
+    subject: Option<&str>,
+    show: impl FnOnce(&Url),
+    paste: impl AsyncFnOnce() -> std::io::Result<String>,
+) -> Result<(), AuthorizeError> {
     let profile = config
         .profiles
         .iter()
@@ -140,8 +170,25 @@ pub async fn run(
             "profile `{name}` needs `authorize_url` and `redirect_uri`"
         ))
     })?;
+    match (profile.template, subject) {
+        (true, None) => {
+            return Err(AuthorizeError::Config(format!(
+                "profile `{name}` is a template: give the connection's `--subject`"
+            )));
+        }
+        (false, Some(_)) => {
+            return Err(AuthorizeError::Config(format!(
+                "profile `{name}` is not a template (`template: true`): it takes no `--subject`"
+            )));
+        }
+        (true, Some(subject)) => {
+            crate::connections::check_subject(subject)
+                .map_err(|e| AuthorizeError::Config(e.to_owned()))?;
+        }
+        (false, None) => {}
+    }
     // Before the person approves: a store that cannot be set up would waste the approval.
-    let chain = chain_of(config, name)?;
+    let chain = chain_of(config, name, subject)?;
 
     let request = Request::new(profile, authorize)?;
     let redirect = if receivable(&authorize.redirect_uri) {
@@ -160,6 +207,27 @@ pub async fn run(
 
     let idp = IdpClient::new(config.server.idp_connect_timeout)
         .map_err(|e| AuthorizeError::Io(e.to_string()))?;
+    let (refresh_token, scope) = exchange(&idp, profile, authorize, &request, &code).await?;
+    let scope = scope.as_deref();
+    match chain {
+        Chain::Profile(chain) => chain.start(&refresh_token, scope).await?,
+        Chain::Connection(store, subject) => {
+            store.start(name, &subject, &refresh_token, scope).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Exchanges the code at once (some providers' codes live 30 seconds and work once) for
+/// the refresh token and the scope granted with it: the end of every authorization, from
+/// the command line or the admin page's callback.
+pub(crate) async fn exchange(
+    idp: &IdpClient,
+    profile: &Arc<Profile>,
+    authorize: &Authorize,
+    request: &Request,
+    code: &str,
+) -> Result<(Secret, Option<String>), AuthorizeError> {
     let source = TokenSource::new(profile.clone(), idp.clone(), None);
     let token_url = source.token_url().await?;
     let credential = credential::load(profile, &token_url)?;
@@ -169,7 +237,7 @@ pub async fn run(
             &token_url,
             &credential,
             GrantRequest::AuthorizationCode {
-                code: &code,
+                code,
                 redirect_uri: authorize.redirect_uri.as_str(),
                 code_verifier: request.verifier.expose(),
             },
@@ -180,15 +248,38 @@ pub async fn run(
             "the provider issued no refresh token (does the client need an `offline_access` scope?)".into(),
         )
     })?;
-    chain
-        .start(&refresh_token, issued.granted_scope.as_deref())
-        .await?;
-    Ok(())
+    Ok((refresh_token, issued.granted_scope))
+}
+
+/// Where an authorization is stored.
+enum Chain {
+    Profile(RefreshChain<Storage>),
+    Connection(ConnectionStore, String),
 }
 
 /// The chain a server with this configuration reads: a server with a shared store keeps
-/// its chains there even when it has a state directory too.
-fn chain_of(config: &Config, name: &str) -> Result<RefreshChain<Storage>, AuthorizeError> {
+/// its chains there even when it has a state directory too. A connection's is found
+/// through the same [`ConnectionStore`] the server uses.
+fn chain_of(config: &Config, name: &str, subject: Option<&str>) -> Result<Chain, AuthorizeError> {
+    if let Some(subject) = subject {
+        let shared = config
+            .server
+            .store
+            .as_ref()
+            .map(SharedStore::new)
+            .transpose()?;
+        if shared.is_none()
+            && let Some(dir) = &config.server.state_dir
+        {
+            FileStore::new(dir, name)
+                .probe()
+                .map_err(ChainError::from)?;
+        }
+        let store = ConnectionStore::new(&config.server, shared.as_ref())
+            .map_err(|e| AuthorizeError::Config(e.to_string()))?
+            .ok_or_else(|| AuthorizeError::Config("server.connections.key is required".into()))?;
+        return Ok(Chain::Connection(store, subject.to_owned()));
+    }
     let storage = match (&config.server.store, &config.server.state_dir) {
         (Some(redis), _) => Storage::Shared(SharedStore::new(redis)?.profile(name)),
         (None, Some(dir)) => {
@@ -203,7 +294,7 @@ fn chain_of(config: &Config, name: &str) -> Result<RefreshChain<Storage>, Author
         }
     };
     // A person's chain carries no seed: see `RefreshChain::start`.
-    Ok(RefreshChain::new(storage, None))
+    Ok(Chain::Profile(RefreshChain::new(storage, None)))
 }
 
 /// tokenvend can be the redirect target itself only on plain http to loopback.

@@ -12,6 +12,7 @@
 //!   [`refresh`]); while the provider fails, the still-valid token keeps being served and
 //!   requests are retried with backoff.
 
+mod connections;
 mod refresh;
 
 use std::{
@@ -42,6 +43,7 @@ use crate::{
     audit::{self, Fingerprint, TokenDigest},
     chain::FileStore,
     config::{Profile, Retry},
+    connections::ConnectionStore,
     credential::CredentialError,
     error::ServeError,
     idp::{IdpClient, IssuedToken},
@@ -70,6 +72,9 @@ pub(crate) struct TokenCache {
     state_dir: Option<PathBuf>,
     /// The store shared with other replicas, consulted on a miss (never on a hit).
     store: Option<SharedStore>,
+    /// Where the connections of template profiles are kept; `None` without a
+    /// connections key (then no profile is a template).
+    connections: Option<ConnectionStore>,
     metrics: Metrics,
     /// Where slots ask the refresher to work out their next refresh again.
     wakes: refresh::Wakes,
@@ -135,6 +140,7 @@ impl TokenCache {
             idp,
             state_dir: state.map(StateDir::path).map(Path::to_path_buf),
             store,
+            connections: None,
             metrics,
             wakes,
             _stop_on_drop: stop.clone().drop_guard(),
@@ -170,6 +176,12 @@ impl TokenCache {
         slot
     }
 
+    /// Keeps the connections of template profiles in `store`.
+    pub(crate) fn with_connections(mut self, store: Option<ConnectionStore>) -> Self {
+        self.connections = store;
+        self
+    }
+
     /// The slot of a profile.
     pub(crate) fn slot(&self, profile: &str) -> Option<Arc<Slot>> {
         self.slots.load().get(profile).cloned()
@@ -180,6 +192,20 @@ impl TokenCache {
         let mut slots: Vec<_> = self.slots.load().values().cloned().collect();
         slots.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
         slots
+    }
+
+    /// How every profile stands, sorted by profile name: what the notices' scan and the
+    /// admin page read. Takes each slot's lock for a moment, never the hot path's.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub(crate) async fn health(&self) -> Vec<Health> {
+        self.slots()
+            .into_iter()
+            .map(|slot| Health {
+                profile: slot.profile.name.clone(),
+                subject: None,
+                status: slot.status(),
+            })
+            .collect()
     }
 
     /// Switches to a new set of profiles in one atomic step. A profile configured exactly
@@ -435,8 +461,11 @@ pub(crate) struct Slot {
     /// The slots of the per-call variants callers asked for (other scopes, audience or
     /// resource), made at the first such call: most profiles never have one.
     variants: OnceLock<Box<Variants>>,
-    /// For a variant: the provider requests of all the profile's variants in the last
-    /// minute, so that callers asking for ever new variants (subject tokens, scope sets)
+    /// For a template profile's own slot: the slots of its connections, made at the first
+    /// call for one (see [`connections`]).
+    connections: OnceLock<Box<connections::ConnectionSlots>>,
+    /// For a variant or a connection: the provider requests of all the profile's variants
+    /// (or connections) in the last minute, so that callers asking for ever new variants (subject tokens, scope sets)
     /// cannot take `idp_requests_per_minute` once per variant. Locked inside `state`
     /// (never the other way round), for a few instructions.
     family: Option<Arc<Mutex<Recent>>>,
@@ -476,6 +505,9 @@ struct SlotState {
     /// No request to the provider before this, after a failure.
     retry_at: Option<Instant>,
     last_refresh: Option<SystemTime>,
+    /// When the current run of failed requests began; cleared by a success. Written only
+    /// where an outcome is published, for the health a notice or the admin page reads.
+    failing_since: Option<SystemTime>,
     /// The lifetime of the last token, to refuse a min_ttl no token can meet without
     /// asking the provider.
     lifetime: Option<Duration>,
@@ -620,6 +652,21 @@ pub(crate) enum CacheState {
     Stale,
     /// No valid token, and the last request failed.
     Failed,
+    /// No valid token, and the last request failed in a way only a person can fix: there
+    /// is no refresh token yet, or the provider refused the stored one.
+    NeedsAuthorization,
+}
+
+/// How one profile, or one connection of a template profile, stands.
+#[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    /// The profile.
+    pub profile: Arc<str>,
+    /// The connection's subject, for a connection.
+    pub subject: Option<String>,
+    /// Its slot's status.
+    pub status: SlotStatus,
 }
 
 /// A snapshot of a slot, for `ListProfiles`.
@@ -633,6 +680,13 @@ pub(crate) struct SlotStatus {
     pub last_refresh: Option<SystemTime>,
     /// Why the last request failed, if it did.
     pub last_error: Option<String>,
+    /// Whether the last request failed in a way only a person can fix (no refresh token
+    /// yet, or the provider refused the stored one): it needs authorizing again.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub needs_authorization: bool,
+    /// When the current run of failures began; `None` once a request succeeds.
+    #[allow(dead_code, reason = "read by the notices' scan and the admin page")]
+    pub failing_since: Option<SystemTime>,
 }
 
 impl Slot {
@@ -657,6 +711,7 @@ impl Slot {
             stop: stop.clone(),
             retired: AtomicBool::new(false),
             variants: OnceLock::new(),
+            connections: OnceLock::new(),
             family: None,
         }
     }
@@ -735,6 +790,9 @@ impl Slot {
                 variant.retire();
             }
             variants.slots.invalidate_all();
+        }
+        if let Some(connections) = self.connections.get() {
+            connections.retire_all();
         }
     }
 
@@ -846,16 +904,23 @@ impl Slot {
             .load_full()
             .filter(|t| !t.remaining(Instant::now()).is_zero());
         let failing = state.last_error.is_some();
+        let needs_authorization = state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| matches!(e, FetchError::Reauthorize { .. }));
         SlotStatus {
             state: match (&valid, failing) {
                 (Some(_), false) => CacheState::Valid,
                 (Some(_), true) => CacheState::Stale,
+                (None, true) if needs_authorization => CacheState::NeedsAuthorization,
                 (None, true) => CacheState::Failed,
                 (None, false) => CacheState::Empty,
             },
             expires_at: valid.map(|t| t.expires_at),
             last_refresh: state.last_refresh,
             last_error: state.last_error.as_ref().map(|e| e.to_string()),
+            needs_authorization,
+            failing_since: state.failing_since,
         }
     }
 
@@ -986,6 +1051,7 @@ impl Slot {
                 state.last_error = None;
                 state.retry_at = None;
                 state.last_refresh = Some(SystemTime::now());
+                state.failing_since = None;
                 state.lifetime = Some(token.lifetime);
                 // Counted from a replacement that worked: a failed one backs off anyway,
                 // and must not keep the next report from trying again.
@@ -1011,6 +1077,7 @@ impl Slot {
                     .max(error.retry_after().unwrap_or_default());
                 state.retry_at = Some(Instant::now() + delay);
                 state.last_error = Some(error.clone());
+                state.failing_since.get_or_insert_with(SystemTime::now);
                 let failures = state.failures;
                 drop(state);
                 tracing::warn!(
@@ -1025,6 +1092,7 @@ impl Slot {
                 // Backing off keeps a bug from turning into a request storm.
                 state.failures += 1;
                 state.retry_at = Some(Instant::now() + backoff(self.profile.retry, state.failures));
+                state.failing_since.get_or_insert_with(SystemTime::now);
                 drop(state);
                 tracing::error!(profile = %self.profile.name, "token request panicked");
             }

@@ -118,6 +118,11 @@ pub(crate) struct Record {
     /// kept there lack it.
     #[serde(default)]
     updated_at: u64,
+    /// When a person started this chain (seconds since the Unix epoch), carried through
+    /// its rotations; zero when unknown (a seeded chain, or one written before this was
+    /// kept).
+    #[serde(default)]
+    started_at: u64,
 }
 
 impl Drop for Record {
@@ -127,16 +132,20 @@ impl Drop for Record {
 }
 
 impl Record {
-    fn new(token: &Secret, seed: Option<String>, refused: bool, scope: Option<&str>) -> Self {
+    fn new(
+        token: &Secret,
+        seed: Option<String>,
+        refused: bool,
+        scope: Option<&str>,
+        started_at: u64,
+    ) -> Self {
         Self {
             refresh_token: token.expose().to_owned(),
             seed,
             refused,
             scope: scope.map(str::to_owned),
-            updated_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
+            updated_at: now_secs(),
+            started_at,
         }
     }
 
@@ -154,6 +163,43 @@ impl Record {
             && self.refused == other.refused
             && self.seed == other.seed
             && self.scope == other.scope
+    }
+}
+
+/// A connection's stored value: its subject, so that connections can be listed, sealed
+/// together with its record.
+#[derive(Serialize)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) subject: &'a str,
+    pub(crate) record: &'a Record,
+}
+
+/// [`Envelope`] as read back.
+#[derive(Deserialize)]
+pub(crate) struct OwnedEnvelope {
+    pub(crate) subject: String,
+    pub(crate) record: Record,
+}
+
+impl Record {
+    /// Whether the provider refused this record's refresh token.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// The refresh token, taken out (for revocation at the provider).
+    pub(crate) fn into_token(mut self) -> Secret {
+        Secret::new(std::mem::take(&mut self.refresh_token))
+    }
+
+    /// When the record was written.
+    pub(crate) fn updated_at(&self) -> Option<SystemTime> {
+        (self.updated_at > 0).then(|| UNIX_EPOCH + Duration::from_secs(self.updated_at))
+    }
+
+    /// When a person started the chain this record belongs to, if it says.
+    pub(crate) fn started_at(&self) -> Option<SystemTime> {
+        (self.started_at > 0).then(|| UNIX_EPOCH + Duration::from_secs(self.started_at))
     }
 }
 
@@ -192,6 +238,8 @@ struct Position {
     version: Version,
     /// The seed fingerprint the next record carries.
     seed: Option<String>,
+    /// When the chain was started, carried into the next record.
+    started_at: u64,
 }
 
 impl fmt::Debug for Position {
@@ -236,7 +284,11 @@ impl<S: ChainStore> RefreshChain<S> {
                 Ok(Link {
                     token: Secret::new(std::mem::take(&mut record.refresh_token)),
                     scope: record.scope.take(),
-                    at: Position { version, seed },
+                    at: Position {
+                        version,
+                        seed,
+                        started_at: record.started_at,
+                    },
                 })
             }
             _ => seed
@@ -246,6 +298,7 @@ impl<S: ChainStore> RefreshChain<S> {
                     at: Position {
                         version,
                         seed: seed_print,
+                        started_at: 0,
                     },
                 })
                 .ok_or(ChainError::Missing),
@@ -260,7 +313,13 @@ impl<S: ChainStore> RefreshChain<S> {
         token: &Secret,
         scope: Option<&str>,
     ) -> Result<(), ChainError> {
-        let record = Record::new(token, from.at.seed.clone(), false, scope);
+        let record = Record::new(
+            token,
+            from.at.seed.clone(),
+            false,
+            scope,
+            from.at.started_at,
+        );
         self.write(Some(from.at.version), &record).await
     }
 
@@ -272,13 +331,20 @@ impl<S: ChainStore> RefreshChain<S> {
             link.at.seed.clone(),
             false,
             link.scope.as_deref(),
+            link.at.started_at,
         );
         self.write(Some(link.at.version), &record).await
     }
 
     /// Remembers that the provider refused `link`, so that it is never sent again.
     pub(crate) async fn refuse(&self, link: &Link) -> Result<(), ChainError> {
-        let record = Record::new(&link.token, link.at.seed.clone(), true, None);
+        let record = Record::new(
+            &link.token,
+            link.at.seed.clone(),
+            true,
+            None,
+            link.at.started_at,
+        );
         self.write(Some(link.at.version), &record).await
     }
 
@@ -289,7 +355,7 @@ impl<S: ChainStore> RefreshChain<S> {
         token: &Secret,
         scope: Option<&str>,
     ) -> Result<(), ChainError> {
-        self.write(None, &Record::new(token, None, false, scope))
+        self.write(None, &Record::new(token, None, false, scope, now_secs()))
             .await
     }
 
@@ -341,6 +407,13 @@ impl<S: ChainStore> RefreshChain<S> {
             Ok((at, Some(stored))) if at == version && stored.same_link(record)
         )
     }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// A fingerprint of a seed: enough to tell seeds apart, not to recover one.

@@ -81,6 +81,34 @@ pub struct ServerConfig {
     pub ext_authz: ExtAuthzConfig,
     /// The forward-auth HTTP listener (`server.forward_auth`), if it is on.
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// How the connections of template profiles are kept (`server.connections`).
+    pub connections: ConnectionsConfig,
+}
+
+/// `server.connections`: the key that hides the connections of `template: true` profiles
+/// at rest, and how many of them are kept in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionsConfig {
+    /// 32 random bytes, base64. Seals connection records in `state_dir`, and keys the
+    /// digest that names a connection in either store, so that no file or Redis key name
+    /// shows a subject. Required with a template profile.
+    pub key: Option<SecretSource>,
+    /// The most connections of one template profile kept in memory; the least recently
+    /// used go first (their chains stay stored).
+    pub max_cached: u64,
+    /// A connection not asked for this long is dropped from memory (its chain stays
+    /// stored, and the next call fetches a token again).
+    pub idle: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            max_cached: 10_000,
+            idle: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`) on the
@@ -152,6 +180,38 @@ pub struct AdminConfig {
     pub metrics_token: Option<SecretSource>,
     /// Serve `/metrics` without a token on a non-loopback address, on purpose.
     pub unauthenticated_metrics: bool,
+    /// The admin listener's address as browsers reach it (`https://tokenvend.example.com`),
+    /// without a trailing `/`: the hosted authorization's callback is
+    /// `{public_url}/oauth/callback`.
+    pub public_url: Option<Url>,
+    /// Seals the admin page's cookies and signs its links; shared by every replica.
+    pub session_key: Option<SecretSource>,
+    /// How people log in to the admin page.
+    pub login: AdminLogin,
+    /// The identities that may authorize and revoke; everyone else who logs in reads.
+    pub admins: Vec<String>,
+}
+
+/// The ways to log in to the admin page; any that is set is offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminLogin {
+    /// A bearer token (for scripts) that also logs a browser in through `/login`.
+    pub token: Option<SecretSource>,
+    /// An OpenID Connect issuer people log in at.
+    pub oidc: Option<AdminOidc>,
+}
+
+/// `server.admin.login.oidc`: the admin page as an OpenID Connect relying party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminOidc {
+    /// The issuer, compared as written with the ID token's `iss`.
+    pub issuer: String,
+    /// The client registered at the issuer for the admin page.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: SecretSource,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
 }
 
 /// TLS for the gRPC port. The files are read again when they change.
@@ -279,6 +339,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             ext_authz: ExtAuthzConfig::default(),
             forward_auth: None,
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -346,6 +407,9 @@ pub struct Profile {
     pub timeout: Duration,
     /// Fetch a token at start-up instead of at the first request.
     pub warm_up: bool,
+    /// `template: true`: the profile holds one connection (refresh-token chain) per
+    /// subject, and every call names its subject (see `docs/connections.md`).
+    pub template: bool,
     /// For `grant: refresh_token`: the longest time between two refreshes, so that a
     /// provider does not revoke a refresh token left idle.
     pub idle_refresh: Duration,
@@ -711,6 +775,18 @@ impl Config {
         }
         if !errors.is_empty() {
             return Err(errors.into());
+        }
+        if server.connections.key.is_none()
+            && let Some(template) = profiles.iter().find(|p| p.template)
+        {
+            return Err(ConfigError::new(
+                "server.connections.key",
+                format!(
+                    "is required: profile `{}` is a template, whose connections are stored sealed and named by a keyed digest (generate one with `openssl rand -base64 32`)",
+                    template.name
+                ),
+            )
+            .into());
         }
         if server.state_dir.is_none()
             && server.store.is_none()

@@ -128,6 +128,7 @@ impl DevIssuer {
             rejected_token_min_interval: Duration::ZERO,
             timeout: Duration::from_secs(5),
             warm_up: true,
+            template: false,
             idle_refresh: Duration::from_secs(24 * 3600),
             retry: Retry::default(),
             allow: None,

@@ -20,6 +20,7 @@ mod chain;
 pub mod cli;
 pub mod config;
 mod conn;
+mod connections;
 mod credential;
 pub mod dev;
 mod error;
@@ -41,6 +42,7 @@ mod state;
 mod store;
 pub mod telemetry;
 mod tls;
+mod web;
 
 pub use config::Config;
 pub use server::{Listeners, serve};

@@ -176,6 +176,10 @@ pub(crate) struct ProfileMetrics {
     /// When the current token expires, in milliseconds since the Unix epoch; `i64::MIN`
     /// when there is none.
     expires_at_ms: AtomicI64,
+    /// Provider requests per minute over the last hour, for the admin page: one bucket
+    /// per minute of the hour, each `minute since the epoch << 32 | count`, so that a
+    /// bucket left from an earlier hour is told apart and restarted, without a lock.
+    recent_idp: [AtomicU64; 60],
 }
 
 impl ProfileMetrics {
@@ -186,7 +190,37 @@ impl ProfileMetrics {
             served: Default::default(),
             refused: Mutex::default(),
             expires_at_ms: AtomicI64::new(i64::MIN),
+            recent_idp: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// Counts a provider request in the minute `now` falls in.
+    fn count_idp_request(&self, now: SystemTime) {
+        let minute = minute_of(now);
+        let bucket = &self.recent_idp[(minute % 60) as usize];
+        let mut seen = bucket.load(Ordering::Relaxed);
+        loop {
+            let next = if seen >> 32 == minute {
+                seen.saturating_add(1)
+            } else {
+                minute << 32 | 1
+            };
+            match bucket.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// Provider requests in the 60 minutes up to `now` (the current minute included).
+    pub(crate) fn idp_requests_last_hour(&self, now: SystemTime) -> u64 {
+        let minute = minute_of(now);
+        self.recent_idp
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .filter(|packed| minute.checked_sub(packed >> 32).is_some_and(|age| age < 60))
+            .map(|packed| packed & u64::from(u32::MAX))
+            .sum()
     }
 
     /// Counts a cache lookup.
@@ -347,6 +381,10 @@ impl Metrics {
 
     /// Records one token request to a provider.
     pub(crate) fn idp_request(&self, request: &IdpRequest<'_>) {
+        self.inner
+            .profiles
+            .get(request.profile)
+            .count_idp_request(SystemTime::now());
         let outcome = request.error.unwrap_or("ok");
         self.inner.idp_requests.add(
             1,
@@ -566,5 +604,35 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn minute_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+#[cfg(test)]
+mod hourly_tests {
+    use super::*;
+
+    #[test]
+    fn provider_requests_are_counted_for_the_last_hour_only() {
+        let metrics = ProfileMetrics::new("p".into());
+        let start = UNIX_EPOCH + Duration::from_secs(1_000 * 3600);
+        for _ in 0..3 {
+            metrics.count_idp_request(start);
+        }
+        metrics.count_idp_request(start + Duration::from_secs(59 * 60));
+        assert_eq!(metrics.idp_requests_last_hour(start), 3);
+        assert_eq!(
+            metrics.idp_requests_last_hour(start + Duration::from_secs(59 * 60)),
+            4
+        );
+        // An hour on, the first minute's bucket has aged out, and its slot restarts.
+        let later = start + Duration::from_secs(60 * 60);
+        assert_eq!(metrics.idp_requests_last_hour(later), 1);
+        metrics.count_idp_request(later);
+        assert_eq!(metrics.idp_requests_last_hour(later), 2);
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     cache::TokenCache,
     config::{Config, ConfigErrors},
     conn::CountCalls,
+    connections::ConnectionStore,
     ext_authz::LiveExtAuthz,
     forward,
     idp::IdpClient,
@@ -30,6 +31,7 @@ use crate::{
     state::StateDir,
     store::SharedStore,
     tls::{self, ConnectionLimit},
+    web::Web,
 };
 
 /// The listeners to serve on, bound by the caller (the command line, or a test on port 0).
@@ -73,6 +75,9 @@ pub enum ServerError {
     /// The shared store's settings cannot be used (its password or keys cannot be read).
     #[error(transparent)]
     Store(#[from] crate::store::SetupError),
+    /// The connections of template profiles cannot be kept (their key cannot be read).
+    #[error(transparent)]
+    Connections(#[from] crate::connections::ConnectionError),
 }
 
 /// Serves until `shutdown` completes, reloading the configuration while it runs if it came
@@ -176,13 +181,24 @@ async fn run(
         .map(SharedStore::new)
         .transpose()
         .map_err(ServerError::Store)?;
-    let cache = Arc::new(TokenCache::with_store(
-        &config.profiles,
-        idp.clone(),
-        state.as_ref(),
-        metrics.clone(),
-        store,
-    ));
+    let shared = store.clone();
+    let connections = ConnectionStore::new(&config.server, store.as_ref())?;
+    let cache = Arc::new(
+        TokenCache::with_store(
+            &config.profiles,
+            idp.clone(),
+            state.as_ref(),
+            metrics.clone(),
+            store,
+        )
+        .with_connections(connections),
+    );
+    cache.follow_revocations();
+    let web = admin_addr
+        .map(|addr| Web::new(&config.server, addr, cache.clone(), idp.clone(), shared))
+        .transpose()
+        .map_err(|e| ServerError::Config(vec![e].into()))?
+        .map(Arc::new);
     let readiness = Arc::new(Readiness::new(cache.clone()));
     let connections = ConnectionLimit::new(
         limits.max_connections,
@@ -213,15 +229,18 @@ async fn run(
         "Calls waiting on an identity provider for a token.",
         move || pending.total() as u64,
     );
-    let tokens = Arc::new(TokenService::new(
-        cache.clone(),
-        streams.clone(),
-        app.auth(),
-        app.limiter(),
-        holdings.clone(),
-        &limits,
-        metrics.clone(),
-    ));
+    let tokens = Arc::new(
+        TokenService::new(
+            cache.clone(),
+            streams.clone(),
+            app.auth(),
+            app.limiter(),
+            holdings.clone(),
+            &limits,
+            metrics.clone(),
+        )
+        .with_links(web.clone()),
+    );
     let service = LiveService::new(tokens.clone(), limits.max_request_bytes);
     let ext_authz = LiveExtAuthz::new(tokens, &config.server.ext_authz);
     let live = Arc::new(Live {
@@ -241,6 +260,7 @@ async fn run(
         forward_auth: forward_addr,
         streams,
         metrics: metrics.clone(),
+        web: web.clone(),
         tasks: tasks.clone(),
         stop: root.clone(),
     });
@@ -271,12 +291,13 @@ async fn run(
         );
         tasks.spawn(reload::run(watcher, live.clone(), reloads.clone()));
     }
-    if let Some(listener) = listeners.admin {
+    if let (Some(listener), Some(web)) = (listeners.admin, web) {
         tasks.spawn(admin::serve(
             listener,
             readiness.clone(),
             metrics.clone(),
             config.server.admin.metrics_token.clone(),
+            web,
             root.child_token(),
         ));
     }

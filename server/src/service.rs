@@ -25,6 +25,7 @@ use crate::{
     limit::{HeldGuard, Holdings, RateLimiter},
     metrics::{Metrics, Rpc},
     secret::Secret,
+    web::{LinkError, Web},
 };
 
 /// The gRPC service.
@@ -38,6 +39,8 @@ pub(crate) struct TokenService {
     max_watches: usize,
     max_pending: usize,
     metrics: Metrics,
+    /// The admin web, which signs connect links; `None` without an admin listener.
+    links: Option<Arc<Web>>,
 }
 
 impl TokenService {
@@ -63,7 +66,14 @@ impl TokenService {
             max_watches: limits.max_watches_per_caller,
             max_pending: limits.max_pending_per_caller,
             metrics,
+            links: None,
         }
+    }
+
+    /// The same service, making connect links with `web`'s key.
+    pub(crate) fn with_links(mut self, web: Option<Arc<Web>>) -> Self {
+        self.links = web;
+        self
     }
 
     /// Who is calling, and whether they are within their rate. A caller that fails to
@@ -583,6 +593,7 @@ impl pb::token_service_server::TokenService for TokenService {
                         CacheState::Valid => pb::CacheState::Valid,
                         CacheState::Stale => pb::CacheState::Stale,
                         CacheState::Failed => pb::CacheState::Failed,
+                        CacheState::NeedsAuthorization => pb::CacheState::NeedsAuthorization,
                     } as i32,
                     expires_at: status.expires_at.map(Into::into),
                     last_refresh: status.last_refresh.map(Into::into),
@@ -591,6 +602,44 @@ impl pb::token_service_server::TokenService for TokenService {
             })
             .collect();
         Ok(Response::new(pb::ListProfilesResponse { profiles }))
+    }
+
+    async fn create_connect_link(
+        &self,
+        request: Request<pb::CreateConnectLinkRequest>,
+    ) -> Result<Response<pb::CreateConnectLinkResponse>, Status> {
+        let span = server_span("CreateConnectLink", request.metadata());
+        let answer = async {
+            let caller = self.caller(&request).await.map_err(Status::from)?;
+            record_caller(&span, &caller);
+            let asked = request.get_ref();
+            self.slot(&caller, &asked.profile).map_err(Status::from)?;
+            let web = self
+                .links
+                .as_ref()
+                .ok_or_else(|| Status::failed_precondition(LinkError::NotConfigured.to_string()))?;
+            let ttl =
+                (asked.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(asked.ttl_seconds)));
+            let (url, expires) = web
+                .connect_link(&asked.profile, &asked.subject, ttl)
+                .map_err(|e| match e {
+                    LinkError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                    LinkError::NotConfigured | LinkError::Profile(_) => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                })?;
+            Ok(Response::new(pb::CreateConnectLinkResponse {
+                url: url.into(),
+                expires_at: Some((std::time::UNIX_EPOCH + Duration::from_secs(expires)).into()),
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        record_status(
+            &span,
+            answer.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
+        answer
     }
 
     type WatchTokenStream = TokenStream;

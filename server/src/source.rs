@@ -33,17 +33,28 @@ pub enum FetchError {
     #[error(transparent)]
     Credential(#[from] CredentialError),
     /// No usable refresh token: a person must authorize again.
-    #[error("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")]
+    #[error("{}", reauthorize_message(profile, reason, *connection))]
     Reauthorize {
         /// The profile.
         profile: String,
         /// Why, with the provider's error if it gave one.
         reason: String,
+        /// Whether it is a connection of a template profile (authorized per subject,
+        /// not with `tokenvend authorize PROFILE` alone).
+        connection: bool,
     },
     /// The store shared by replicas cannot be reached, and this request needs it (a
     /// refresh-token chain must not be rotated by one replica alone).
     #[error("the shared store is unavailable ({0}); retry when it is back")]
     StoreUnavailable(String),
+}
+
+fn reauthorize_message(profile: &str, reason: &str, connection: bool) -> String {
+    if connection {
+        format!("{reason}: authorize it")
+    } else {
+        format!("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")
+    }
 }
 
 impl From<StoreDown> for FetchError {
@@ -87,8 +98,9 @@ impl FetchError {
 pub(crate) struct TokenSource {
     profile: Arc<Profile>,
     idp: IdpClient,
-    /// Discovery metadata, kept until a request to its token endpoint fails.
-    metadata: ArcSwapOption<Metadata>,
+    /// Discovery metadata, kept until a request to its token endpoint fails; shared by a
+    /// template profile's connections.
+    metadata: Arc<ArcSwapOption<Metadata>>,
     // Boxed, as most profiles have neither: inline they made every slot 200 bytes larger.
     chain: Option<Arc<Chain>>,
     /// The store shared with other replicas, if any.
@@ -98,6 +110,8 @@ pub(crate) struct TokenSource {
     /// The token this source last produced: the slot holds it, so a fetch means it no
     /// longer serves and the shared store must not hand it back. Locked only to copy.
     last: Mutex<Option<Fingerprint>>,
+    /// Whether this is a connection of a template profile.
+    connection: bool,
 }
 
 impl TokenSource {
@@ -110,11 +124,50 @@ impl TokenSource {
                 .map(|file| Arc::new(Chain::new(&profile, Storage::Dir(file)))),
             profile,
             idp,
-            metadata: ArcSwapOption::empty(),
+            metadata: Arc::default(),
             shared: None,
             subject: None,
             last: Mutex::new(None),
+            connection: false,
         }
+    }
+
+    /// A source for a connection of this source's template profile: its chain in
+    /// `storage`, its token shared with other replicas through `shared`, and the
+    /// provider's metadata shared with the profile's other connections. `refreshing` is
+    /// the profile as refreshes send it ([`Chain`]), made once for all connections.
+    pub(crate) fn connection(
+        &self,
+        storage: Storage,
+        shared: Option<ProfileStore>,
+        refreshing: Arc<Profile>,
+    ) -> Self {
+        Self {
+            profile: self.profile.clone(),
+            idp: self.idp.clone(),
+            metadata: self.metadata.clone(),
+            chain: Some(Arc::new(Chain::with_profile(
+                &self.profile,
+                refreshing,
+                storage,
+            ))),
+            shared: shared.map(Box::new),
+            subject: None,
+            last: Mutex::new(None),
+            connection: true,
+        }
+    }
+
+    /// The profile as a refresh sends it: see [`REFRESH_TIMEOUT_FACTOR`].
+    pub(crate) fn refreshing(profile: &Profile) -> Arc<Profile> {
+        let mut refreshing = Profile::clone(profile);
+        refreshing.timeout = profile.timeout.saturating_mul(REFRESH_TIMEOUT_FACTOR);
+        Arc::new(refreshing)
+    }
+
+    /// The profile's own refresh-token chain, if it has one.
+    pub(crate) fn chain(&self) -> Option<&RefreshChain<Storage>> {
+        self.chain.as_deref().map(|chain| &chain.rule)
     }
 
     /// A source for a variant of this source's profile (other scopes, audience or
@@ -337,6 +390,7 @@ impl TokenSource {
                 }
                 Err(FetchError::Reauthorize {
                     profile: profile.name.to_string(),
+                    connection: self.connection,
                     reason: match description {
                         Some(d) => {
                             format!("the provider refused the refresh token (invalid_grant: {d})")
@@ -365,10 +419,17 @@ impl TokenSource {
             ChainError::Refused => FetchError::Reauthorize {
                 profile,
                 reason: "the provider refused the stored refresh token".into(),
+                connection: self.connection,
+            },
+            ChainError::Missing if self.connection => FetchError::Reauthorize {
+                profile,
+                reason: "no connection for this subject".into(),
+                connection: true,
             },
             ChainError::Missing => FetchError::Reauthorize {
                 profile,
                 reason: "there is no refresh token yet".into(),
+                connection: false,
             },
             ChainError::Store(error) => FetchError::StoreUnavailable(error.to_string()),
             other => FetchError::Credential(CredentialError::new(
@@ -473,11 +534,13 @@ async fn store_kept(chain: Weak<Chain>) {
 
 impl Chain {
     fn new(profile: &Arc<Profile>, storage: Storage) -> Self {
-        let mut refreshing = Profile::clone(profile);
-        refreshing.timeout = profile.timeout.saturating_mul(REFRESH_TIMEOUT_FACTOR);
+        Self::with_profile(profile, TokenSource::refreshing(profile), storage)
+    }
+
+    fn with_profile(profile: &Profile, refreshing: Arc<Profile>, storage: Storage) -> Self {
         Self {
             rule: RefreshChain::new(storage, profile.refresh_token.clone()),
-            profile: Arc::new(refreshing),
+            profile: refreshing,
             unsaved: Mutex::new(None),
             retry: Mutex::new(None),
         }

@@ -13,12 +13,19 @@
 //! - `tv:p:updated` — a channel the holder publishes on once the token is written;
 //! - `tv:p:chain` — the refresh-token chain: `<version>` and the sealed token ([`chain`]).
 //!
+//! A connection of a template profile (one per subject) has the same four keys under
+//! `tv:p:c:<digest>`, the digest being keyed by `server.connections.key` so that no key
+//! name shows a subject; its chain value seals the subject with the record. The sorted
+//! set `tv:p:connections` lists the digests, and `tv:connections:revoked` is the channel
+//! on which a revocation tells every replica to drop the connection ([`connections`]).
+//!
 //! Redis is reached through a connection manager that reconnects by itself; the first
 //! connection is made on first use, so a server starts (degraded) while Redis is down.
 //! With Sentinel, the primary is asked for again after a failure ([`primary`]), and a
 //! chain write waits until replicas have it (`WAIT`), so that a failover loses no link.
 
 mod chain;
+mod connections;
 mod crypto;
 mod flight;
 mod primary;
@@ -35,8 +42,7 @@ use redis::{AsyncCommands as _, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crypto::Keyring;
-pub(crate) use crypto::{KeyError, decode_key};
+pub(crate) use crypto::{KeyError, Keyring, decode_key};
 pub(crate) use flight::{StoreDown, WhenDown};
 use primary::Primary;
 
@@ -162,14 +168,52 @@ impl SharedStore {
 
     /// The handle of one profile.
     pub(crate) fn profile(&self, name: &str) -> ProfileStore {
-        let base = format!("{}:{name}", self.inner.prefix);
+        self.keys_under(format!("{}:{name}", self.inner.prefix), None)
+    }
+
+    /// The handle of one connection of a template profile: `digest` names it, `subject`
+    /// is sealed with its chain.
+    pub(crate) fn connection_keys(
+        &self,
+        profile: &str,
+        digest: &str,
+        subject: Arc<str>,
+    ) -> ProfileStore {
+        self.keys_under(
+            format!("{}:{profile}:c:{digest}", self.inner.prefix),
+            Some(subject),
+        )
+    }
+
+    fn keys_under(&self, base: String, subject: Option<Arc<str>>) -> ProfileStore {
         ProfileStore {
             store: self.clone(),
             token_key: format!("{base}:token"),
             lock_key: format!("{base}:lock"),
             channel: format!("{base}:updated"),
             chain_key: format!("{base}:chain"),
+            subject,
         }
+    }
+
+    /// Claims `name` for `ttl`: true for the first claim across every replica, false for
+    /// any later one (`SET NX`). The admin page's callback claims each `state` here, so
+    /// that a replayed redirect is refused on whichever replica it lands.
+    pub(crate) async fn claim_once(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}:web:claimed:{name}", self.inner.prefix);
+        let attempt = async {
+            let mut redis = self.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut redis)
+                .await?;
+            Ok(set.is_some())
+        };
+        self.note(attempt.await)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
@@ -210,6 +254,8 @@ pub(crate) struct ProfileStore {
     lock_key: String,
     channel: String,
     chain_key: String,
+    /// For a connection: its subject, sealed with the chain record.
+    subject: Option<Arc<str>>,
 }
 
 /// A token as stored: what another replica needs to serve it and to refresh it at the

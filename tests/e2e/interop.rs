@@ -22,13 +22,13 @@ use crate::support::{
     security::{ClientCert, Pki},
 };
 
-const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
+pub(crate) const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 
-struct OidcProvider {
+pub(crate) struct OidcProvider {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
     token_endpoint: String,
-    authorization_endpoint: String,
+    pub(crate) authorization_endpoint: String,
     introspection_endpoint: String,
 }
 
@@ -41,7 +41,7 @@ impl Drop for OidcProvider {
 
 /// Starts `oidc-provider.mjs` with extra environment variables, or returns `None` (the
 /// test skips) when its dependencies are not installed.
-fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> {
+pub(crate) fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     if !dir.join("node_modules/oidc-provider").exists() {
         assert!(
@@ -98,7 +98,7 @@ impl OidcProvider {
     }
 
     /// Asserts that the provider knows `token` as an active token of `client_id`.
-    async fn assert_active(&self, token: &str, client_id: &str) -> Value {
+    pub(crate) async fn assert_active(&self, token: &str, client_id: &str) -> Value {
         let answer = self.introspect(token).await;
         assert_eq!(answer["active"], true, "{answer}");
         assert_eq!(answer["client_id"], client_id, "{answer}");
@@ -262,7 +262,7 @@ fn code_profile(provider: &OidcProvider, state_dir: &Path) -> String {
 }
 
 /// The refresh token tokenvend has stored for a profile.
-fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
+pub(crate) fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
     let path = state_dir.join(format!("{profile}.refresh.json"));
     let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     record["refresh_token"].as_str().unwrap().to_owned()

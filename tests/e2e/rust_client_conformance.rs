@@ -98,6 +98,16 @@ impl TokenService for Forward {
             .await
     }
 
+    async fn create_connect_link(
+        &self,
+        request: Request<tokenvend::pb::CreateConnectLinkRequest>,
+    ) -> Result<Response<tokenvend::pb::CreateConnectLinkResponse>, Status> {
+        self.upstream
+            .clone()
+            .create_connect_link(forwarded(request))
+            .await
+    }
+
     type WatchTokenStream = Pin<Box<dyn Stream<Item = Result<EncodedToken, Status>> + Send>>;
 
     async fn watch_token(

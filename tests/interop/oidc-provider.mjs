@@ -18,6 +18,10 @@
 //                the automatic interaction, for the browser tests (tests/browser).
 //   TV_CODE_REDIRECT_URIS  extra redirect URIs of `tv-code`, space-separated (tokenvend's
 //                admin listener's `/oauth/callback` on the port a test picked).
+//   TV_ADMIN_WEB  when set, `tv-code` may also redirect to tokenvend's admin page
+//                (http://127.0.0.1:<any port>/oauth/callback), and client `tv-admin`
+//                (client_secret_basic, redirect http://127.0.0.1:<any port>/login/callback)
+//                is registered for the admin page's OpenID Connect login.
 
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -99,6 +103,19 @@ const clients = [
     scope: `openid offline_access ${SCOPE}`,
   },
 ];
+if (process.env.TV_ADMIN_WEB) {
+  clients.find((c) => c.client_id === CODE_CLIENT).redirect_uris.push('http://127.0.0.1/oauth/callback');
+  clients.push({
+    client_id: 'tv-admin',
+    client_secret: CLIENT_SECRET,
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    application_type: 'native',
+    redirect_uris: ['http://127.0.0.1/login/callback'],
+    scope: 'openid',
+  });
+}
 if (process.env.TV_JWT_JWKS) {
   clients.push({
     ...client('tv-jwt', 'private_key_jwt'),

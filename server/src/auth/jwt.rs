@@ -233,6 +233,75 @@ impl Verifier {
     }
 }
 
+/// Verifies OpenID Connect ID tokens for the admin page's login: the same key handling
+/// and algorithm rules as ServiceAccount tokens (keys found by discovery), with `iss`,
+/// `aud` (the admin client) and `exp` checked; the caller checks the `nonce`.
+pub(crate) struct IdTokens {
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+    keys: KeyStore,
+}
+
+impl IdTokens {
+    /// A verifier for tokens `issuer` issues to `client_id`.
+    pub(crate) fn new(issuer: &str, client_id: &str) -> Result<Self, KeysError> {
+        let discovery = crate::config::parse_endpoint_url(issuer).map_err(KeysError::JwksUri)?;
+        let config = ServiceAccountConfig {
+            issuer: issuer.to_owned(),
+            audience: client_id.to_owned(),
+            jwks: JwksSource::Discovery(discovery),
+            jwks_ca: None,
+            jwks_token_file: None,
+            leeway: Duration::from_secs(30),
+            refetch_interval: Duration::from_secs(10),
+        };
+        let keys = KeyStore::new(&config).map_err(|error| KeysError::Request {
+            url: issuer.to_owned(),
+            error,
+        })?;
+        Ok(Self {
+            issuer: config.issuer,
+            audience: config.audience,
+            leeway: config.leeway,
+            keys,
+        })
+    }
+
+    /// The claims of a token that verifies.
+    pub(crate) async fn verify(&self, token: &str) -> Result<Value, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Token(Rejection::Malformed));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Token(Rejection::Malformed))?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
+        }
+        let key = self.keys.key(header.kid.as_deref().unwrap_or("")).await?;
+        if !key.accepts(header.alg) {
+            return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Value>(token, &key.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                AuthError::Token(match e.kind() {
+                    K::InvalidSignature => Rejection::Signature,
+                    K::ExpiredSignature => Rejection::Expired,
+                    K::InvalidAudience => Rejection::Audience(self.audience.clone()),
+                    K::InvalidIssuer => Rejection::Issuer(self.issuer.clone()),
+                    _ => Rejection::Malformed,
+                })
+            })
+    }
+}
+
 /// The claims tokenvend reads; `iss`, `aud`, `nbf` are checked by the validation.
 #[derive(Deserialize)]
 struct Claims {

@@ -143,7 +143,23 @@ fn schedule(timetable: &mut BinaryHeap<Reverse<Entry>>, slot: &Arc<Slot>, id: u6
 /// When the slot next needs a request: at the token's refresh time, or after the backoff
 /// of a failure. `None` while nobody has asked for the profile (unless it warms up).
 fn next_refresh(slot: &Slot) -> Option<Instant> {
+    // A template profile's own slot has no chain: only its connections (which have a
+    // family, the profile's request ceiling) are refreshed.
+    if slot.profile.template && slot.family.is_none() {
+        return None;
+    }
     let state = lock(&slot.state);
+    // A connection a person must authorize (again) is not retried in the background:
+    // nothing changes until they do, and then the connection is made afresh. A caller's
+    // call still asks, after the backoff.
+    if slot.profile.template
+        && state
+            .last_error
+            .as_ref()
+            .is_some_and(|error| !error.is_transient())
+    {
+        return None;
+    }
     // A refresh-token profile is always kept warm: its chain must be exercised, or the
     // provider may revoke the idle refresh token.
     let chained = slot.profile.grant == Grant::RefreshToken;

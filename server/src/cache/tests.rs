@@ -265,3 +265,73 @@ fn the_ceiling_counts_the_requests_of_the_last_minute() {
     assert_eq!(state.recent.len(), 0);
     assert_eq!(state.recent.rest.capacity(), 0);
 }
+
+#[tokio::test]
+async fn health_says_when_a_person_must_authorize_and_since_when_it_fails() {
+    let idp = IdpClient::new(Duration::from_secs(1)).unwrap();
+    let metrics = crate::metrics::Metrics::new(&crate::metrics::Export::default()).unwrap();
+    let cache = TokenCache::new(&[profile("")], idp, None, metrics);
+    let slot = cache.slot("p").unwrap();
+    let fail = |error: FetchError| {
+        let _ = slot.finish(
+            Err(FlightError::Failed(Arc::new(error))),
+            Trigger::Background,
+            false,
+        );
+    };
+    let refused = || FetchError::Reauthorize {
+        profile: "p".into(),
+        reason: "the provider refused the refresh token (invalid_grant)".into(),
+        connection: false,
+    };
+    let status = slot.status();
+    assert_eq!(status.state, CacheState::Empty);
+    assert!(!status.needs_authorization);
+    assert_eq!(status.failing_since, None);
+
+    let before = SystemTime::now();
+    fail(refused());
+    let status = slot.status();
+    assert_eq!(status.state, CacheState::NeedsAuthorization);
+    assert!(status.needs_authorization);
+    let since = status.failing_since.unwrap();
+    assert!(since >= before && since <= SystemTime::now());
+
+    // Another kind of failure continues the run, but no longer asks for a person.
+    std::thread::sleep(Duration::from_millis(5));
+    fail(FetchError::StoreUnavailable("down".into()));
+    let status = slot.status();
+    assert_eq!(status.state, CacheState::Failed);
+    assert!(!status.needs_authorization);
+    assert_eq!(status.failing_since, Some(since));
+    assert_eq!(
+        cache.health().await[0].status.failing_since,
+        Some(since),
+        "health() reads the same status"
+    );
+
+    let token = CachedToken::new(
+        slot.profile(),
+        issued("tok", Duration::from_secs(3600), None),
+        Instant::now(),
+    )
+    .unwrap();
+    let _ = slot.finish(Ok(Arc::new(token)), Trigger::Background, false);
+    let status = slot.status();
+    assert_eq!(status.state, CacheState::Valid);
+    assert_eq!(status.failing_since, None);
+    assert!(!status.needs_authorization);
+
+    // While a valid token is still served, a refused refresh is stale, not an outage; a
+    // new run of failures starts from now.
+    fail(refused());
+    let status = slot.status();
+    assert_eq!(status.state, CacheState::Stale);
+    assert!(status.needs_authorization);
+    assert!(status.failing_since.unwrap() > since);
+    let health = cache.health().await;
+    assert_eq!(health.len(), 1);
+    assert_eq!(&*health[0].profile, "p");
+    assert_eq!(health[0].subject, None);
+    cache.stop();
+}

@@ -5,6 +5,11 @@
 //! torn one. The version is compared and the file replaced under `<profile>.refresh.lock`:
 //! the server holds `state_dir` alone, but `tokenvend authorize`, and a slot retired by a
 //! reload that is still finishing its rotation, write the same record.
+//!
+//! A connection's record (a template profile's, one per subject) is kept under
+//! `connections/<profile>/<digest>.refresh.json`, sealed with the connections key: the
+//! file holds its version and `sealed`, the subject and the record encrypted together, so
+//! that neither the refresh token nor the subject can be read from the directory.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -13,11 +18,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Cas, ChainStore, Record, Version};
-use crate::bounded;
+use super::{Cas, ChainStore, Envelope, OwnedEnvelope, Record, Version};
+use crate::{bounded, store::Keyring};
 
 /// Why a record in `state_dir` cannot be used. Never carries the record's content.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,14 @@ pub enum FileError {
         /// Where reading it failed.
         column: usize,
     },
+    /// A sealed record does not open with the configured key (another key, or altered).
+    #[error("{path}: {reason}; is `server.connections.key` the key it was written with?")]
+    Sealed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One profile's chain record in `state_dir`.
@@ -49,6 +64,32 @@ pub enum FileError {
 pub(crate) struct FileStore {
     path: PathBuf,
     lock: PathBuf,
+    /// For a connection: how its record is sealed. Boxed: profiles have none.
+    sealing: Option<Box<Sealing>>,
+}
+
+/// How a connection's record is sealed: the key, the name bound in as associated data (so
+/// a file copied over another connection's does not open), and the subject sealed with it.
+#[derive(Clone)]
+pub(crate) struct Sealing {
+    keys: Arc<Keyring>,
+    name: String,
+    subject: Arc<str>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sealed record on disk.
+#[derive(Serialize, Deserialize)]
+struct SealedOnDisk {
+    sealed: String,
+    version: u64,
 }
 
 /// The file: the record and its version. Records written before versions were kept have
@@ -68,7 +109,47 @@ impl FileStore {
         Self {
             path: dir.join(format!("{profile}.refresh.json")),
             lock: dir.join(format!("{profile}.refresh.lock")),
+            sealing: None,
         }
+    }
+
+    /// The sealed record of a connection, `<dir>/<digest>.refresh.json`; `name` is bound
+    /// into the seal, and `subject` sealed with the record.
+    pub(crate) fn sealed(
+        dir: &Path,
+        digest: &str,
+        keys: Arc<Keyring>,
+        name: String,
+        subject: Arc<str>,
+    ) -> Self {
+        Self {
+            sealing: Some(Box::new(Sealing {
+                keys,
+                name,
+                subject,
+            })),
+            ..Self::new(dir, digest)
+        }
+    }
+
+    /// The stored record with the subject sealed in it, if this is a connection's.
+    pub(crate) fn read_connection(&self) -> Result<(Version, Option<(String, Record)>), FileError> {
+        let Some(sealing) = &self.sealing else {
+            return Ok((Version::default(), None));
+        };
+        read_sealed(&self.path, sealing)
+    }
+
+    /// Removes the record; whether there was one. A rotation under way finds the chain
+    /// moved on (its compare-and-set fails) and stores nothing.
+    pub(crate) fn remove(&self) -> Result<bool, FileError> {
+        let removed = match fs::remove_file(&self.path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(self.io_error(e)),
+        };
+        let _ = fs::remove_file(&self.lock);
+        Ok(removed)
     }
 }
 
@@ -110,22 +191,55 @@ impl ChainStore for FileStore {
     // Read in place: a record is a few hundred bytes, cheaper to read than to hand to a
     // thread.
     async fn read(&self) -> Result<(Version, Option<Record>), FileError> {
-        read(&self.path)
+        match &self.sealing {
+            None => read(&self.path),
+            Some(sealing) => {
+                let (version, found) = read_sealed(&self.path, sealing)?;
+                Ok((version, found.map(|(_, record)| record)))
+            }
+        }
     }
 
     // Two fsyncs and perhaps a wait for the lock: done on a blocking thread, not on a
     // worker that serves callers.
     async fn write(&self, from: Version, record: &Record) -> Result<Cas, FileError> {
-        let bytes = serde_json::to_vec(&OnDisk {
-            record,
-            version: from.next().0,
-        })
+        let bytes = match &self.sealing {
+            None => serde_json::to_vec(&OnDisk {
+                record,
+                version: from.next().0,
+            }),
+            Some(sealing) => serde_json::to_vec(&Envelope {
+                subject: &sealing.subject,
+                record,
+            })
+            .map(Zeroizing::new)
+            .and_then(|plain| {
+                serde_json::to_vec(&SealedOnDisk {
+                    sealed: sealing.keys.seal(&sealing.name, &plain),
+                    version: from.next().0,
+                })
+            }),
+        }
         .map(Zeroizing::new)
         .map_err(|e| self.io_error(io::Error::other(e)))?;
         let (path, lock) = (self.path.clone(), self.lock.clone());
-        tokio::task::spawn_blocking(move || write_if_at(&path, &lock, from, &bytes))
-            .await
-            .map_err(|e| self.io_error(io::Error::other(e)))?
+        let sealing = self.sealing.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|_| sealing.is_some()) {
+                // A profile's first connection makes its directory.
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| FileError::Io {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+            }
+            write_if_at(&path, &lock, from, &bytes, sealing.as_deref())
+        })
+        .await
+        .map_err(|e| self.io_error(io::Error::other(e)))?
     }
 }
 
@@ -139,20 +253,8 @@ impl FileStore {
 }
 
 fn read(path: &Path) -> Result<(Version, Option<Record>), FileError> {
-    // Bounded: a record is a few hundred bytes, and whatever else sits at its path is not
-    // one.
-    let bytes = match bounded::read(path, bounded::SECRET_BYTES) {
-        Ok(bytes) => Zeroizing::new(bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Version::default(), None)),
-        Err(e) => {
-            return Err(FileError::Io {
-                path: path.to_owned(),
-                source: match e {
-                    bounded::ReadError::Io(source) => source,
-                    too_large => io::Error::new(too_large.kind(), too_large.to_string()),
-                },
-            });
-        }
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok((Version::default(), None));
     };
     // serde_json's messages may quote the offending value; only its position is kept.
     let on_disk: OnDisk<Record> =
@@ -164,9 +266,68 @@ fn read(path: &Path) -> Result<(Version, Option<Record>), FileError> {
     Ok((Version(on_disk.version), Some(on_disk.record)))
 }
 
+fn read_sealed(
+    path: &Path,
+    sealing: &Sealing,
+) -> Result<(Version, Option<(String, Record)>), FileError> {
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok((Version::default(), None));
+    };
+    let on_disk: SealedOnDisk = serde_json::from_slice(&bytes).map_err(|e| FileError::Corrupt {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+    })?;
+    let plain = Zeroizing::new(
+        sealing
+            .keys
+            .open(&sealing.name, &on_disk.sealed)
+            .map_err(|e| FileError::Sealed {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?,
+    );
+    let envelope: OwnedEnvelope =
+        serde_json::from_slice(&plain).map_err(|e| FileError::Corrupt {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+    Ok((
+        Version(on_disk.version),
+        Some((envelope.subject, envelope.record)),
+    ))
+}
+
+/// The file's bytes, or `None` if there is none.
+fn read_bytes(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, FileError> {
+    // Bounded: a record is a few hundred bytes, and whatever else sits at its path is not
+    // one.
+    let bytes = match bounded::read(path, bounded::SECRET_BYTES) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(FileError::Io {
+                path: path.to_owned(),
+                source: match e {
+                    bounded::ReadError::Io(source) => source,
+                    too_large => io::Error::new(too_large.kind(), too_large.to_string()),
+                },
+            });
+        }
+    };
+    Ok(Some(bytes))
+}
+
 /// Replaces the record with `bytes` if it is still at `from`: write, fsync, rename, fsync
 /// the directory, so that after a crash at any point the record is the old one or the new.
-fn write_if_at(path: &Path, lock: &Path, from: Version, bytes: &[u8]) -> Result<Cas, FileError> {
+fn write_if_at(
+    path: &Path,
+    lock: &Path,
+    from: Version,
+    bytes: &[u8],
+    sealing: Option<&Sealing>,
+) -> Result<Cas, FileError> {
     let io_error = |source| FileError::Io {
         path: path.to_owned(),
         source,
@@ -180,7 +341,11 @@ fn write_if_at(path: &Path, lock: &Path, from: Version, bytes: &[u8]) -> Result<
         .map_err(io_error)?;
     // Released when `lock` is dropped, on every return below.
     lock.lock().map_err(io_error)?;
-    if read(path)?.0 != from {
+    let at = match sealing {
+        None => read(path)?.0,
+        Some(sealing) => read_sealed(path, sealing)?.0,
+    };
+    if at != from {
         return Ok(Cas::Conflict);
     }
     let temporary = path.with_extension("json.tmp");

@@ -9,6 +9,10 @@ use crate::config::Config;
 pub(super) struct Args {
     /// The profile.
     profile: String,
+    /// For a template profile: the subject (tenant, customer, user) whose connection this
+    /// authorization makes.
+    #[arg(long)]
+    subject: Option<String>,
     /// The configuration file.
     #[arg(long, env = "TOKENVEND_CONFIG")]
     config: PathBuf,
@@ -20,9 +24,10 @@ pub(super) async fn run(args: Args) -> Result<(), ()> {
             eprintln!("tokenvend authorize: {}: {error}", args.config.display());
         }
     })?;
-    crate::authorize::run(
+    crate::authorize::run_for(
         &config,
         &args.profile,
+        args.subject.as_deref(),
         |url| {
             eprintln!("Open this URL in a browser and approve the access:\n\n  {url}\n");
         },
@@ -38,9 +43,15 @@ pub(super) async fn run(args: Args) -> Result<(), ()> {
     )
     .await
     .map_err(|e| eprintln!("tokenvend authorize: {e}"))?;
-    eprintln!(
-        "Authorized: the refresh token of `{}` is stored; a running server uses it at its next attempt.",
-        args.profile
-    );
+    match &args.subject {
+        None => eprintln!(
+            "Authorized: the refresh token of `{}` is stored; a running server uses it at its next attempt.",
+            args.profile
+        ),
+        Some(_) => eprintln!(
+            "Authorized: the connection of `{}` for this subject is stored; a running server uses it at its next call.",
+            args.profile
+        ),
+    }
     Ok(())
 }

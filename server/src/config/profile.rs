@@ -58,6 +58,8 @@ pub(super) struct RawProfile {
     timeout: Option<Dur>,
     #[serde(default)]
     warm_up: bool,
+    #[serde(default)]
+    template: bool,
     retry: Option<RawRetry>,
     allow: Option<Vec<String>>,
     idp_requests_per_minute: Option<u32>,
@@ -172,6 +174,13 @@ impl RawProfile {
             None if matches!(client_auth, Some(ClientAuth::Assertion(_))) => Ok(String::new()),
             _ => Err(keys.err("client_id", "is required")),
         });
+        let template_flags = (
+            self.refresh_token.is_some(),
+            self.authorize_url.is_some() && self.redirect_uri.is_some(),
+        );
+        if self.template {
+            found.take(template(&keys, grant, template_flags, self.warm_up));
+        }
         let chain = found.take(chain(
             &keys,
             grant,
@@ -275,6 +284,7 @@ impl RawProfile {
             rejected_token_min_interval: timing.rejected_token_min_interval,
             timeout: timing.timeout,
             warm_up: self.warm_up,
+            template: self.template,
             idle_refresh: timing.idle_refresh,
             retry,
             allow,
@@ -526,6 +536,43 @@ fn chain(
         return Err(keys.err(k, "is only used with `grant: refresh_token`"));
     }
     Ok((refresh_token, authorize))
+}
+
+/// `template: true`: a profile that holds one connection per subject, each its own
+/// refresh-token chain started by a person. Only a refresh-token profile can be one, with
+/// the `authorize` endpoints a person approves at; a seed would be one person's token
+/// for every subject, and warming up has no subject to warm.
+fn template(
+    keys: &Keys<'_>,
+    grant: Grant,
+    (seeded, authorizes): (bool, bool),
+    warm_up: bool,
+) -> Result<(), ConfigError> {
+    if grant != Grant::RefreshToken {
+        return Err(keys.err(
+            "template",
+            "is only offered with `grant: refresh_token`: each connection is a person's refresh token",
+        ));
+    }
+    if !authorizes {
+        return Err(keys.err(
+            "template",
+            "needs `authorize_url` and `redirect_uri`: each connection is started by a person authorizing",
+        ));
+    }
+    if seeded {
+        return Err(keys.err(
+            "refresh_token",
+            "is not used with `template: true`: each connection has its own refresh token",
+        ));
+    }
+    if warm_up {
+        return Err(keys.err(
+            "warm_up",
+            "is not offered with `template: true`: tokens are fetched per subject, when asked for",
+        ));
+    }
+    Ok(())
 }
 
 /// Scopes and extra form fields.

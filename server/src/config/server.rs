@@ -9,9 +9,9 @@ use url::Url;
 use crate::secret::RawSecretSource;
 
 use super::{
-    AdminConfig, AuthConfig, ConfigError, Dur, ForwardAuthConfig, Found, JwksSource, Limits,
-    ServerConfig, ServiceAccountConfig, TlsConfig, ext_authz::RawExtAuthz, nonzero,
-    parse_endpoint_url, store::RawStore,
+    AdminConfig, AdminLogin, AdminOidc, AuthConfig, ConfigError, ConnectionsConfig, Dur,
+    ForwardAuthConfig, Found, JwksSource, Limits, ServerConfig, ServiceAccountConfig, TlsConfig,
+    ext_authz::RawExtAuthz, nonzero, parse_endpoint_url, store::RawStore,
 };
 
 #[derive(Deserialize, Default)]
@@ -35,6 +35,16 @@ pub(super) struct RawServer {
     #[serde(default)]
     ext_authz: RawExtAuthz,
     forward_auth: Option<RawForwardAuth>,
+    #[serde(default)]
+    connections: RawConnections,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    key: Option<RawSecretSource>,
+    max_cached: Option<u64>,
+    idle: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +62,29 @@ struct RawAdmin {
     metrics_token: Option<RawSecretSource>,
     #[serde(default)]
     unauthenticated_metrics: bool,
+    public_url: Option<String>,
+    session_key: Option<RawSecretSource>,
+    #[serde(default)]
+    login: RawLogin,
+    #[serde(default)]
+    admins: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    token: Option<RawSecretSource>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    client_id: String,
+    client_secret: RawSecretSource,
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,9 +146,82 @@ impl RawAdmin {
                 "give `metrics_token` or `unauthenticated_metrics: true`, not both",
             ));
         }
+        let secret = |key: &str, raw: Option<RawSecretSource>| {
+            raw.map(RawSecretSource::into_source)
+                .transpose()
+                .map_err(|e| ConfigError::new(format!("server.admin.{key}"), e.to_string()))
+        };
+        let public_url = self.public_url.map(|text| public_url(&text)).transpose()?;
+        let oidc = self.login.oidc.map(RawOidc::validate).transpose()?;
+        if let Some(admin) = self.admins.iter().find(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "server.admin.admins",
+                format!(
+                    "`{admin}` is not an identity (an e-mail address, a `sub` or a certificate's name)"
+                ),
+            ));
+        }
         Ok(AdminConfig {
             metrics_token,
             unauthenticated_metrics: self.unauthenticated_metrics,
+            public_url,
+            session_key: secret("session_key", self.session_key)?,
+            login: AdminLogin {
+                token: secret("login.token", self.login.token)?,
+                oidc,
+            },
+            admins: self.admins,
+        })
+    }
+}
+
+/// The base browsers reach the admin listener at: http(s), no query, no fragment, kept
+/// without a trailing `/` so that paths join onto it as written.
+fn public_url(text: &str) -> Result<Url, ConfigError> {
+    const KEY: &str = "server.admin.public_url";
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::new(KEY, format!("`{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ConfigError::new(
+            KEY,
+            format!("`{text}` is not an http(s) URL with a host"),
+        ));
+    }
+    if url.scheme() == "http" && !super::is_loopback(&url) {
+        return Err(ConfigError::new(
+            KEY,
+            format!(
+                "`{text}` is plain http off loopback: cookies and codes would cross the network in the clear; use https"
+            ),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(ConfigError::new(
+            KEY,
+            "give a base URL without query, fragment or user",
+        ));
+    }
+    let trimmed = url.as_str().trim_end_matches('/').to_owned();
+    Url::parse(&trimmed).map_err(|e| ConfigError::new(KEY, e.to_string()))
+}
+
+impl RawOidc {
+    fn validate(self) -> Result<AdminOidc, ConfigError> {
+        let key = |k: &str| format!("server.admin.login.oidc.{k}");
+        parse_endpoint_url(&self.issuer)
+            .map_err(|e| ConfigError::new(key("issuer"), e.to_string()))?;
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new(key("client_id"), "must not be empty"));
+        }
+        let client_secret = self
+            .client_secret
+            .into_source()
+            .map_err(|e| ConfigError::new(key("client_secret"), e.to_string()))?;
+        Ok(AdminOidc {
+            issuer: self.issuer,
+            client_id: self.client_id,
+            client_secret,
+            scopes: self.scopes,
         })
     }
 }
@@ -249,6 +355,32 @@ impl RawLimits {
     }
 }
 
+impl RawConnections {
+    fn validate(self) -> Result<ConnectionsConfig, ConfigError> {
+        let defaults = ConnectionsConfig::default();
+        let key = self
+            .key
+            .map(RawSecretSource::into_source)
+            .transpose()
+            .map_err(|e| ConfigError::new("server.connections.key", e.to_string()))?;
+        let max_cached = match self.max_cached {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "server.connections.max_cached",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => defaults.max_cached,
+        };
+        Ok(ConnectionsConfig {
+            key,
+            max_cached,
+            idle: nonzero("server.connections.idle", self.idle, defaults.idle)?,
+        })
+    }
+}
+
 impl RawForwardAuth {
     fn validate(self) -> Result<ForwardAuthConfig, ConfigError> {
         let key = |k: &str| format!("server.forward_auth.{k}");
@@ -331,6 +463,7 @@ impl RawServer {
         let limits = found.take(self.limits.validate());
         let ext_authz = found.take(self.ext_authz.validate());
         let forward_auth = found.take(self.forward_auth.map(RawForwardAuth::validate).transpose());
+        let connections = found.take(self.connections.validate());
         let (
             Some(listen),
             Some(admin_listen),
@@ -342,6 +475,7 @@ impl RawServer {
             Some(limits),
             Some(ext_authz),
             Some(forward_auth),
+            Some(connections),
         ) = (
             listen,
             admin_listen,
@@ -353,6 +487,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            connections,
         )
         else {
             return Err(found.0);
@@ -377,6 +512,7 @@ impl RawServer {
             limits,
             ext_authz,
             forward_auth,
+            connections,
         })
     }
 }

@@ -787,3 +787,49 @@ fn forward_auth_keys_are_checked() {
     );
     assert!(error("    port: 8080\n").contains("port"));
 }
+
+#[test]
+fn a_template_is_a_refresh_token_profile_authorized_per_subject() {
+    let key = "server:\n  state_dir: /tmp/unused\n  connections: { key: { env: TV_CONNECTIONS_KEY }, max_cached: 500, idle: 10m }\n";
+    let template = "profiles:\n  t:\n    token_url: https://x/t\n    grant: refresh_token\n    template: true\n    client_id: a\n    client_secret: { value: s }\n    authorize_url: https://x/auth\n    redirect_uri: https://app/cb\n";
+    let config = Config::from_yaml(&format!("{key}{template}")).unwrap();
+    assert!(config.profiles[0].template);
+    assert_eq!(config.server.connections.max_cached, 500);
+    assert_eq!(config.server.connections.idle, Duration::from_secs(600));
+    // The key names and seals connections: required.
+    assert_eq!(
+        error(&format!("server:\n  state_dir: /tmp/unused\n{template}")).key,
+        "server.connections.key"
+    );
+    let cases = [
+        (
+            template.replace("grant: refresh_token", "grant: client_credentials"),
+            "profiles.t.template",
+        ),
+        (
+            template.replace(
+                "    authorize_url: https://x/auth\n    redirect_uri: https://app/cb\n",
+                "",
+            ),
+            "profiles.t.template",
+        ),
+        (
+            format!("{template}    refresh_token: {{ value: r }}\n"),
+            "profiles.t.refresh_token",
+        ),
+        (
+            format!("{template}    warm_up: true\n"),
+            "profiles.t.warm_up",
+        ),
+    ];
+    for (profile, wanted) in cases {
+        assert_eq!(error(&format!("{key}{profile}")).key, wanted, "{profile}");
+    }
+    assert_eq!(
+        error(&format!(
+            "server:\n  connections: {{ max_cached: 0 }}\n{template}"
+        ))
+        .key,
+        "server.connections.max_cached"
+    );
+}

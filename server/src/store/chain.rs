@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use zeroize::Zeroizing;
 
 use super::{Acks, ProfileStore, StoreError};
-use crate::chain::{Cas, ChainError, ChainStore, Record, Version};
+use crate::chain::{Cas, ChainError, ChainStore, Envelope, OwnedEnvelope, Record, Version};
 
 impl From<StoreError> for ChainError {
     fn from(error: StoreError) -> Self {
@@ -28,6 +28,30 @@ impl ChainStore for ProfileStore {
     type Error = StoreError;
 
     async fn read(&self) -> Result<(Version, Option<Record>), StoreError> {
+        // Boxed: inline, the fetch's future nests deeper than the compiler's layout limit.
+        let (version, found) = Box::pin(self.read_connection()).await?;
+        Ok((version, found.map(|(_, record)| record)))
+    }
+
+    async fn write(&self, from: Version, record: &Record) -> Result<Cas, StoreError> {
+        let plain = match &self.subject {
+            None => serde_json::to_vec(record),
+            Some(subject) => serde_json::to_vec(&Envelope { subject, record }),
+        };
+        let plain = Zeroizing::new(plain.map_err(|_| StoreError::Corrupt {
+            key: self.chain_key.clone(),
+            reason: "cannot encode the chain record".into(),
+        })?);
+        Box::pin(self.write_sealed(from, &plain)).await
+    }
+}
+
+impl ProfileStore {
+    /// The chain record, with its subject if this is a connection's (an empty subject
+    /// for a profile's).
+    pub(crate) async fn read_connection(
+        &self,
+    ) -> Result<(Version, Option<(String, Record)>), StoreError> {
         let result = async {
             let mut redis = self.store.connection().await?;
             let (version, value): (Option<u64>, Option<String>) = redis::cmd("HMGET")
@@ -54,12 +78,19 @@ impl ChainStore for ProfileStore {
                 .open(&self.chain_key, &value)
                 .map_err(|e| corrupt(e.to_string()))?,
         );
-        let record =
-            serde_json::from_slice(&plain).map_err(|_| corrupt("not a chain record".into()))?;
-        Ok((Version(version), Some(record)))
+        let found = if self.subject.is_some() {
+            let envelope: OwnedEnvelope = serde_json::from_slice(&plain)
+                .map_err(|_| corrupt("not a connection record".into()))?;
+            (envelope.subject, envelope.record)
+        } else {
+            let record =
+                serde_json::from_slice(&plain).map_err(|_| corrupt("not a chain record".into()))?;
+            (String::new(), record)
+        };
+        Ok((Version(version), Some(found)))
     }
 
-    async fn write(&self, from: Version, record: &Record) -> Result<Cas, StoreError> {
+    async fn write_sealed(&self, from: Version, plain: &[u8]) -> Result<Cas, StoreError> {
         static WRITE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r"local v = redis.call('HGET', KEYS[1], 'version') or '0'
@@ -68,12 +99,7 @@ impl ChainStore for ProfileStore {
                   return 1",
             )
         });
-        let plain =
-            Zeroizing::new(serde_json::to_vec(record).map_err(|_| StoreError::Corrupt {
-                key: self.chain_key.clone(),
-                reason: "cannot encode the chain record".into(),
-            })?);
-        let sealed = self.store.inner.keys.seal(&self.chain_key, &plain);
+        let sealed = self.store.inner.keys.seal(&self.chain_key, plain);
         if let Some(acks) = self.store.inner.acks {
             let result = self.write_acknowledged(from, &sealed, acks).await;
             return self.store.note(result);

@@ -38,10 +38,13 @@ const context = await browser.newContext({ viewport: { width: 1200, height: 800 
 context.setDefaultTimeout(TIMEOUT_MS);
 const page = await context.newPage();
 
-// The main frame's URLs since the last answer: where redirects went.
+// The URLs the main frame asked for since the last answer, each redirect included (a
+// redirect is a new request; `framenavigated` sees only where the chain ended).
 let history = [];
-page.on('framenavigated', (frame) => {
-  if (frame === page.mainFrame()) history.push(frame.url());
+page.on('request', (request) => {
+  if (request.isNavigationRequest() && request.frame() === page.mainFrame()) {
+    history.push(request.url());
+  }
 });
 page.on('console', (message) => log(`console.${message.type()}: ${message.text()}`));
 
@@ -118,9 +121,25 @@ const commands = {
     await page.locator('#password').fill(password);
     return clickThrough('#sign-in', until);
   },
+  // Types into a field: {selector, value}.
+  async fill({ selector, value }) {
+    await page.locator(selector).fill(value);
+    return {};
+  },
   // Clicks what `selector` names (a button, a link): {selector, until?}.
   async click({ selector, until }) {
     return clickThrough(selector, until);
+  },
+  // A form post from this browser's cookies, not a page: {url, form}. Redirects are not
+  // followed, so the answer says where the server would send the browser.
+  async post({ url, form }) {
+    const response = await context.request.post(url, { form, maxRedirects: 0 });
+    return {
+      url,
+      status: response.status(),
+      location: response.headers().location ?? null,
+      html: await response.text(),
+    };
   },
   // The page as it is now.
   async look() {

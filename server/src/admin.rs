@@ -3,9 +3,12 @@
 //! naming no profile; and the admin web ([`crate::web`]): the page and the hosted
 //! authorization.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{
@@ -15,15 +18,21 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use sha2::{Digest, Sha256};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_stream::StreamExt as _;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::codegen::Service as _;
+use tonic::transport::server::Connected as _;
 
 use crate::{
     cache::TokenCache,
+    config::TlsConfig,
     metrics::Metrics,
     secret::SecretSource,
-    web::{self, Web},
+    tls::{self, ConnectionLimit, Protocol},
+    web::{self, Web, same_secret},
 };
 
 /// Whether the server should get traffic.
@@ -113,21 +122,105 @@ pub(crate) async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
     metrics: Metrics,
-    metrics_token: Option<SecretSource>,
     web: Arc<Web>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 ) {
+    let settings = web.settings().clone();
     let state = AdminState {
         readiness,
         metrics,
-        metrics_token: metrics_token.map(Arc::new),
+        metrics_token: settings.metrics_token.map(Arc::new),
     };
     let app = app(state).merge(web::routes(web));
+    if let Some(files) = settings.tls {
+        // App::build has read these files; read again for the listener's own reloader.
+        match tls::server_config(&files) {
+            Ok(config) => serve_tls(listener, app, files, config, stop, &tasks).await,
+            Err(error) => {
+                tracing::error!(key = %error.key, "{}; the admin listener is not served", error.message);
+            }
+        }
+        return;
+    }
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(%error, "admin endpoint failed");
+    }
+}
+
+/// The most connections the admin listener holds open over TLS, in all and per address:
+/// people and a scraper, not a crowd.
+const TLS_CONNECTIONS: usize = 256;
+const TLS_CONNECTIONS_PER_PEER: usize = 32;
+/// A connection with no request for this long is closed.
+const TLS_IDLE: Duration = Duration::from_secs(120);
+/// How long a client may take to send a request's head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin endpoints over TLS with client certificates (`server.admin.tls`): the same
+/// accept loop as the gRPC and forward-auth ports (handshake limits, reloaded files, the
+/// certificate's identity), each request carrying its connection's [`Peer`], from which
+/// the admin web reads who is looking.
+async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    files: TlsConfig,
+    config: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let reloading = tls::Reloading::start(files, config, stop.clone(), tasks);
+    let limit = ConnectionLimit::new(
+        TLS_CONNECTIONS,
+        TLS_CONNECTIONS_PER_PEER,
+        crate::conn::Rules {
+            idle_timeout: TLS_IDLE,
+            unauthenticated_timeout: None,
+        },
+    );
+    let mut incoming = tls::incoming(
+        listener,
+        Some(reloading),
+        Protocol::Http1,
+        limit,
+        stop.clone(),
+        tasks,
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(true);
+    while let Some(conn) = incoming.next().await {
+        let Ok(conn) = conn else { continue };
+        let peer = conn.connect_info();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            let peer = peer.clone();
+            let mut app = app.clone();
+            async move {
+                // Open until answered: the connection's watchdog leaves it alone.
+                let _call = peer.activity.call();
+                request.extensions_mut().insert(peer.clone());
+                // A router is always ready.
+                app.call(request.map(axum::body::Body::new)).await
+            }
+        });
+        let connection = http.serve_connection(TokioIo::new(conn), service);
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "admin connection ended");
+                    }
+                }
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
     }
 }
 
@@ -195,15 +288,6 @@ fn refusal(token: &SecretSource, headers: &HeaderMap) -> Option<Response> {
         "send the metrics token as `authorization: Bearer <token>`\n",
     );
     Some(answer.into_response())
-}
-
-/// Compares in time that depends on neither value: the digests of both are compared
-/// byte by byte without stopping early, so neither the length nor a common prefix of
-/// the token shows in how long a guess takes to refuse.
-pub(crate) fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
-    let (a, b) = (Sha256::digest(presented), Sha256::digest(expected));
-    let difference = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]

@@ -190,6 +190,8 @@ pub struct AdminConfig {
     pub login: AdminLogin,
     /// The identities that may authorize and revoke; everyone else who logs in reads.
     pub admins: Vec<String>,
+    /// Mutual TLS on the admin listener: a client certificate's identity is the person.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The ways to log in to the admin page; any that is set is offered.

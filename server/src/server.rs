@@ -296,9 +296,9 @@ async fn run(
             listener,
             readiness.clone(),
             metrics.clone(),
-            config.server.admin.metrics_token.clone(),
             web,
             root.child_token(),
+            tasks.clone(),
         ));
     }
 

@@ -36,12 +36,13 @@ use axum::{
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::{
-    admin::same_secret,
     cache::{CacheState, TokenCache},
     config::{AdminConfig, ConfigError, Grant, Profile, ServerConfig},
+    conn::Peer,
     idp::IdpClient,
     store::SharedStore,
 };
@@ -97,12 +98,19 @@ impl Web {
         let settings = server.admin.clone();
         let keys = session_keys(&settings)?;
         let loopback = listen.ip().is_loopback();
-        let login = settings.login.token.is_some() || settings.login.oidc.is_some();
+        let login = logs_in(&settings);
         let base = match &settings.public_url {
             Some(url) => url.clone(),
             // Parsing an address printed as `http://ip:port` does not fail.
-            None => Url::parse(&format!("http://{listen}"))
-                .map_err(|e| ConfigError::new("server.admin.public_url", e.to_string()))?,
+            None => Url::parse(&format!(
+                "{}://{listen}",
+                if settings.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            ))
+            .map_err(|e| ConfigError::new("server.admin.public_url", e.to_string()))?,
         };
         let oidc = settings
             .login
@@ -122,6 +130,11 @@ impl Web {
             oidc,
             settings,
         })
+    }
+
+    /// The admin listener's settings, as the server started with them.
+    pub(crate) fn settings(&self) -> &AdminConfig {
+        &self.settings
     }
 
     /// Cookies are `Secure` when browsers reach the page over https.
@@ -163,6 +176,11 @@ fn session_keys(settings: &AdminConfig) -> Result<Keys, ConfigError> {
     }
 }
 
+/// Whether a login method is configured: a token, an OIDC issuer, or client certificates.
+fn logs_in(settings: &AdminConfig) -> bool {
+    settings.login.token.is_some() || settings.login.oidc.is_some() || settings.tls.is_some()
+}
+
 /// What `App::build` checks of the admin web: the same refusals for `check` and `serve`.
 pub(crate) fn check(
     server: &ServerConfig,
@@ -196,10 +214,20 @@ pub(crate) fn check(
     {
         errors.push(e);
     }
+    if let Some(files) = &settings.tls
+        && let Err(e) = crate::tls::server_config(files)
+    {
+        // The files are named as `server.tls`'s are; here they are the admin listener's.
+        let key = e
+            .key
+            .replace("server.tls.cert", "server.admin.tls.certificate");
+        let key = key.replace("server.tls.", "server.admin.tls.");
+        errors.push(ConfigError::new(key, e.message));
+    }
     let Some(admin) = admin else {
         return;
     };
-    let login = settings.login.token.is_some() || settings.login.oidc.is_some();
+    let login = logs_in(settings);
     let loopback = admin.ip().is_loopback();
     if !loopback && !login && (settings.public_url.is_some() || !settings.admins.is_empty()) {
         errors.push(ConfigError::new(
@@ -309,6 +337,26 @@ struct Session {
     csrf: String,
 }
 
+/// The identity of the connection's verified client certificate, on a TLS admin
+/// listener (its accept loop puts the connection's [`Peer`] on each request).
+pub(crate) struct CertIdentity(Option<Arc<str>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CertIdentity {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<Peer>()
+                .and_then(|peer| peer.identity.clone()),
+        ))
+    }
+}
+
 /// Who is looking, and what they may do.
 pub(crate) struct Viewer {
     /// Shown on the page and in the logs; `None` for an anonymous visitor on loopback.
@@ -332,10 +380,38 @@ pub(crate) enum Denied {
 }
 
 impl Web {
-    /// Who sent the request, from its bearer token or session cookie.
-    fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Denied> {
+    /// Who sent the request, from its client certificate, bearer token or session cookie.
+    fn viewer(&self, headers: &HeaderMap, cert: Option<&str>) -> Result<Viewer, Denied> {
         if !self.served {
             return Err(Denied::NotServed);
+        }
+        // On a TLS admin listener a verified client certificate names the person. A
+        // browser presents it on other sites' posts to this origin too, so forms still
+        // carry a CSRF token, kept in a session cookie bound to that identity.
+        if self.settings.tls.is_some()
+            && let Some(identity) = cert
+        {
+            let session = cookie(headers, SESSION)
+                .and_then(|sealed| self.keys.open::<Session>(SESSION, sealed))
+                .filter(|s| s.m == "tls" && s.id == identity);
+            let (csrf, set_cookie) = match session {
+                Some(session) => (session.csrf, None),
+                None => {
+                    let session = Session {
+                        m: "tls".into(),
+                        id: identity.to_owned(),
+                        csrf: seal::random(24),
+                    };
+                    let set = self.session_cookie(&session);
+                    (session.csrf, Some(set))
+                }
+            };
+            return Ok(Viewer {
+                identity: Some(identity.to_owned()),
+                admin: self.settings.admins.iter().any(|a| a == identity),
+                csrf: Some(csrf),
+                set_cookie,
+            });
         }
         if let Some(presented) = bearer(headers) {
             let Some(source) = &self.settings.login.token else {
@@ -364,6 +440,9 @@ impl Web {
                 "open" => self.open,
                 "token" => self.settings.login.token.is_some(),
                 "oidc" => self.settings.login.oidc.is_some(),
+                // A certificate's session holds only its CSRF token: the certificate
+                // itself must come with every request.
+                "tls" => false,
                 _ => false,
             });
         match session {
@@ -509,8 +588,8 @@ impl Web {
 }
 
 /// `GET /`: every profile's state.
-async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let viewer = match web.viewer(&headers) {
+async fn index(State(web): State<Arc<Web>>, headers: HeaderMap, cert: CertIdentity) -> Response {
+    let viewer = match web.viewer(&headers, cert.0.as_deref()) {
         Ok(viewer) => viewer,
         Err(denied) => return web.refuse(denied, &headers),
     };
@@ -663,6 +742,15 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"))
+}
+
+/// Compares in time that depends on neither value: the digests of both are compared
+/// byte by byte without stopping early, so neither the length nor a common prefix of
+/// the token shows in how long a guess takes to refuse.
+pub(crate) fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(expected));
+    let difference = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 /// A field of a form body (`application/x-www-form-urlencoded`), read whatever the

@@ -832,3 +832,119 @@ fn tokenvend_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+#[tokio::test]
+async fn on_a_tls_admin_listener_a_client_certificate_is_the_person() {
+    use crate::support::security::{ClientCert, Pki};
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut port = 0;
+    let server = Running::start("127.0.0.1:0", |base| {
+        port = Url::parse(base).unwrap().port().unwrap();
+        format!(
+            "server:\n  state_dir: {dir}\n  admin:\n    public_url: https://localhost:{port}\n    session_key: {{ value: {SESSION_KEY} }}\n    admins: [\"spiffe://test/admin\"]\n    tls:\n      certificate: {crt}\n      key: {key}\n      client_ca: {ca}\nprofiles:\n  by-cert:\n    token_url: https://idp.example.com/token\n    grant: refresh_token\n    client_id: a\n    client_secret: {{ value: cert-secret-value-1 }}\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: https://localhost:{port}/oauth/callback\n",
+            dir = dir.path().display(),
+            crt = pki.path("server.crt").display(),
+            key = pki.path("server.key").display(),
+            ca = pki.path("ca.crt").display(),
+        )
+    })
+    .await;
+    let admin_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = |identity: Option<&ClientCert>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .resolve("localhost", admin_addr)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(id) = identity {
+            let pem = format!("{}{}", id.cert, id.key);
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+
+    // No certificate: nothing but the way to log in, and the probes.
+    let anonymous = client(None);
+    let answer = anonymous.get(url("/")).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(!answer.text().await.unwrap().contains("by-cert"));
+    assert_eq!(
+        anonymous.get(url("/livez")).send().await.unwrap().status(),
+        200
+    );
+
+    // An admin's certificate: the page with its button, and the flow starts.
+    let admin = client(Some(&pki.client("spiffe://test/admin")));
+    let page = admin.get(url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let session = page.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = page.text().await.unwrap();
+    assert!(
+        body.contains("Logged in as <strong>spiffe://test/admin</strong> (admin)"),
+        "{body}"
+    );
+    assert!(body.contains("action=\"/authorize/by-cert\""), "{body}");
+    assert!(!body.contains("cert-secret-value-1"));
+    // The certificate alone does not pass a form: the CSRF token must come too.
+    let refused = admin
+        .post(url("/authorize/by-cert"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let started = admin
+        .post(url("/authorize/by-cert"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf(&body))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 303);
+    assert!(
+        started.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("https://idp.example.com/auth?")
+    );
+    // The session cookie without the certificate is nobody.
+    let answer = anonymous
+        .get(url("/"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+
+    // Another certificate from the same CA reads the page, and may not act.
+    let reader = client(Some(&pki.client("spiffe://test/reader")));
+    let page = reader.get(url("/")).send().await.unwrap();
+    let session = page.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = page.text().await.unwrap();
+    assert!(body.contains("(read only)"), "{body}");
+    assert!(!body.contains("action=\"/authorize/by-cert\""), "{body}");
+    let refused = reader
+        .post(url("/authorize/by-cert"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf(&body))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    server.stop().await;
+}

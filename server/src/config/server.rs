@@ -68,6 +68,15 @@ struct RawAdmin {
     login: RawLogin,
     #[serde(default)]
     admins: Vec<String>,
+    tls: Option<RawAdminTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminTls {
+    certificate: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,6 +180,12 @@ impl RawAdmin {
                 oidc,
             },
             admins: self.admins,
+            tls: self.tls.map(|tls| TlsConfig {
+                cert: tls.certificate,
+                key: tls.key,
+                client_ca: Some(tls.client_ca),
+                reload_interval: Duration::from_secs(10),
+            }),
         })
     }
 }

@@ -13,7 +13,9 @@ use axum::{
 use serde::Deserialize;
 use url::Url;
 
-use super::{Web, csrf_ok, flow, form_field, html, html_response, see_other, state_text};
+use super::{
+    CertIdentity, Web, csrf_ok, flow, form_field, html, html_response, see_other, state_text,
+};
 use crate::connections::check_subject;
 
 /// The longest a connect link may live.
@@ -130,8 +132,9 @@ pub(super) async fn list(
     Path(profile): Path<String>,
     Query(query): Query<ListQuery>,
     headers: HeaderMap,
+    cert: CertIdentity,
 ) -> Response {
-    let viewer = match web.viewer(&headers) {
+    let viewer = match web.viewer(&headers, cert.0.as_deref()) {
         Ok(viewer) => viewer,
         Err(denied) => return web.refuse(denied, &headers),
     };
@@ -227,9 +230,10 @@ pub(super) async fn revoke(
     State(web): State<Arc<Web>>,
     Path(profile): Path<String>,
     headers: HeaderMap,
+    cert: CertIdentity,
     form: Bytes,
 ) -> Response {
-    let viewer = match web.viewer(&headers) {
+    let viewer = match web.viewer(&headers, cert.0.as_deref()) {
         Ok(viewer) => viewer,
         Err(denied) => return web.refuse(denied, &headers),
     };

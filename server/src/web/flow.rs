@@ -15,7 +15,9 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{CALLBACK_PATH, Web, cookie, csrf_ok, form_field, html, html_response, see_other};
+use super::{
+    CALLBACK_PATH, CertIdentity, Web, cookie, csrf_ok, form_field, html, html_response, see_other,
+};
 use crate::{
     authorize::{self, AuthorizeError, Request},
     secret::Secret,
@@ -48,9 +50,10 @@ pub(super) async fn start(
     State(web): State<Arc<Web>>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    cert: CertIdentity,
     form: Bytes,
 ) -> Response {
-    let viewer = match web.viewer(&headers) {
+    let viewer = match web.viewer(&headers, cert.0.as_deref()) {
         Ok(viewer) => viewer,
         Err(denied) => return web.refuse(denied, &headers),
     };

@@ -18,10 +18,10 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::{
-    SESSION, Session, Web, cookie, csrf_ok, form_field, html, html_response, seal, see_other,
+    CertIdentity, SESSION, Session, Web, cookie, csrf_ok, form_field, html, html_response,
+    same_secret, seal, see_other,
 };
 use crate::{
-    admin::same_secret,
     auth::jwt::IdTokens,
     config::{AdminOidc, ConfigError},
     idp::discovery::Metadata,
@@ -134,9 +134,10 @@ pub(super) async fn with_token(
 pub(super) async fn logout(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
+    cert: CertIdentity,
     form: Bytes,
 ) -> Response {
-    if let Ok(viewer) = web.viewer(&headers)
+    if let Ok(viewer) = web.viewer(&headers, cert.0.as_deref())
         && !csrf_ok(&viewer, form_field(&form, "csrf").as_deref())
     {
         return html_response(

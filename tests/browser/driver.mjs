@@ -33,8 +33,12 @@ const browser = await chromium.launch({
   args: ['--no-sandbox'],
 });
 // One window for the whole test, so cookies (a provider's login session, tokenvend's
-// admin session) carry from one command to the next, as in a person's browser.
-const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+// admin session) carry from one command to the next, as in a person's browser. Scripts
+// are off: the admin page and every flow must work without JavaScript.
+const context = await browser.newContext({
+  viewport: { width: 1200, height: 800 },
+  javaScriptEnabled: false,
+});
 context.setDefaultTimeout(TIMEOUT_MS);
 const page = await context.newPage();
 

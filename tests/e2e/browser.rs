@@ -24,7 +24,7 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
-use crate::support::Server;
+use crate::support::{Server, eventually, redis::RedisServer};
 
 const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 /// The one account on the provider's login page.
@@ -1039,4 +1039,70 @@ async fn off_loopback_admin_token_login_then_hosted_authorization() {
         ],
     );
     tokenvend.stop().await;
+}
+
+/// Two replicas sharing Redis: a person authorizes on one replica's page, and the other
+/// serves tokens from that authorization and shows it valid on its own page.
+#[tokio::test]
+async fn authorized_on_one_replica_served_by_another_through_redis() {
+    if !installed() {
+        return;
+    }
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let admin_a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", admin_a.local_addr().unwrap());
+    let home = format!("{base}/");
+    let home_b = format!("http://{}/", admin_b.local_addr().unwrap());
+    let provider = Provider::start(&[&format!("{base}/oauth/callback")]);
+    let session_key = "k".repeat(32);
+    // Both replicas send people to the first one's address, as to a balancer's.
+    let yaml = format!(
+        "server:\n  store:\n    redis:\n      url: {url}\n      encryption_keys:\n        - {{ id: k1, key: {{ value: \"{CONNECTIONS_KEY}\" }} }}\n  admin:\n    public_url: {base}\n    session_key: {{ value: \"{session_key}\" }}\nprofiles:\n{ledger}",
+        url = redis.url(),
+        ledger = hosted_profile("ledger", &provider, &base),
+    );
+    let a = Tokenvend::start(admin_a, &yaml).await;
+    let b = Tokenvend::start(admin_b, &yaml).await;
+    let mut browser = Browser::start().await;
+
+    browser.open(&home, &home).await;
+    browser
+        .click(
+            r#"form[action="/authorize/ledger"] button[type="submit"]"#,
+            &provider.interaction(),
+        )
+        .await;
+    browser.sign_in(&provider).await;
+    let landed = browser.click("#approve", &home).await;
+    assert!(
+        landed["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ledger"),
+        "{}",
+        landed["text"]
+    );
+
+    // The other replica finds it in the store at its next attempt, once the backoff
+    // from its earlier failure (no refresh token yet) has passed.
+    let token = eventually(
+        Duration::from_secs(10),
+        "a token from the other replica",
+        || async { b.get("ledger").await.ok() },
+    )
+    .await;
+    let answer = provider.introspect(&token.access_token).await;
+    assert_eq!(answer["active"], true, "{answer}");
+    assert_eq!(answer["sub"], USERNAME, "{answer}");
+    let page_b = until_state(&mut browser, &home_b, "ledger", "valid").await;
+    assert_nothing_secret(
+        &[&landed, &page_b],
+        &[SECRET, &session_key, &token.access_token],
+    );
+    assert_no_token_shaped_text(&[&landed, &page_b]);
+    a.stop().await;
+    b.stop().await;
 }

@@ -8,6 +8,7 @@ mod e2e {
     mod browser;
     mod cache;
     mod client_auth;
+    mod connections;
     mod dev_mode;
     mod ext_authz;
     mod forward_auth;

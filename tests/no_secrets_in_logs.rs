@@ -14,7 +14,10 @@ use tokenvend::{
         AttributeContext, CheckRequest, attribute_context,
         authorization_client::AuthorizationClient,
     },
-    pb::{GetTokenRequest, ListProfilesRequest, WatchTokenRequest},
+    pb::{
+        GetTokenRequest, ListConnectionsRequest, ListProfilesRequest, PutConnectionRequest,
+        RevokeConnectionRequest, WatchTokenRequest,
+    },
 };
 use tokenvend_server::Config;
 
@@ -29,6 +32,11 @@ const API_KEY: &str = "api-key-7f3a9c";
 /// What the client behind Envoy sends in its own `authorization` and cookie.
 const CLIENTS_OWN: &str = "clients-own-credential-9d41e0";
 const SUBJECT_TOKEN: &str = "subject-token-3be1d07c94";
+const CONNECTION_REFRESH_TOKEN: &str = "connection-refresh-token-5e1f";
+/// A connection's subject: the test's listing prints it on purpose (the caller asked),
+/// so it is checked apart from the forbidden secrets, in tokenvend's own lines only.
+const PERSON: &str = "person.9c2@example.org";
+const CONNECTIONS_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
 #[tokio::test]
 async fn nothing_secret_is_logged_at_trace() {
@@ -141,6 +149,7 @@ async fn nothing_secret_is_logged_at_trace() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "post".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -156,6 +165,76 @@ async fn nothing_secret_is_logged_at_trace() {
     // The metrics, too, are a place where nothing secret may show.
     let mut scraped = server.metrics().await.text;
     server.stop().await;
+
+    // Connections: a refresh token imported, refreshed with, listed, revoked at the
+    // provider; a subject that may be personal data, which logs name only by digest.
+    let refreshing = TestIdp::start(Behaviour::AnyRefresh {
+        lifetime: 3600,
+        delay: std::time::Duration::ZERO,
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let connections = Server::start(&format!(
+        "server:\n  state_dir: {}\n  connections: {{ key: {{ value: \"{CONNECTIONS_KEY}\" }} }}\nprofiles:\n{}",
+        state.path().display(),
+        profile(
+            "people",
+            &refreshing,
+            &format!(
+                "    grant: refresh_token\n    template: true\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: https://app.example.com/cb\n    revocation_url: {}\n",
+                refreshing.token_url()
+            ),
+        ),
+    ))
+    .await;
+    let mut client = connections.client.clone();
+    client
+        .put_connection(PutConnectionRequest {
+            profile: "people".into(),
+            subject: PERSON.into(),
+            refresh_token: CONNECTION_REFRESH_TOKEN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let person = GetTokenRequest {
+        profile: "people".into(),
+        subject: PERSON.into(),
+        ..Default::default()
+    };
+    tokens.push(
+        client
+            .get_token(person.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token,
+    );
+    let listed = client
+        .list_connections(ListConnectionsRequest {
+            profile: "people".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tracing::info!(?listed, "a listing as a caller would log it");
+    client
+        .revoke_connection(RevokeConnectionRequest {
+            profile: "people".into(),
+            subject: PERSON.into(),
+        })
+        .await
+        .unwrap();
+    let status = client.get_token(person).await.unwrap_err();
+    tracing::info!(?status, "a revoked connection as a caller would log it");
+    assert!(
+        refreshing
+            .requests()
+            .iter()
+            .any(|r| r.form.get("token").map(String::as_str) == Some(CONNECTION_REFRESH_TOKEN)),
+        "the refresh token was revoked at the provider"
+    );
+    connections.stop().await;
 
     // Caller authentication: a good ServiceAccount token and bad ones of every kind.
     let guarded = Server::start(&format!(
@@ -251,6 +330,8 @@ async fn nothing_secret_is_logged_at_trace() {
     ];
     forbidden.extend(tokens);
     forbidden.push(SUBJECT_TOKEN.to_owned());
+    forbidden.push(CONNECTION_REFRESH_TOKEN.to_owned());
+    forbidden.push(CONNECTIONS_KEY.to_owned());
     // Every line of the client key's base64.
     forbidden.extend(
         tls_key
@@ -310,6 +391,17 @@ async fn nothing_secret_is_logged_at_trace() {
             "{event}: {audit:#?}"
         );
     }
+    // A connection is named in tokenvend's logs by its digest, never by its subject.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("connection revoked") && l.contains("connection=")),
+        "the revocation is logged"
+    );
+    let person: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(PERSON) && !l.contains("a listing as a caller would log it"))
+        .collect();
+    assert!(person.is_empty(), "the subject is logged: {person:#?}");
     for needle in &forbidden {
         let line = logs.lines().find(|l| l.contains(needle.as_str()));
         assert!(line.is_none(), "`{needle}` is in the logs: {line:?}");

@@ -33,6 +33,27 @@ impl pb::token_service_server::TokenService for Bare {
         Err(Status::unimplemented("baseline"))
     }
 
+    async fn list_connections(
+        &self,
+        _: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn revoke_connection(
+        &self,
+        _: Request<pb::RevokeConnectionRequest>,
+    ) -> Result<Response<pb::RevokeConnectionResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn put_connection(
+        &self,
+        _: Request<pb::PutConnectionRequest>,
+    ) -> Result<Response<pb::PutConnectionResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     async fn create_connect_link(
         &self,
         _: Request<pb::CreateConnectLinkRequest>,

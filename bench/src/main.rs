@@ -3,6 +3,7 @@
 //! BENCHMARKS.md). `scripts/bench` builds everything and runs `tokenvend-bench run`.
 
 mod baseline;
+mod connections;
 mod h2load;
 mod idp;
 mod instructions;

@@ -34,6 +34,9 @@ pub(crate) struct Options {
     /// Profiles for the scale figure.
     #[arg(long, default_value_t = 10_000)]
     profiles: usize,
+    /// Connections of a template profile for the connections figure.
+    #[arg(long, default_value_t = 5_000)]
+    connections: usize,
     /// Concurrent cold callers.
     #[arg(long, default_value_t = 10_000)]
     callers: usize,
@@ -74,6 +77,8 @@ pub(crate) enum Part {
     Instructions,
     /// The forward-auth port (HTTP/1.1) against gRPC GetToken, on one server.
     ForwardAuth,
+    /// Memory of a template profile's connections, each holding a token.
+    Connections,
 }
 
 impl Options {
@@ -695,6 +700,19 @@ pub(crate) async fn run(o: Options, server_cpu: Option<usize>) -> Result<(), Str
             o.profiles,
             warm_all.as_secs_f64()
         ));
+    }
+
+    if o.wants(Part::Connections) {
+        let state = dir.join("connections-state");
+        // A fresh state directory: the figure is for connections made in this run.
+        let _ = std::fs::remove_dir_all(&state);
+        let config = write(
+            &dir,
+            "connections.yaml",
+            &crate::connections::config(server_settings(), &state, &url),
+        )?;
+        let mut server = serve(&config, "tokenvend-connections.log")?;
+        rows.extend(crate::connections::measure(&mut server, o.connections).await?);
     }
 
     println!();

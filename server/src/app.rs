@@ -77,6 +77,19 @@ impl App {
         {
             errors.push(ConfigError::new("server.connections.key", e.to_string()));
         }
+        // Checked here as well as at load: a reload keeps the running server's
+        // `server.connections` (restart-only), which may have no key for a new template.
+        if server.connections.key.is_none()
+            && let Some(template) = config.profiles.iter().find(|p| p.template)
+        {
+            errors.push(ConfigError::new(
+                "server.connections.key",
+                format!(
+                    "is required for template profile `{}`, and takes effect only after a restart",
+                    template.name
+                ),
+            ));
+        }
         let mut warnings = config.warnings();
         let forward_auth = forward_auth
             .filter(|_| server.forward_auth.is_some())

@@ -532,6 +532,9 @@ pub struct Authorize {
     pub authorize_url: Url,
     /// The redirect URI registered with the provider.
     pub redirect_uri: Url,
+    /// Where a deleted connection's refresh token is revoked (RFC 7009); else the
+    /// issuer's `revocation_endpoint`, if it has one.
+    pub revocation_url: Option<Url>,
 }
 
 /// When a token is replaced in the background.

@@ -245,15 +245,21 @@ impl ConnectionStore {
         refresh_token: &crate::secret::Secret,
         scope: Option<&str>,
     ) -> Result<(), ConnectionError> {
+        let digest = self.digest(profile, subject);
         if let Where::Shared(store) = &self.inner.where_ {
             // Listed first: a chain is never stored where no listing finds it.
-            store
-                .index_connection(profile, &self.digest(profile, subject))
-                .await?;
+            store.index_connection(profile, &digest).await?;
         }
         self.chain(profile, subject)
             .start(refresh_token, scope)
             .await?;
+        if let Where::Shared(store) = &self.inner.where_ {
+            let keys = store.connection_keys(profile, &digest, subject.into());
+            if let Err(error) = store.restart_connection(profile, &digest, &keys).await {
+                // The chain is stored; other replicas use it at their next refresh.
+                tracing::warn!(profile, connection = %digest, %error, "cannot tell other replicas of a new authorization");
+            }
+        }
         Ok(())
     }
 

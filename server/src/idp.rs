@@ -257,6 +257,32 @@ impl IdpClient {
         result
     }
 
+    /// Revokes a refresh token at `url` (RFC 7009), the client authenticated as for a token
+    /// request: whether the provider answered with success. RFC 7009 has the provider
+    /// answer 200 also for a token it did not know, so success means only that the token
+    /// is no longer valid there.
+    pub(crate) async fn revoke(
+        &self,
+        profile: &Profile,
+        url: &Url,
+        credential: &Credential,
+        token: &Secret,
+    ) -> Result<bool, IdpError> {
+        // The serializer is not `Send`: finished before the request is awaited.
+        let (body, authorization) = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token.expose());
+            form.append_pair("token_type_hint", "refresh_token");
+            let authorization = client_authentication(&mut form, profile, credential);
+            (form.finish(), authorization)
+        };
+        let http = self.client_for(profile, credential)?;
+        let answer = self
+            .post_form(&http, url, profile.timeout, body, authorization)
+            .await?;
+        Ok((200..300).contains(&answer.status))
+    }
+
     /// Sends the request and reads the answer: the token, or the error with the HTTP
     /// status if an answer came.
     async fn exchange(
@@ -521,6 +547,40 @@ impl RawAnswer {
 }
 
 /// The form body and, for `client_secret_basic`, the Authorization header.
+/// The client's authentication, added to `form` or returned as an `Authorization` header.
+fn client_authentication(
+    form: &mut form_urlencoded::Serializer<'_, String>,
+    profile: &Profile,
+    credential: &Credential,
+) -> Option<HeaderValue> {
+    match credential {
+        Credential::None => None,
+        // RFC 8705 §2: the certificate authenticates; `client_id` says whose it is.
+        Credential::Tls(_) => {
+            form.append_pair("client_id", &profile.client_id);
+            None
+        }
+        Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
+        Credential::Post(secret) => {
+            form.append_pair("client_id", &profile.client_id);
+            form.append_pair("client_secret", secret.expose());
+            None
+        }
+        Credential::Assertion(assertion) => {
+            // Empty only for a workload's assertion with no `client_id` configured.
+            if !profile.client_id.is_empty() {
+                form.append_pair("client_id", &profile.client_id);
+            }
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            form.append_pair("client_assertion", assertion.expose());
+            None
+        }
+    }
+}
+
 fn token_request(
     profile: &Profile,
     credential: &Credential,
@@ -561,32 +621,7 @@ fn token_request(
             form.append_pair("code_verifier", code_verifier);
         }
     }
-    let authorization = match credential {
-        Credential::None => None,
-        // RFC 8705 §2: the certificate authenticates; `client_id` says whose it is.
-        Credential::Tls(_) => {
-            form.append_pair("client_id", &profile.client_id);
-            None
-        }
-        Credential::Basic(secret) => Some(basic_authorization(&profile.client_id, secret)),
-        Credential::Post(secret) => {
-            form.append_pair("client_id", &profile.client_id);
-            form.append_pair("client_secret", secret.expose());
-            None
-        }
-        Credential::Assertion(assertion) => {
-            // Empty only for a workload's assertion with no `client_id` configured.
-            if !profile.client_id.is_empty() {
-                form.append_pair("client_id", &profile.client_id);
-            }
-            form.append_pair(
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            );
-            form.append_pair("client_assertion", assertion.expose());
-            None
-        }
-    };
+    let authorization = client_authentication(&mut form, profile, credential);
     // The code exchange repeats nothing of the authorization request but the redirect
     // URI; the other grants carry the profile's request shape.
     if !matches!(grant, Grant::AuthorizationCode { .. }) {

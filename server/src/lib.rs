@@ -22,6 +22,7 @@ pub mod config;
 mod conn;
 mod connections;
 mod credential;
+mod crypto;
 pub mod dev;
 mod error;
 mod ext_authz;

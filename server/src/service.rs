@@ -21,12 +21,16 @@ use crate::{
     auth::{Authenticator, Caller, Peer},
     cache::{CacheResult, CacheState, CachedToken, Hint, Need, Served, Slot, TokenCache, Variant},
     config::{Grant, Limits, Profile},
+    connections::check_subject,
     error::{self, ServeError},
     limit::{HeldGuard, Holdings, RateLimiter},
     metrics::{Metrics, Rpc},
     secret::Secret,
+    source::FetchError,
     web::{LinkError, Web},
 };
+
+mod connections;
 
 /// The gRPC service.
 pub(crate) struct TokenService {
@@ -226,9 +230,11 @@ impl TokenService {
             || !request.resource.is_empty()
             || !request.subject_token.is_empty()
             || !request.subject_token_type.is_empty()
+            || !request.subject.is_empty()
             || slot.profile().grant == Grant::TokenExchange
+            || slot.profile().template
         {
-            slot = variant_slot(&slot, request)?;
+            slot = self.per_call_slot(&slot, request)?;
         }
         let need = Need {
             min_ttl: min_ttl(request.min_ttl)?,
@@ -247,7 +253,9 @@ impl TokenService {
             token,
             result,
             hint,
-        } = Box::pin(within(Some(deadline), slot.token(need))).await?;
+        } = Box::pin(within(Some(deadline), slot.token(need)))
+            .await
+            .inspect_err(|error| self.unconnected(&slot, &request.subject, error))?;
         slot.counters().served(rpc);
         Ok((token.encoded().clone(), token.fingerprint(), result, hint))
     }
@@ -277,12 +285,63 @@ impl TokenService {
     }
 }
 
-/// The slot of the variant a call asks for.
-#[cold]
-#[inline(never)]
-fn variant_slot(slot: &Arc<Slot>, request: &pb::GetTokenRequest) -> Result<Arc<Slot>, ServeError> {
-    let (variant, subject) = variant(slot.profile(), request)?;
-    Ok(slot.variant(variant, subject))
+impl TokenService {
+    /// The slot a call with per-call values asks for: a variant's, or a connection's.
+    #[cold]
+    #[inline(never)]
+    fn per_call_slot(
+        &self,
+        slot: &Arc<Slot>,
+        request: &pb::GetTokenRequest,
+    ) -> Result<Arc<Slot>, ServeError> {
+        let profile = slot.profile();
+        if !profile.template {
+            if !request.subject.is_empty() {
+                return Err(ServeError::InvalidArgument(format!(
+                    "profile `{}` is not a template (`template: true`): `subject` is only for a template profile's connections",
+                    profile.name
+                )));
+            }
+            let (variant, subject) = variant(profile, request)?;
+            return Ok(slot.variant(variant, subject));
+        }
+        // A connection is one person's grant: it takes no per-call values (`variant`
+        // refuses each with its own message).
+        variant(profile, request)?;
+        self.connection_slot(slot, &request.subject)
+    }
+
+    /// The slot of a template profile's connection for `subject`.
+    pub(crate) fn connection_slot(
+        &self,
+        slot: &Arc<Slot>,
+        subject: &str,
+    ) -> Result<Arc<Slot>, ServeError> {
+        if subject.is_empty() {
+            return Err(ServeError::InvalidArgument(format!(
+                "profile `{}` is a template (`template: true`): `subject` is required",
+                slot.profile().name
+            )));
+        }
+        check_subject(subject).map_err(|e| ServeError::InvalidArgument(e.into()))?;
+        self.cache.connection(slot, subject).map_err(|error| {
+            tracing::error!(%error, "cannot make a connection's slot");
+            ServeError::Internal
+        })
+    }
+
+    /// A connection nobody has authorized is not kept in memory: callers asking for
+    /// subjects that do not exist would otherwise push out the ones that do.
+    fn unconnected(&self, slot: &Slot, subject: &str, error: &ServeError) {
+        if let ServeError::Fetch { error, .. } | ServeError::Backoff { error, .. } = error
+            && let FetchError::Reauthorize {
+                connection: true, ..
+            } = **error
+            && !slot.has_had_token()
+        {
+            self.cache.forget_connection(&slot.profile().name, subject);
+        }
+    }
 }
 
 /// The variant of a profile a call asks for, if the profile allows it.
@@ -604,6 +663,27 @@ impl pb::token_service_server::TokenService for TokenService {
         Ok(Response::new(pb::ListProfilesResponse { profiles }))
     }
 
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        self.list_connections_rpc(request).await
+    }
+
+    async fn revoke_connection(
+        &self,
+        request: Request<pb::RevokeConnectionRequest>,
+    ) -> Result<Response<pb::RevokeConnectionResponse>, Status> {
+        self.revoke_connection_rpc(request).await
+    }
+
+    async fn put_connection(
+        &self,
+        request: Request<pb::PutConnectionRequest>,
+    ) -> Result<Response<pb::PutConnectionResponse>, Status> {
+        self.put_connection_rpc(request).await
+    }
+
     async fn create_connect_link(
         &self,
         request: Request<pb::CreateConnectLinkRequest>,
@@ -652,7 +732,15 @@ impl pb::token_service_server::TokenService for TokenService {
         let profile = &request.get_ref().profile;
         let (span, deadline, caller) = self.begin(RPC, &request, profile).await?;
         let first = async {
-            let slot = self.slot(&caller, profile)?;
+            let mut slot = self.slot(&caller, profile)?;
+            if slot.profile().template || !request.get_ref().subject.is_empty() {
+                if !slot.profile().template {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "profile `{profile}` is not a template (`template: true`): `subject` is only for a template profile's connections"
+                    )));
+                }
+                slot = self.connection_slot(&slot, &request.get_ref().subject)?;
+            }
             let held = self.watch(&caller)?;
             // Subscribed before the first token is taken, so no refresh falls in between.
             let updates = slot.subscribe();

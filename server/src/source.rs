@@ -440,6 +440,34 @@ impl TokenSource {
         }
     }
 
+    /// Revokes a refresh token at the provider (RFC 7009): at the profile's
+    /// `revocation_url`, else at its issuer's `revocation_endpoint`. `Ok(false)` if there
+    /// is neither, or the provider did not confirm.
+    pub(crate) async fn revoke(&self, token: &Secret) -> Result<bool, FetchError> {
+        let configured = self
+            .profile
+            .authorize
+            .as_ref()
+            .and_then(|a| a.revocation_url.clone());
+        let url = match (configured, &self.profile.endpoint) {
+            (Some(url), _) => url,
+            (None, Endpoint::Issuer(issuer)) => {
+                match self.metadata(issuer).await?.revocation_endpoint.clone() {
+                    Some(url) => url,
+                    None => return Ok(false),
+                }
+            }
+            (None, Endpoint::TokenUrl(_)) => return Ok(false),
+        };
+        // A client assertion names the token endpoint as its audience, as for a refresh.
+        let token_url = self.token_url().await?;
+        let credential = credential::load(&self.profile, &token_url)?;
+        Ok(self
+            .idp
+            .revoke(&self.profile, &url, &credential, token)
+            .await?)
+    }
+
     /// The token endpoint: configured, or from the issuer's metadata.
     pub(crate) async fn token_url(&self) -> Result<Url, IdpError> {
         match &self.profile.endpoint {

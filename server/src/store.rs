@@ -7,7 +7,7 @@
 //! miss on schedule) comes here, through [`ProfileStore::obtain`] (see [`flight`]).
 //!
 //! Keys, for a profile `p` under the prefix `tv`:
-//! - `tv:p:token` — the current token, sealed ([`crypto`]), expiring with the token;
+//! - `tv:p:token` — the current token, sealed ([`crate::crypto`]), expiring with the token;
 //! - `tv:p:lock` — held by the replica asking the provider: `SET NX PX` with a random
 //!   fencing value, deleted only by a script that checks the value;
 //! - `tv:p:updated` — a channel the holder publishes on once the token is written;
@@ -26,7 +26,6 @@
 
 mod chain;
 mod connections;
-mod crypto;
 mod flight;
 mod primary;
 
@@ -42,7 +41,7 @@ use redis::{AsyncCommands as _, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub(crate) use crypto::{KeyError, Keyring, decode_key};
+pub(crate) use crate::crypto::{KeyError, Keyring, decode_key};
 pub(crate) use flight::{StoreDown, WhenDown};
 use primary::Primary;
 
@@ -130,6 +129,8 @@ struct Inner {
     keys: Keyring,
     /// Whether the last use failed, so that the change is logged once each way.
     down: AtomicBool,
+    /// This server's name on the connections channel, so that it skips its own messages.
+    origin: String,
 }
 
 /// How many replicas must acknowledge a chain write, and how long it waits for them.
@@ -162,6 +163,7 @@ impl SharedStore {
                 prefix: config.key_prefix.clone(),
                 keys,
                 down: AtomicBool::new(false),
+                origin: format!("{:016x}", fastrand::u64(..)),
             }),
         })
     }

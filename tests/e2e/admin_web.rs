@@ -776,6 +776,21 @@ async fn a_signed_connect_link_makes_a_connection_and_an_altered_or_expired_one_
         page.body
     );
 
+    // The connection serves tokens for its subject.
+    let mut client = TokenServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    let token = client
+        .get_token(GetTokenRequest {
+            profile: "tenants".into(),
+            subject: "tenant-42".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    provider.assert_active(&token.access_token, "tv-code").await;
+
     // The admin page lists it, valid once its slot has its first token.
     let mut admin = Browser::default();
     let index = admin.get(&server.url("/")).await;

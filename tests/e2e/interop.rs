@@ -22,13 +22,13 @@ use crate::support::{
     security::{ClientCert, Pki},
 };
 
-pub(crate) const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
+pub(super) const SECRET: &str = "s3cr+t/=:%&?-interop-secret";
 
-pub(crate) struct OidcProvider {
+pub(super) struct OidcProvider {
     child: Child,
-    pub(crate) issuer: String,
+    pub(super) issuer: String,
     token_endpoint: String,
-    pub(crate) authorization_endpoint: String,
+    pub(super) authorization_endpoint: String,
     introspection_endpoint: String,
 }
 
@@ -41,7 +41,7 @@ impl Drop for OidcProvider {
 
 /// Starts `oidc-provider.mjs` with extra environment variables, or returns `None` (the
 /// test skips) when its dependencies are not installed.
-pub(crate) fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> {
+pub(super) fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     if !dir.join("node_modules/oidc-provider").exists() {
         assert!(
@@ -82,7 +82,7 @@ pub(crate) fn start_oidc_provider(env: &[(&str, &str)]) -> Option<OidcProvider> 
 
 impl OidcProvider {
     /// What the provider's introspection endpoint says about a token, asked by `tv-post`.
-    async fn introspect(&self, token: &str) -> Value {
+    pub(super) async fn introspect(&self, token: &str) -> Value {
         let response = reqwest::Client::new()
             .post(&self.introspection_endpoint)
             .form(&[
@@ -98,7 +98,7 @@ impl OidcProvider {
     }
 
     /// Asserts that the provider knows `token` as an active token of `client_id`.
-    pub(crate) async fn assert_active(&self, token: &str, client_id: &str) -> Value {
+    pub(super) async fn assert_active(&self, token: &str, client_id: &str) -> Value {
         let answer = self.introspect(token).await;
         assert_eq!(answer["active"], true, "{answer}");
         assert_eq!(answer["client_id"], client_id, "{answer}");
@@ -238,7 +238,7 @@ async fn private_key_jwt_with_an_es256_key_registered_as_a_jwk() {
     server.stop().await;
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -262,7 +262,7 @@ fn code_profile(provider: &OidcProvider, state_dir: &Path) -> String {
 }
 
 /// The refresh token tokenvend has stored for a profile.
-pub(crate) fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
+pub(super) fn stored_refresh_token(state_dir: &Path, profile: &str) -> String {
     let path = state_dir.join(format!("{profile}.refresh.json"));
     let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     record["refresh_token"].as_str().unwrap().to_owned()

@@ -16,6 +16,7 @@ async fn watch_token_streams_the_current_token_then_each_refresh() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "p".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -78,6 +79,7 @@ async fn shutdown_drains_in_flight_calls_and_ends_watch_streams() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "watched".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -63,6 +63,7 @@ async fn edits_to_the_config_file_take_effect_and_a_broken_file_is_refused() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "changed".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

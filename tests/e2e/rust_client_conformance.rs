@@ -98,6 +98,27 @@ impl TokenService for Forward {
             .await
     }
 
+    async fn list_connections(
+        &self,
+        _: Request<tokenvend::pb::ListConnectionsRequest>,
+    ) -> Result<Response<tokenvend::pb::ListConnectionsResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
+    async fn revoke_connection(
+        &self,
+        _: Request<tokenvend::pb::RevokeConnectionRequest>,
+    ) -> Result<Response<tokenvend::pb::RevokeConnectionResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
+    async fn put_connection(
+        &self,
+        _: Request<tokenvend::pb::PutConnectionRequest>,
+    ) -> Result<Response<tokenvend::pb::PutConnectionResponse>, Status> {
+        Err(Status::unimplemented("not forwarded"))
+    }
+
     async fn create_connect_link(
         &self,
         request: Request<tokenvend::pb::CreateConnectLinkRequest>,

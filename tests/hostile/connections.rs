@@ -140,6 +140,7 @@ async fn a_connection_that_never_authenticates_is_closed_early() {
         .watch_token(with_bearer(
             WatchTokenRequest {
                 profile: "demo".into(),
+                ..Default::default()
             },
             &issuer.token("orders", "api"),
         ))

@@ -54,6 +54,7 @@ async fn a_request_over_max_request_bytes_is_resource_exhausted() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "y".repeat(200),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -70,6 +71,7 @@ async fn watch_streams_end_unavailable_on_shutdown() {
         .clone()
         .watch_token(WatchTokenRequest {
             profile: "demo".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -26,6 +26,7 @@ async fn watch_streams_are_capped_per_caller_and_released_when_closed() {
             .clone()
             .watch_token(WatchTokenRequest {
                 profile: "demo".into(),
+                ..Default::default()
             })
             .await
     };

@@ -9,6 +9,12 @@ use tokenvend_server::Config;
 /// redirect from the authorization URL, carrying cookies (a provider's login and consent
 /// steps, automatic in the test providers), to tokenvend's loopback redirect listener.
 pub async fn authorize(yaml: &str, profile: &str) {
+    authorize_for(yaml, profile, None).await;
+}
+
+/// [`authorize`] for the connection `subject` of a template profile
+/// (`tokenvend authorize --subject`).
+pub async fn authorize_for(yaml: &str, profile: &str, subject: Option<&str>) {
     let config = Config::from_yaml(yaml).unwrap();
     let redirect_uri = config.profiles[0]
         .authorize
@@ -62,9 +68,10 @@ pub async fn authorize(yaml: &str, profile: &str) {
         }
         panic!("too many redirects, at {url}");
     });
-    tokenvend_server::authorize::run(
+    tokenvend_server::authorize::run_for(
         &config,
         profile,
+        subject,
         move |url| {
             let _ = url_tx.send(url.clone());
         },

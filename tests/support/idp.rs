@@ -46,6 +46,9 @@ pub enum Behaviour {
     /// as soon as the request arrives, then `tok-N` and `rt-N` are issued after `delay`.
     /// Any other refresh token is refused with `invalid_grant`.
     Rotate { lifetime: u64, delay: Duration },
+    /// The refresh-token grant with any refresh token, not rotating: `tok-N` after
+    /// `delay`. A revocation (RFC 7009: a `token` and no `grant_type`) is answered 200.
+    AnyRefresh { lifetime: u64, delay: Duration },
     /// Copy the request (headers first, then the form body, as received) into the
     /// answer, as careless or hostile providers do.
     Echo(EchoInto),
@@ -219,6 +222,27 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Byt
                 "token_type": "bearer",
                 "expires_in": lifetime,
                 "scope": form.get("scope"),
+            }))
+            .into_response()
+        }
+        Behaviour::AnyRefresh { lifetime, delay } => {
+            if client(&headers, &form) != Some((CLIENT_ID.into(), CLIENT_SECRET.into())) {
+                return error(401, "invalid_client");
+            }
+            if form.contains_key("token") && !form.contains_key("grant_type") {
+                return Json(json!({})).into_response();
+            }
+            if form.get("grant_type").map(String::as_str) != Some("refresh_token")
+                || !form.contains_key("refresh_token")
+            {
+                return error(400, "unsupported_grant_type");
+            }
+            tokio::time::sleep(delay).await;
+            let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            Json(json!({
+                "access_token": format!("tok-{n}"),
+                "token_type": "bearer",
+                "expires_in": lifetime,
             }))
             .into_response()
         }

@@ -595,6 +595,7 @@ impl TokenClient {
         loop {
             let request = WatchTokenRequest {
                 profile: profile.to_owned(),
+                ..Default::default()
             };
             let opened = tokio::time::timeout(
                 self.inner.timeout,

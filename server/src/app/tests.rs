@@ -395,3 +395,30 @@ fn forward_auth_is_restart_only() {
     );
     assert_eq!(new.forward_auth, None);
 }
+
+#[test]
+fn a_template_added_by_a_reload_needs_the_connections_key_the_server_started_with() {
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let template = "  t:\n    token_url: https://idp.example.com/token\n    grant: refresh_token\n    template: true\n    client_id: a\n    client_secret: { value: s }\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: https://app.example.com/cb\n";
+    let running = Config::from_yaml(&format!("server:\n  state_dir: /a\n{}", profile_yaml("")))
+        .unwrap()
+        .server;
+    let mut new = Config::from_yaml(&format!(
+        "server:\n  state_dir: /a\n  connections: {{ key: {{ value: \"{key}\" }} }}\n{}{template}",
+        profile_yaml("")
+    ))
+    .unwrap();
+    assert!(App::build(new.clone(), LOOPBACK.parse().unwrap(), None, None).is_ok());
+    assert_eq!(
+        keep_restart_only(&mut new.server, &running),
+        ["server.connections"]
+    );
+    let refused = App::build(new, LOOPBACK.parse().unwrap(), None, None).unwrap_err();
+    assert_eq!(refused.first().key, "server.connections.key");
+    // A key that is not 32 bytes of base64 is refused by `check` as by `serve`.
+    let short = format!(
+        "server:\n  state_dir: /a\n  connections: {{ key: {{ value: c2hvcnQ= }} }}\n{}{template}",
+        profile_yaml("")
+    );
+    assert_eq!(error(&short).key, "server.connections.key");
+}

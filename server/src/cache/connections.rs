@@ -207,6 +207,7 @@ impl TokenCache {
         profile: &str,
         subject: &str,
         refresh_token: Secret,
+        scope: Option<String>,
         replace: bool,
     ) -> Result<(), ConnectionError> {
         self.template(profile)?;
@@ -214,8 +215,32 @@ impl TokenCache {
         if !replace && self.connection_store()?.exists(profile, subject).await? {
             return Err(ConnectionError::Exists(profile.to_owned()));
         }
-        self.authorized(profile, Some(subject), refresh_token, None)
+        self.authorized(profile, Some(subject), refresh_token, scope)
             .await
+    }
+
+    /// The name of a connection in the store and in logs (a keyed digest, never the
+    /// subject); empty without a connections key.
+    pub(crate) fn connection_digest(&self, profile: &str, subject: &str) -> String {
+        self.connections
+            .as_ref()
+            .map(|store| store.digest(profile, subject))
+            .unwrap_or_default()
+    }
+
+    /// Revokes a refresh token at the profile's provider (RFC 7009), best effort: whether
+    /// the provider confirmed it. Failures are logged, without the token.
+    pub(crate) async fn revoke_at_provider(&self, profile: &str, token: &Secret) -> bool {
+        let Some(slot) = self.slot(profile) else {
+            return false;
+        };
+        match slot.source.revoke(token).await {
+            Ok(revoked) => revoked,
+            Err(error) => {
+                tracing::warn!(profile, %error, "cannot revoke the refresh token at the provider; it is deleted here");
+                false
+            }
+        }
     }
 
     /// Deletes a connection: its chain leaves the store, every replica drops its slot
@@ -261,6 +286,8 @@ impl TokenCache {
 
     /// Every connection of a template profile with its status, for the admin page and
     /// notices: from memory for the connections there, from the store for the others.
+    // The admin page and the notices call it; they merge after this.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn connection_statuses(
         &self,
         profile: &str,
@@ -367,5 +394,63 @@ fn stored_status(stored: &StoredConnection) -> SlotStatus {
         // stored with the connection.
         needs_authorization: stored.refused,
         failing_since: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, idp::IdpClient, metrics::Metrics, state::StateDir};
+
+    #[tokio::test]
+    async fn authorized_connections_are_listed_by_subject_and_plain_profiles_refuse_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
+        // The provider is never reached (port 9 on loopback): only storage is under test.
+        let config = Config::from_yaml(&format!(
+            "server:\n  state_dir: {}\n  connections: {{ key: {{ value: \"{key}\" }} }}\nprofiles:\n  t:\n    token_url: http://127.0.0.1:9/token\n    grant: refresh_token\n    template: true\n    client_id: a\n    client_secret: {{ value: s }}\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: https://app.example.com/cb\n  c:\n    token_url: http://127.0.0.1:9/token\n    client_id: a\n    client_secret: {{ value: s }}\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let cache = TokenCache::with_store(
+            &config.profiles,
+            IdpClient::new(std::time::Duration::from_secs(1)).unwrap(),
+            Some(&state),
+            Metrics::new(&crate::metrics::Export::default()).unwrap(),
+            None,
+        )
+        .with_connections(ConnectionStore::new(&config.server, None).unwrap());
+        for subject in ["tenant-1", "tenant-2"] {
+            cache
+                .authorized("t", Some(subject), Secret::new("rt"), None)
+                .await
+                .unwrap();
+        }
+        let mut statuses = cache.connection_statuses("t").await.unwrap();
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
+        let subjects: Vec<_> = statuses.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(subjects, ["tenant-1", "tenant-2"]);
+        assert!(statuses.iter().all(|(_, s)| s.expires_at.is_none()));
+
+        let refused =
+            |r: Result<(), ConnectionError>| matches!(r, Err(ConnectionError::Invalid(_)));
+        assert!(refused(
+            cache.authorized("t", None, Secret::new("rt"), None).await
+        ));
+        assert!(refused(
+            cache.authorized("c", None, Secret::new("rt"), None).await
+        ));
+        assert!(refused(
+            cache
+                .authorized("t", Some("bad\u{7}subject"), Secret::new("rt"), None)
+                .await
+        ));
+        assert!(matches!(
+            cache
+                .authorized("nope", None, Secret::new("rt"), None)
+                .await,
+            Err(ConnectionError::NoProfile(_))
+        ));
     }
 }

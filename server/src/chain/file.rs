@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Cas, ChainStore, Envelope, OwnedEnvelope, Record, Version};
-use crate::{bounded, store::Keyring};
+use crate::{bounded, crypto::Keyring};
 
 /// Why a record in `state_dir` cannot be used. Never carries the record's content.
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,7 @@ pub(super) struct RawProfile {
     refresh_token: Option<RawSecretSource>,
     authorize_url: Option<String>,
     redirect_uri: Option<String>,
+    revocation_url: Option<String>,
     idle_refresh: Option<Dur>,
     #[serde(default)]
     scopes: Vec<String>,
@@ -185,8 +186,7 @@ impl RawProfile {
             &keys,
             grant,
             self.refresh_token,
-            self.authorize_url,
-            self.redirect_uri,
+            (self.authorize_url, self.redirect_uri, self.revocation_url),
         ));
         let shape = found.take(request_shape(&keys, &self.scopes, &self.params));
         let per_call = found.take(per_call(
@@ -510,12 +510,17 @@ fn chain(
     keys: &Keys<'_>,
     grant: Grant,
     refresh_token: Option<RawSecretSource>,
-    authorize_url: Option<String>,
-    redirect_uri: Option<String>,
+    (authorize_url, redirect_uri, revocation_url): (Option<String>, Option<String>, Option<String>),
 ) -> Result<(Option<SecretSource>, Option<Box<Authorize>>), ConfigError> {
     let refresh_token = refresh_token
         .map(|raw| secret_source(raw, &keys.key("refresh_token")))
         .transpose()?;
+    if revocation_url.is_some() && authorize_url.is_none() {
+        return Err(keys.err(
+            "revocation_url",
+            "is only used with `authorize_url`: it revokes the refresh tokens people authorized",
+        ));
+    }
     let authorize = match (authorize_url, redirect_uri) {
         (None, None) => None,
         (Some(url), Some(redirect)) => Some(Box::new(Authorize {
@@ -523,6 +528,11 @@ fn chain(
                 .map_err(|e| keys.err("authorize_url", format!("`{url}` is not a URL: {e}")))?,
             redirect_uri: Url::parse(&redirect)
                 .map_err(|e| keys.err("redirect_uri", format!("`{redirect}` is not a URL: {e}")))?,
+            revocation_url: revocation_url
+                .map(|url| {
+                    parse_endpoint_url(&url).map_err(|e| keys.err("revocation_url", e.to_string()))
+                })
+                .transpose()?,
         })),
         (Some(_), None) => return Err(keys.err("redirect_uri", "is required with `authorize_url`")),
         (None, Some(_)) => return Err(keys.err("authorize_url", "is required with `redirect_uri`")),

@@ -19,6 +19,8 @@ pub(crate) struct Metadata {
     pub token_endpoint: Url,
     /// The authorization endpoint, if the issuer has one.
     pub authorization_endpoint: Option<Url>,
+    /// The token revocation endpoint (RFC 7009), if the issuer has one.
+    pub revocation_endpoint: Option<Url>,
 }
 
 const WELL_KNOWN: [&str; 2] = [
@@ -93,6 +95,9 @@ fn parse(body: &[u8], expected_issuer: &str) -> Result<Metadata, IdpError> {
         token_endpoint: endpoint("token_endpoint")?
             .ok_or_else(|| malformed("no `token_endpoint`".into()))?,
         authorization_endpoint: endpoint("authorization_endpoint")?,
+        // Only used to revoke a deleted connection's token, best effort: a bad one must
+        // not keep the token endpoint from being used.
+        revocation_endpoint: endpoint("revocation_endpoint").ok().flatten(),
     })
 }
 

@@ -1,11 +1,12 @@
 //! The connections of template profiles in the shared store: the index that lists them,
-//! their removal, and the channel on which a revocation reaches every replica.
+//! their removal, and the channel on which a revocation (or a new authorization) reaches
+//! every replica.
 //!
 //! The index `tv:p:connections` is a sorted set of digests, all with score 0, so that
 //! `ZRANGE … BYLEX` pages through it in digest order with the last digest as the cursor:
 //! no scan of the whole keyspace, and a page costs the same at 10 or 100,000 connections.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,34 @@ impl SharedStore {
                 .arg(self.index_key(profile))
                 .arg(0)
                 .arg(digest)
+                .exec_async(&mut redis)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// After a connection's chain was started anew: deletes the token shared from the
+    /// chain it replaces, and tells every replica to drop its slot (as for a revocation),
+    /// so that none serves a token of the old chain.
+    pub(crate) async fn restart_connection(
+        &self,
+        profile: &str,
+        digest: &str,
+        keys: &ProfileStore,
+    ) -> Result<(), StoreError> {
+        let result = async {
+            let mut redis = self.connection().await?;
+            redis::pipe()
+                .atomic()
+                .cmd("DEL")
+                .arg(&keys.token_key)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(self.revoked_channel())
+                .arg(format!("{profile} {digest} {}", self.inner.origin))
+                .ignore()
                 .exec_async(&mut redis)
                 .await?;
             Ok(())
@@ -92,7 +121,7 @@ impl SharedStore {
                 .ignore()
                 .cmd("PUBLISH")
                 .arg(self.revoked_channel())
-                .arg(format!("{profile} {digest}"))
+                .arg(format!("{profile} {digest} {}", self.inner.origin))
                 .ignore()
                 .query_async(&mut redis)
                 .await?;
@@ -103,7 +132,8 @@ impl SharedStore {
     }
 
     /// Until `stop`: calls `revoked(profile, digest)` for each connection another replica
-    /// revokes, and `lost()` whenever the subscription was down (revocations may have been
+    /// revokes or authorizes anew (this server's own messages are skipped: it has acted
+    /// already), and `lost()` whenever the subscription was down (revocations may have been
     /// missed then, so whatever the replica holds must be checked again).
     pub(crate) async fn watch_revocations(
         &self,
@@ -143,7 +173,11 @@ impl SharedStore {
                         let Ok(text) = message.get_payload::<String>() else {
                             continue;
                         };
-                        if let Some((profile, digest)) = text.split_once(' ') {
+                        let mut parts = text.split(' ');
+                        if let (Some(profile), Some(digest), origin) =
+                            (parts.next(), parts.next(), parts.next())
+                            && origin != Some(self.inner.origin.as_str())
+                        {
                             revoked(profile, digest);
                         }
                     }
@@ -160,12 +194,5 @@ impl SharedStore {
                 }
             }
         }
-    }
-}
-
-impl ProfileStore {
-    /// The subject this connection handle was made for.
-    pub(crate) fn subject(&self) -> Option<&Arc<str>> {
-        self.subject.as_ref()
     }
 }

@@ -1,4 +1,7 @@
-//! Values at rest in the shared store are sealed with AES-256-GCM: `v1:<key id>:<base64 of
+//! Sealing values at rest: tokens and chains in the shared store, and connection records
+//! in `state_dir`.
+//!
+//! Values are sealed with AES-256-GCM: `v1:<key id>:<base64 of
 //! nonce ‖ ciphertext>`. The first configured key seals; every configured key opens, so a
 //! key can be rotated by putting the new one first and dropping the old one once every
 //! value it sealed has expired or been rewritten.

@@ -15,7 +15,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokenvend::pb::{CreateConnectLinkRequest, Token, token_service_client::TokenServiceClient};
+use tokenvend::pb::{
+    CreateConnectLinkRequest, GetTokenRequest, Token, token_service_client::TokenServiceClient,
+};
 use tokenvend_server::Listeners;
 use tokio::{
     net::TcpListener,
@@ -427,6 +429,19 @@ impl Tokenvend {
 
     async fn get(&self, profile: &str) -> Result<Token, tonic::Status> {
         crate::support::get(&mut self.client.clone(), profile).await
+    }
+
+    /// GetToken for a template profile's connection.
+    async fn get_for(&self, profile: &str, subject: &str) -> Result<Token, tonic::Status> {
+        self.client
+            .clone()
+            .get_token(GetTokenRequest {
+                profile: profile.to_owned(),
+                subject: subject.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// A connect link for a template profile's subject, as a product asks for one.
@@ -848,8 +863,9 @@ fn assert_no_token_shaped_text(pages: &[&Value]) {
 /// A connection, as a product's user makes one: the product asks tokenvend for a signed
 /// link (CreateConnectLink), the user opens it in a browser without any admin login,
 /// signs in at the provider and approves, and lands on a page that says they are
-/// connected. The admin page then lists the connections under their template profile,
-/// and revokes one with its button. Screenshots of the list go to the docs (`TOKENVEND_SCREENSHOTS=docs/images`).
+/// connected; GetToken with that subject then serves a token of theirs. The admin page
+/// lists the connections under their template profile, and revokes one with its button,
+/// after which its subject gets no token. Screenshots of the list go to the docs (`TOKENVEND_SCREENSHOTS=docs/images`).
 #[tokio::test]
 async fn connect_link_in_chromium_makes_a_connection_listed_on_the_admin_page() {
     if !installed() {
@@ -893,6 +909,29 @@ async fn connect_link_in_chromium_makes_a_connection_listed_on_the_admin_page() 
         );
         seen.push(page);
     }
+
+    // Each subject's token is the one its person authorized, and a subject nobody
+    // authorized has none.
+    let mut tokens = Vec::new();
+    for subject in ["customer-42", "customer-7", "tenant-acme"] {
+        let token = tokenvend
+            .get_for("customers", subject)
+            .await
+            .unwrap_or_else(|status| panic!("{subject}: {status:?}"));
+        let answer = provider.introspect(&token.access_token).await;
+        assert_eq!(answer["active"], true, "{subject}: {answer}");
+        assert_eq!(answer["sub"], USERNAME, "{subject}: {answer}");
+        assert!(
+            !tokens.contains(&token.access_token),
+            "{subject}: its own token"
+        );
+        tokens.push(token.access_token);
+    }
+    let none = tokenvend
+        .get_for("customers", "customer-nobody")
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition, "{none:?}");
 
     // The admin, on the page (open on loopback), follows the template's link.
     browser.run(json!({"do": "forget"})).await;
@@ -946,9 +985,20 @@ async fn connect_link_in_chromium_makes_a_connection_listed_on_the_admin_page() 
         "{}",
         revoked["text"]
     );
+    let gone = tokenvend
+        .get_for("customers", "tenant-acme")
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "{gone:?}");
+    tokenvend
+        .get_for("customers", "customer-42")
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}"));
     seen.extend([page, list, revoked]);
     let seen: Vec<&Value> = seen.iter().collect();
-    assert_nothing_secret(&seen, &[SECRET, &session_key, CONNECTIONS_KEY]);
+    let mut secrets = vec![SECRET, &session_key, CONNECTIONS_KEY];
+    secrets.extend(tokens.iter().map(String::as_str));
+    assert_nothing_secret(&seen, &secrets);
     assert_no_token_shaped_text(&seen);
     tokenvend.stop().await;
 }

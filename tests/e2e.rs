@@ -5,6 +5,7 @@ mod support;
 
 mod e2e {
     mod admin_web;
+    mod browser;
     mod cache;
     mod client_auth;
     mod connections;

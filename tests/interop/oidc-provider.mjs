@@ -14,6 +14,10 @@
 //                (self_signed_tls_client_auth, the certificate in TV_SELF_SIGNED_CERT).
 //                Start node with NODE_EXTRA_CA_CERTS naming the server's CA, so that
 //                the discovery fetch below trusts it.
+//   TV_INTERACTIVE=1  a person signs in and consents on real pages (see below) instead of
+//                the automatic interaction, for the browser tests (tests/browser).
+//   TV_CODE_REDIRECT_URIS  extra redirect URIs of `tv-code`, space-separated (tokenvend's
+//                admin listener's `/oauth/callback` on the port a test picked).
 //   TV_ADMIN_WEB  when set, `tv-code` may also redirect to tokenvend's admin page
 //                (http://127.0.0.1:<any port>/oauth/callback), and client `tv-admin`
 //                (client_secret_basic, redirect http://127.0.0.1:<any port>/login/callback)
@@ -37,6 +41,9 @@ const CODE_CLIENT = 'tv-code';
 // The one end user; the interaction handler below logs them in and consents
 // on their behalf without any page.
 const ACCOUNT_ID = 'interop-user';
+// Its password on the interactive login page (TV_INTERACTIVE).
+const PASSWORD = 'interop-password';
+const interactive = process.env.TV_INTERACTIVE === '1';
 
 function log(...args) {
   process.stderr.write(`[oidc-provider] ${args.join(' ')}\n`);
@@ -89,7 +96,10 @@ const clients = [
     // (RFC 8252 §7.3; oidc-provider ignores the port for these), so the Rust
     // test picks a free one for tokenvend's redirect listener.
     application_type: 'native',
-    redirect_uris: ['http://127.0.0.1/cb'],
+    redirect_uris: [
+      'http://127.0.0.1/cb',
+      ...(process.env.TV_CODE_REDIRECT_URIS ?? '').split(' ').filter(Boolean),
+    ],
     scope: `openid offline_access ${SCOPE}`,
   },
 ];
@@ -227,9 +237,106 @@ async function interaction(req, res) {
   await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
 }
 
+// Real pages for a real browser (TV_INTERACTIVE): a login form that checks the password,
+// then a consent page listing what the client asks for, with Approve and Deny buttons.
+// oidc-provider's own devInteractions pages would do, but they accept any password and
+// load a web font from the internet, which a test machine may not reach.
+function escape(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function page(res, status, title, body) {
+  res.writeHead(status, {
+    'content-type': 'text/html; charset=utf-8',
+    'cache-control': 'no-store',
+  });
+  res.end(`<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>${escape(title)} - interop provider</title>
+<style>body{font-family:sans-serif;max-width:28em;margin:3em auto}
+label,input,button{display:block;margin:.4em 0}input{width:100%}</style></head>
+<body><h1>${escape(title)}</h1>${body}</body></html>`);
+}
+
+// A form body of at most 4 KiB.
+async function formBody(req) {
+  let body = '';
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 4096) throw new Error('form body too large');
+  }
+  return new URLSearchParams(body);
+}
+
+async function interactivePage(req, res, uid, action) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) throw new Error('interaction does not match the cookie');
+  const { params, prompt, grantId } = details;
+  const loginForm = (error) => page(res, error ? 401 : 200, 'Sign in', `
+<p>Sign in to continue to <strong>${escape(params.client_id)}</strong>.</p>
+${error ? `<p id="login-error" role="alert">${escape(error)}</p>` : ''}
+<form method="post" action="/interaction/${escape(uid)}/login">
+<label for="username">Username</label><input id="username" name="username" autocomplete="username" required>
+<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
+<button id="sign-in" type="submit">Sign in</button>
+</form>`);
+
+  if (action === undefined && prompt.name === 'login') return loginForm();
+  if (action === undefined && prompt.name === 'consent') {
+    const scopes = (params.scope ?? '').split(' ').filter(Boolean);
+    return page(res, 200, 'Allow access', `
+<p><strong>${escape(params.client_id)}</strong> asks for access to your account
+<strong>${escape(details.session?.accountId ?? '')}</strong>:</p>
+<ul id="scopes">${scopes.map((scope) => `<li>${escape(scope)}</li>`).join('')}</ul>
+<form method="post" action="/interaction/${escape(uid)}/consent"><button id="approve" type="submit">Approve</button></form>
+<form method="post" action="/interaction/${escape(uid)}/abort"><button id="deny" type="submit">Deny</button></form>`);
+  }
+  if (action === 'login' && prompt.name === 'login') {
+    const form = await formBody(req);
+    if (form.get('username') !== ACCOUNT_ID || form.get('password') !== PASSWORD) {
+      log(`interaction login: wrong username or password for ${params.client_id}`);
+      return loginForm('Wrong username or password.');
+    }
+    log(`interaction login: ${params.client_id} as ${ACCOUNT_ID}`);
+    return provider.interactionFinished(req, res, { login: { accountId: ACCOUNT_ID } }, {
+      mergeWithLastSubmission: false,
+    });
+  }
+  if (action === 'consent' && prompt.name === 'consent') {
+    const grant = grantId
+      ? await provider.Grant.find(grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+    if (params.scope) grant.addOIDCScope(params.scope);
+    for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    log(`interaction consent: ${params.client_id}, scope "${params.scope ?? ''}"`);
+    return provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, {
+      mergeWithLastSubmission: true,
+    });
+  }
+  if (action === 'abort') {
+    log(`interaction denied: ${params.client_id}`);
+    return provider.interactionFinished(req, res, {
+      error: 'access_denied',
+      error_description: 'the person denied access',
+    }, { mergeWithLastSubmission: false });
+  }
+  return page(res, 400, 'Unexpected step', `<p>This page does not fit step ${escape(prompt.name)}.</p>`);
+}
+
 const callback = provider.callback();
 server.on('request', (req, res) => {
-  if (req.method === 'GET' && /^\/interaction\/[^/?]+(\?|$)/.test(req.url)) {
+  const step = interactive
+    && /^\/interaction\/([^/?]+)(?:\/(login|consent|abort))?(?:\?|$)/.exec(req.url);
+  if (step && (req.method === 'POST') === (step[2] !== undefined)) {
+    interactivePage(req, res, step[1], step[2]).catch((err) => {
+      log('interaction failed:', err?.stack ?? err);
+      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`interaction failed: ${err?.message ?? err}\n`);
+    });
+    return;
+  }
+  if (!interactive && req.method === 'GET' && /^\/interaction\/[^/?]+(\?|$)/.test(req.url)) {
     interaction(req, res).catch((err) => {
       log('interaction failed:', err?.stack ?? err);
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });

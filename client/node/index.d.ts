@@ -74,7 +74,9 @@ export type CacheState =
   | 'CACHE_STATE_EMPTY'
   | 'CACHE_STATE_VALID'
   | 'CACHE_STATE_STALE'
-  | 'CACHE_STATE_FAILED';
+  | 'CACHE_STATE_FAILED'
+  /** No valid token, and only a person can fix it: authorize the profile again. */
+  | 'CACHE_STATE_NEEDS_AUTHORIZATION';
 
 export interface ProfileInfo {
   name: string;

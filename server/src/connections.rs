@@ -341,14 +341,6 @@ impl ConnectionStore {
         };
         Ok(if removed { token } else { None })
     }
-
-    /// The shared store, if connections are kept there.
-    pub(crate) fn shared(&self) -> Option<&SharedStore> {
-        match &self.inner.where_ {
-            Where::Shared(store) => Some(store),
-            Where::Dir(_) => None,
-        }
-    }
 }
 
 /// Digests of the connection records in a profile's directory, sorted, after `after`.

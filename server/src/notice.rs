@@ -356,7 +356,6 @@ fn new_id() -> String {
     format!("ntc_{hex}")
 }
 
-
 /// Why the signing secret cannot be used. Never includes the secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum KeyError {

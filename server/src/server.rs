@@ -194,7 +194,15 @@ async fn run(
     );
     cache.follow_revocations();
     let web = admin_addr
-        .map(|addr| Web::new(&config.server, addr, cache.clone(), idp.clone(), store.clone()))
+        .map(|addr| {
+            Web::new(
+                &config.server,
+                addr,
+                cache.clone(),
+                idp.clone(),
+                store.clone(),
+            )
+        })
         .transpose()
         .map_err(|e| ServerError::Config(vec![e].into()))?
         .map(Arc::new);

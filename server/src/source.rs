@@ -53,7 +53,9 @@ fn reauthorize_message(profile: &str, reason: &str, connection: bool) -> String 
     if connection {
         format!("{reason}: authorize it")
     } else {
-        format!("{reason}; re-authorization is needed: run `tokenvend authorize {profile}`")
+        format!(
+            "{reason}; re-authorization is needed: use Authorize on the admin page, or run `tokenvend authorize {profile}`"
+        )
     }
 }
 

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub(crate) use crate::crypto::{KeyError, Keyring, decode_key};
+pub(crate) use connections::PROFILE_ITSELF;
 pub(crate) use flight::{StoreDown, WhenDown};
 use primary::Primary;
 
@@ -207,15 +208,7 @@ impl SharedStore {
         let key = format!("{}:web:claimed:{name}", self.inner.prefix);
         let attempt = async {
             let mut redis = self.connection().await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async(&mut redis)
-                .await?;
-            Ok(set.is_some())
+            set_if_absent(&mut redis, &key, "1", ttl).await
         };
         self.note(attempt.await)
     }
@@ -409,15 +402,7 @@ impl ProfileStore {
         let fence: String = fence.iter().map(|b| format!("{b:02x}")).collect();
         let result = async {
             let mut redis = self.store.connection().await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&self.lock_key)
-                .arg(&fence)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async(&mut redis)
-                .await?;
-            Ok(set.is_some())
+            set_if_absent(&mut redis, &self.lock_key, &fence, ttl).await
         }
         .await;
         Ok(self.store.note(result)?.then_some(fence))
@@ -466,4 +451,22 @@ impl ProfileStore {
         .await;
         self.store.note(result)
     }
+}
+
+/// `SET key value NX PX ttl`: whether this call set it (no one held the key).
+async fn set_if_absent(
+    redis: &mut ConnectionManager,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+) -> Result<bool, StoreError> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(redis)
+        .await?;
+    Ok(set.is_some())
 }

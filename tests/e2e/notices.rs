@@ -369,3 +369,60 @@ async fn a_reload_turns_notices_on_and_points_them_elsewhere() {
     assert_eq!(first.received().len(), 1);
     server.stop().await;
 }
+
+/// A connection of a template profile whose refresh token the provider refuses is
+/// announced like a profile, named `profile/subject`, once.
+#[tokio::test]
+async fn a_refused_connection_is_announced_with_its_subject() {
+    const CONNECTIONS_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let receiver = Receiver::start().await;
+    let idp = TestIdp::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&format!(
+        "server:\n  state_dir: {}\n  connections: {{ key: {{ value: \"{CONNECTIONS_KEY}\" }} }}\n{}profiles:\n{}",
+        dir.path().display(),
+        notices(&receiver, "1h"),
+        profile(
+            "users",
+            &idp,
+            "    grant: refresh_token\n    template: true\n    authorize_url: https://idp.example.com/auth\n    redirect_uri: https://app.example.com/cb\n    retry: { initial: 100ms, max: 200ms }\n",
+        ),
+    ))
+    .await;
+    let mut client = server.client.clone();
+    client
+        .put_connection(tokenvend::pb::PutConnectionRequest {
+            profile: "users".into(),
+            subject: "customer-42".into(),
+            refresh_token: REFUSED_SEED.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The connection fetches its first token at once, and is refused.
+    let got = receiver
+        .wait_for("needs_reauthorization", 1, Duration::from_secs(15))
+        .await;
+    check_notice(&got[0]);
+    let body = got[0].json();
+    assert_eq!(body["subject"], "users/customer-42");
+    assert_eq!(body["data"]["profile"], "users");
+    assert_eq!(body["data"]["subject"], "customer-42");
+    assert_eq!(body["data"]["state"], "needs_authorization");
+    let refused = client
+        .get_token(tokenvend::pb::GetTokenRequest {
+            profile: "users".into(),
+            subject: "customer-42".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 1, "one notice per episode");
+    server.stop().await;
+}

@@ -39,6 +39,10 @@ const (
 	CacheState_CACHE_STATE_STALE CacheState = 3
 	// No valid token is cached and the last attempt to obtain one failed.
 	CacheState_CACHE_STATE_FAILED CacheState = 4
+	// No valid token is cached, and only a person can fix it: there is no refresh token
+	// yet, or the provider refused the stored one. Authorize the profile again. Clients
+	// that predate this value see it as an unknown enum value.
+	CacheState_CACHE_STATE_NEEDS_AUTHORIZATION CacheState = 5
 )
 
 // Enum value maps for CacheState.
@@ -49,13 +53,15 @@ var (
 		2: "CACHE_STATE_VALID",
 		3: "CACHE_STATE_STALE",
 		4: "CACHE_STATE_FAILED",
+		5: "CACHE_STATE_NEEDS_AUTHORIZATION",
 	}
 	CacheState_value = map[string]int32{
-		"CACHE_STATE_UNSPECIFIED": 0,
-		"CACHE_STATE_EMPTY":       1,
-		"CACHE_STATE_VALID":       2,
-		"CACHE_STATE_STALE":       3,
-		"CACHE_STATE_FAILED":      4,
+		"CACHE_STATE_UNSPECIFIED":         0,
+		"CACHE_STATE_EMPTY":               1,
+		"CACHE_STATE_VALID":               2,
+		"CACHE_STATE_STALE":               3,
+		"CACHE_STATE_FAILED":              4,
+		"CACHE_STATE_NEEDS_AUTHORIZATION": 5,
 	}
 )
 
@@ -84,6 +90,124 @@ func (x CacheState) Number() protoreflect.EnumNumber {
 // Deprecated: Use CacheState.Descriptor instead.
 func (CacheState) EnumDescriptor() ([]byte, []int) {
 	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{0}
+}
+
+type CreateConnectLinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. A template profile (`template: true`).
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Required. The connection's subject: 1-256 bytes, no control characters.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Optional. How long the link works; 15 minutes when 0, at most 24 hours.
+	TtlSeconds    uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectLinkRequest) Reset() {
+	*x = CreateConnectLinkRequest{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectLinkRequest) ProtoMessage() {}
+
+func (x *CreateConnectLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectLinkRequest.ProtoReflect.Descriptor instead.
+func (*CreateConnectLinkRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CreateConnectLinkRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *CreateConnectLinkRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CreateConnectLinkRequest) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type CreateConnectLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link, under `server.admin.public_url`. Whoever holds it may authorize the
+	// connection until it expires: hand it only to that connection's user.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// When the link stops working.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectLinkResponse) Reset() {
+	*x = CreateConnectLinkResponse{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectLinkResponse) ProtoMessage() {}
+
+func (x *CreateConnectLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectLinkResponse.ProtoReflect.Descriptor instead.
+func (*CreateConnectLinkResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateConnectLinkResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateConnectLinkResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
 }
 
 type GetTokenRequest struct {
@@ -115,13 +239,18 @@ type GetTokenRequest struct {
 	// The type of `subject_token`, a URN of RFC 8693 §3; empty means
 	// `urn:ietf:params:oauth:token-type:access_token`.
 	SubjectTokenType string `protobuf:"bytes,14,opt,name=subject_token_type,json=subjectTokenType,proto3" json:"subject_token_type,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// For a template profile (`template: true`), required there and refused elsewhere with
+	// INVALID_ARGUMENT: the subject (tenant, customer, user id) whose connection's token is
+	// wanted. 1-256 bytes of printable text. A subject nobody has authorized gets
+	// FAILED_PRECONDITION. Each subject's token is its own: never served for another.
+	Subject       string `protobuf:"bytes,15,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetTokenRequest) Reset() {
 	*x = GetTokenRequest{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[0]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +262,7 @@ func (x *GetTokenRequest) String() string {
 func (*GetTokenRequest) ProtoMessage() {}
 
 func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[0]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +275,7 @@ func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{0}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetTokenRequest) GetProfile() string {
@@ -205,6 +334,13 @@ func (x *GetTokenRequest) GetSubjectTokenType() string {
 	return ""
 }
 
+func (x *GetTokenRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 type Token struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The access token itself.
@@ -227,7 +363,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[1]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +375,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[1]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +388,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{1}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Token) GetAccessToken() string {
@@ -305,7 +441,7 @@ type ListProfilesRequest struct {
 
 func (x *ListProfilesRequest) Reset() {
 	*x = ListProfilesRequest{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[2]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +453,7 @@ func (x *ListProfilesRequest) String() string {
 func (*ListProfilesRequest) ProtoMessage() {}
 
 func (x *ListProfilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[2]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +466,7 @@ func (x *ListProfilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProfilesRequest.ProtoReflect.Descriptor instead.
 func (*ListProfilesRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{2}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{4}
 }
 
 type ListProfilesResponse struct {
@@ -342,7 +478,7 @@ type ListProfilesResponse struct {
 
 func (x *ListProfilesResponse) Reset() {
 	*x = ListProfilesResponse{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[3]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +490,7 @@ func (x *ListProfilesResponse) String() string {
 func (*ListProfilesResponse) ProtoMessage() {}
 
 func (x *ListProfilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[3]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +503,7 @@ func (x *ListProfilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProfilesResponse.ProtoReflect.Descriptor instead.
 func (*ListProfilesResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{3}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListProfilesResponse) GetProfiles() []*ProfileInfo {
@@ -400,7 +536,7 @@ type ProfileInfo struct {
 
 func (x *ProfileInfo) Reset() {
 	*x = ProfileInfo{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[4]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +548,7 @@ func (x *ProfileInfo) String() string {
 func (*ProfileInfo) ProtoMessage() {}
 
 func (x *ProfileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[4]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +561,7 @@ func (x *ProfileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProfileInfo.ProtoReflect.Descriptor instead.
 func (*ProfileInfo) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{4}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProfileInfo) GetName() string {
@@ -487,14 +623,17 @@ func (x *ProfileInfo) GetLastError() string {
 type WatchTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required. The name of a configured profile.
-	Profile       string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// For a template profile: the subject whose connection's token is watched, as in
+	// GetTokenRequest.
+	Subject       string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchTokenRequest) Reset() {
 	*x = WatchTokenRequest{}
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[5]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +645,7 @@ func (x *WatchTokenRequest) String() string {
 func (*WatchTokenRequest) ProtoMessage() {}
 
 func (x *WatchTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[5]
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +658,7 @@ func (x *WatchTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTokenRequest.ProtoReflect.Descriptor instead.
 func (*WatchTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{5}
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchTokenRequest) GetProfile() string {
@@ -529,11 +668,460 @@ func (x *WatchTokenRequest) GetProfile() string {
 	return ""
 }
 
+func (x *WatchTokenRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+type ListConnectionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. A template profile.
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// The most connections to return; 0 means 100, and more than 1000 is taken as 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Empty for the first page, else the `next_page_token` of the previous one.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectionsRequest) Reset() {
+	*x = ListConnectionsRequest{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectionsRequest) ProtoMessage() {}
+
+func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListConnectionsRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *ListConnectionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConnectionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListConnectionsResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Connections []*ConnectionInfo      `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	// Where the next page starts; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectionsResponse) Reset() {
+	*x = ListConnectionsResponse{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectionsResponse) ProtoMessage() {}
+
+func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListConnectionsResponse) GetConnections() []*ConnectionInfo {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *ListConnectionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// One connection and how its cache stands. Never holds a token.
+type ConnectionInfo struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// EMPTY when no token of it is cached on the replica that answered.
+	CacheState CacheState `protobuf:"varint,2,opt,name=cache_state,json=cacheState,proto3,enum=tokenvend.v1.CacheState" json:"cache_state,omitempty"`
+	// When a person authorized it (or it was imported); unset if unknown.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When its refresh token was last stored (authorized or rotated).
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// When the cached token expires; unset when there is none.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// When the last token was obtained; unset before the first.
+	LastRefresh *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_refresh,json=lastRefresh,proto3" json:"last_refresh,omitempty"`
+	// Why the last attempt to obtain a token failed; empty after a success.
+	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionInfo) Reset() {
+	*x = ConnectionInfo{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionInfo) ProtoMessage() {}
+
+func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionInfo.ProtoReflect.Descriptor instead.
+func (*ConnectionInfo) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ConnectionInfo) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *ConnectionInfo) GetCacheState() CacheState {
+	if x != nil {
+		return x.CacheState
+	}
+	return CacheState_CACHE_STATE_UNSPECIFIED
+}
+
+func (x *ConnectionInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ConnectionInfo) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *ConnectionInfo) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *ConnectionInfo) GetLastRefresh() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRefresh
+	}
+	return nil
+}
+
+func (x *ConnectionInfo) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type RevokeConnectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. A template profile.
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Required. The subject whose connection is deleted.
+	Subject       string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConnectionRequest) Reset() {
+	*x = RevokeConnectionRequest{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConnectionRequest) ProtoMessage() {}
+
+func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConnectionRequest.ProtoReflect.Descriptor instead.
+func (*RevokeConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeConnectionRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *RevokeConnectionRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+type RevokeConnectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the provider confirmed the revocation of the refresh token (RFC 7009). False
+	// when it has no revocation endpoint or did not answer: the token is deleted here
+	// either way.
+	RevokedAtProvider bool `protobuf:"varint,1,opt,name=revoked_at_provider,json=revokedAtProvider,proto3" json:"revoked_at_provider,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevokeConnectionResponse) Reset() {
+	*x = RevokeConnectionResponse{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConnectionResponse) ProtoMessage() {}
+
+func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConnectionResponse.ProtoReflect.Descriptor instead.
+func (*RevokeConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RevokeConnectionResponse) GetRevokedAtProvider() bool {
+	if x != nil {
+		return x.RevokedAtProvider
+	}
+	return false
+}
+
+type PutConnectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. A template profile.
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Required. The subject, 1-256 bytes of printable text.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Required. The refresh token to start the connection's chain with.
+	RefreshToken string `protobuf:"bytes,3,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// Overwrite a connection the subject already has.
+	Replace bool `protobuf:"varint,4,opt,name=replace,proto3" json:"replace,omitempty"`
+	// The scope granted with the refresh token, if known: refreshes ask for exactly it.
+	Scope         string `protobuf:"bytes,5,opt,name=scope,proto3" json:"scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutConnectionRequest) Reset() {
+	*x = PutConnectionRequest{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutConnectionRequest) ProtoMessage() {}
+
+func (x *PutConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutConnectionRequest.ProtoReflect.Descriptor instead.
+func (*PutConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PutConnectionRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *PutConnectionRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *PutConnectionRequest) GetRefreshToken() string {
+	if x != nil {
+		return x.RefreshToken
+	}
+	return ""
+}
+
+func (x *PutConnectionRequest) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
+func (x *PutConnectionRequest) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+type PutConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutConnectionResponse) Reset() {
+	*x = PutConnectionResponse{}
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutConnectionResponse) ProtoMessage() {}
+
+func (x *PutConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_tokenvend_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutConnectionResponse.ProtoReflect.Descriptor instead.
+func (*PutConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_tokenvend_proto_rawDescGZIP(), []int{14}
+}
+
 var File_tokenvend_v1_tokenvend_proto protoreflect.FileDescriptor
 
 const file_tokenvend_v1_tokenvend_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x1ctokenvend/v1/tokenvend.proto\x12\ftokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n" +
+	"\x18CreateConnectLinkRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\rR\n" +
+	"ttlSeconds\"h\n" +
+	"\x19CreateConnectLinkResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xc3\x02\n" +
 	"\x0fGetTokenRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x122\n" +
 	"\amin_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06minTtl\x12%\n" +
@@ -543,7 +1131,8 @@ const file_tokenvend_v1_tokenvend_proto_rawDesc = "" +
 	"\baudience\x18\v \x01(\tR\baudience\x12\x1a\n" +
 	"\bresource\x18\f \x01(\tR\bresource\x12#\n" +
 	"\rsubject_token\x18\r \x01(\tR\fsubjectToken\x12,\n" +
-	"\x12subject_token_type\x18\x0e \x01(\tR\x10subjectTokenType\"\xae\x02\n" +
+	"\x12subject_token_type\x18\x0e \x01(\tR\x10subjectTokenType\x12\x18\n" +
+	"\asubject\x18\x0f \x01(\tR\asubject\"\xae\x02\n" +
 	"\x05Token\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -570,21 +1159,60 @@ const file_tokenvend_v1_tokenvend_proto_rawDesc = "" +
 	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12=\n" +
 	"\flast_refresh\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastRefresh\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\b \x01(\tR\tlastError\"-\n" +
+	"last_error\x18\b \x01(\tR\tlastError\"G\n" +
 	"\x11WatchTokenRequest\x12\x18\n" +
-	"\aprofile\x18\x01 \x01(\tR\aprofile*\x86\x01\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\"n\n" +
+	"\x16ListConnectionsRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x81\x01\n" +
+	"\x17ListConnectionsResponse\x12>\n" +
+	"\vconnections\x18\x01 \x03(\v2\x1c.tokenvend.v1.ConnectionInfoR\vconnections\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf4\x02\n" +
+	"\x0eConnectionInfo\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x129\n" +
+	"\vcache_state\x18\x02 \x01(\x0e2\x18.tokenvend.v1.CacheStateR\n" +
+	"cacheState\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12=\n" +
+	"\flast_refresh\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vlastRefresh\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\"M\n" +
+	"\x17RevokeConnectionRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\"J\n" +
+	"\x18RevokeConnectionResponse\x12.\n" +
+	"\x13revoked_at_provider\x18\x01 \x01(\bR\x11revokedAtProvider\"\x9f\x01\n" +
+	"\x14PutConnectionRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12#\n" +
+	"\rrefresh_token\x18\x03 \x01(\tR\frefreshToken\x12\x18\n" +
+	"\areplace\x18\x04 \x01(\bR\areplace\x12\x14\n" +
+	"\x05scope\x18\x05 \x01(\tR\x05scope\"\x17\n" +
+	"\x15PutConnectionResponse*\xab\x01\n" +
 	"\n" +
 	"CacheState\x12\x1b\n" +
 	"\x17CACHE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CACHE_STATE_EMPTY\x10\x01\x12\x15\n" +
 	"\x11CACHE_STATE_VALID\x10\x02\x12\x15\n" +
 	"\x11CACHE_STATE_STALE\x10\x03\x12\x16\n" +
-	"\x12CACHE_STATE_FAILED\x10\x042\xeb\x01\n" +
+	"\x12CACHE_STATE_FAILED\x10\x04\x12#\n" +
+	"\x1fCACHE_STATE_NEEDS_AUTHORIZATION\x10\x052\xee\x04\n" +
 	"\fTokenService\x12>\n" +
 	"\bGetToken\x12\x1d.tokenvend.v1.GetTokenRequest\x1a\x13.tokenvend.v1.Token\x12U\n" +
 	"\fListProfiles\x12!.tokenvend.v1.ListProfilesRequest\x1a\".tokenvend.v1.ListProfilesResponse\x12D\n" +
 	"\n" +
-	"WatchToken\x12\x1f.tokenvend.v1.WatchTokenRequest\x1a\x13.tokenvend.v1.Token0\x01Bd\n" +
+	"WatchToken\x12\x1f.tokenvend.v1.WatchTokenRequest\x1a\x13.tokenvend.v1.Token0\x01\x12d\n" +
+	"\x11CreateConnectLink\x12&.tokenvend.v1.CreateConnectLinkRequest\x1a'.tokenvend.v1.CreateConnectLinkResponse\x12^\n" +
+	"\x0fListConnections\x12$.tokenvend.v1.ListConnectionsRequest\x1a%.tokenvend.v1.ListConnectionsResponse\x12a\n" +
+	"\x10RevokeConnection\x12%.tokenvend.v1.RevokeConnectionRequest\x1a&.tokenvend.v1.RevokeConnectionResponse\x12X\n" +
+	"\rPutConnection\x12\".tokenvend.v1.PutConnectionRequest\x1a#.tokenvend.v1.PutConnectionResponseBd\n" +
 	"\x0fio.tokenvend.v1P\x01Z@github.com/tokenvend/tokenvend/client/go/tokenvendpb;tokenvendpb\xaa\x02\fTokenvend.V1b\x06proto3"
 
 var (
@@ -600,38 +1228,62 @@ func file_tokenvend_v1_tokenvend_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvend_v1_tokenvend_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenvend_v1_tokenvend_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tokenvend_v1_tokenvend_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tokenvend_v1_tokenvend_proto_goTypes = []any{
-	(CacheState)(0),               // 0: tokenvend.v1.CacheState
-	(*GetTokenRequest)(nil),       // 1: tokenvend.v1.GetTokenRequest
-	(*Token)(nil),                 // 2: tokenvend.v1.Token
-	(*ListProfilesRequest)(nil),   // 3: tokenvend.v1.ListProfilesRequest
-	(*ListProfilesResponse)(nil),  // 4: tokenvend.v1.ListProfilesResponse
-	(*ProfileInfo)(nil),           // 5: tokenvend.v1.ProfileInfo
-	(*WatchTokenRequest)(nil),     // 6: tokenvend.v1.WatchTokenRequest
-	nil,                           // 7: tokenvend.v1.Token.HeadersEntry
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(CacheState)(0),                   // 0: tokenvend.v1.CacheState
+	(*CreateConnectLinkRequest)(nil),  // 1: tokenvend.v1.CreateConnectLinkRequest
+	(*CreateConnectLinkResponse)(nil), // 2: tokenvend.v1.CreateConnectLinkResponse
+	(*GetTokenRequest)(nil),           // 3: tokenvend.v1.GetTokenRequest
+	(*Token)(nil),                     // 4: tokenvend.v1.Token
+	(*ListProfilesRequest)(nil),       // 5: tokenvend.v1.ListProfilesRequest
+	(*ListProfilesResponse)(nil),      // 6: tokenvend.v1.ListProfilesResponse
+	(*ProfileInfo)(nil),               // 7: tokenvend.v1.ProfileInfo
+	(*WatchTokenRequest)(nil),         // 8: tokenvend.v1.WatchTokenRequest
+	(*ListConnectionsRequest)(nil),    // 9: tokenvend.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),   // 10: tokenvend.v1.ListConnectionsResponse
+	(*ConnectionInfo)(nil),            // 11: tokenvend.v1.ConnectionInfo
+	(*RevokeConnectionRequest)(nil),   // 12: tokenvend.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),  // 13: tokenvend.v1.RevokeConnectionResponse
+	(*PutConnectionRequest)(nil),      // 14: tokenvend.v1.PutConnectionRequest
+	(*PutConnectionResponse)(nil),     // 15: tokenvend.v1.PutConnectionResponse
+	nil,                               // 16: tokenvend.v1.Token.HeadersEntry
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 18: google.protobuf.Duration
 }
 var file_tokenvend_v1_tokenvend_proto_depIdxs = []int32{
-	8,  // 0: tokenvend.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
-	9,  // 1: tokenvend.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	7,  // 2: tokenvend.v1.Token.headers:type_name -> tokenvend.v1.Token.HeadersEntry
-	5,  // 3: tokenvend.v1.ListProfilesResponse.profiles:type_name -> tokenvend.v1.ProfileInfo
-	0,  // 4: tokenvend.v1.ProfileInfo.cache_state:type_name -> tokenvend.v1.CacheState
-	9,  // 5: tokenvend.v1.ProfileInfo.expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: tokenvend.v1.ProfileInfo.last_refresh:type_name -> google.protobuf.Timestamp
-	1,  // 7: tokenvend.v1.TokenService.GetToken:input_type -> tokenvend.v1.GetTokenRequest
-	3,  // 8: tokenvend.v1.TokenService.ListProfiles:input_type -> tokenvend.v1.ListProfilesRequest
-	6,  // 9: tokenvend.v1.TokenService.WatchToken:input_type -> tokenvend.v1.WatchTokenRequest
-	2,  // 10: tokenvend.v1.TokenService.GetToken:output_type -> tokenvend.v1.Token
-	4,  // 11: tokenvend.v1.TokenService.ListProfiles:output_type -> tokenvend.v1.ListProfilesResponse
-	2,  // 12: tokenvend.v1.TokenService.WatchToken:output_type -> tokenvend.v1.Token
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	17, // 0: tokenvend.v1.CreateConnectLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 1: tokenvend.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
+	17, // 2: tokenvend.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 3: tokenvend.v1.Token.headers:type_name -> tokenvend.v1.Token.HeadersEntry
+	7,  // 4: tokenvend.v1.ListProfilesResponse.profiles:type_name -> tokenvend.v1.ProfileInfo
+	0,  // 5: tokenvend.v1.ProfileInfo.cache_state:type_name -> tokenvend.v1.CacheState
+	17, // 6: tokenvend.v1.ProfileInfo.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 7: tokenvend.v1.ProfileInfo.last_refresh:type_name -> google.protobuf.Timestamp
+	11, // 8: tokenvend.v1.ListConnectionsResponse.connections:type_name -> tokenvend.v1.ConnectionInfo
+	0,  // 9: tokenvend.v1.ConnectionInfo.cache_state:type_name -> tokenvend.v1.CacheState
+	17, // 10: tokenvend.v1.ConnectionInfo.created_at:type_name -> google.protobuf.Timestamp
+	17, // 11: tokenvend.v1.ConnectionInfo.updated_at:type_name -> google.protobuf.Timestamp
+	17, // 12: tokenvend.v1.ConnectionInfo.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 13: tokenvend.v1.ConnectionInfo.last_refresh:type_name -> google.protobuf.Timestamp
+	3,  // 14: tokenvend.v1.TokenService.GetToken:input_type -> tokenvend.v1.GetTokenRequest
+	5,  // 15: tokenvend.v1.TokenService.ListProfiles:input_type -> tokenvend.v1.ListProfilesRequest
+	8,  // 16: tokenvend.v1.TokenService.WatchToken:input_type -> tokenvend.v1.WatchTokenRequest
+	1,  // 17: tokenvend.v1.TokenService.CreateConnectLink:input_type -> tokenvend.v1.CreateConnectLinkRequest
+	9,  // 18: tokenvend.v1.TokenService.ListConnections:input_type -> tokenvend.v1.ListConnectionsRequest
+	12, // 19: tokenvend.v1.TokenService.RevokeConnection:input_type -> tokenvend.v1.RevokeConnectionRequest
+	14, // 20: tokenvend.v1.TokenService.PutConnection:input_type -> tokenvend.v1.PutConnectionRequest
+	4,  // 21: tokenvend.v1.TokenService.GetToken:output_type -> tokenvend.v1.Token
+	6,  // 22: tokenvend.v1.TokenService.ListProfiles:output_type -> tokenvend.v1.ListProfilesResponse
+	4,  // 23: tokenvend.v1.TokenService.WatchToken:output_type -> tokenvend.v1.Token
+	2,  // 24: tokenvend.v1.TokenService.CreateConnectLink:output_type -> tokenvend.v1.CreateConnectLinkResponse
+	10, // 25: tokenvend.v1.TokenService.ListConnections:output_type -> tokenvend.v1.ListConnectionsResponse
+	13, // 26: tokenvend.v1.TokenService.RevokeConnection:output_type -> tokenvend.v1.RevokeConnectionResponse
+	15, // 27: tokenvend.v1.TokenService.PutConnection:output_type -> tokenvend.v1.PutConnectionResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tokenvend_v1_tokenvend_proto_init() }
@@ -645,7 +1297,7 @@ func file_tokenvend_v1_tokenvend_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvend_v1_tokenvend_proto_rawDesc), len(file_tokenvend_v1_tokenvend_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

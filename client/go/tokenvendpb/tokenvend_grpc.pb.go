@@ -23,9 +23,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenService_GetToken_FullMethodName     = "/tokenvend.v1.TokenService/GetToken"
-	TokenService_ListProfiles_FullMethodName = "/tokenvend.v1.TokenService/ListProfiles"
-	TokenService_WatchToken_FullMethodName   = "/tokenvend.v1.TokenService/WatchToken"
+	TokenService_GetToken_FullMethodName          = "/tokenvend.v1.TokenService/GetToken"
+	TokenService_ListProfiles_FullMethodName      = "/tokenvend.v1.TokenService/ListProfiles"
+	TokenService_WatchToken_FullMethodName        = "/tokenvend.v1.TokenService/WatchToken"
+	TokenService_CreateConnectLink_FullMethodName = "/tokenvend.v1.TokenService/CreateConnectLink"
+	TokenService_ListConnections_FullMethodName   = "/tokenvend.v1.TokenService/ListConnections"
+	TokenService_RevokeConnection_FullMethodName  = "/tokenvend.v1.TokenService/RevokeConnection"
+	TokenService_PutConnection_FullMethodName     = "/tokenvend.v1.TokenService/PutConnection"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -58,6 +62,24 @@ type TokenServiceClient interface {
 	// client can hold a local copy without a round trip per use. The stream stays open until
 	// the client cancels it or the server shuts down.
 	WatchToken(ctx context.Context, in *WatchTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Token], error)
+	// Makes a signed, expiring link to the admin listener that lets whoever opens it
+	// authorize the connection `subject` of a template profile in a browser, without an
+	// admin login: the product hands it to its user. Allowed to callers in the profile's
+	// `allow`, like GetToken. FAILED_PRECONDITION when the profile is not a template
+	// authorized through the admin listener, or when `server.admin.public_url` or
+	// `server.admin.session_key` is not configured.
+	CreateConnectLink(ctx context.Context, in *CreateConnectLinkRequest, opts ...grpc.CallOption) (*CreateConnectLinkResponse, error)
+	// Lists the connections of a template profile (`template: true`): one per subject a
+	// person authorized, with the state of each one's cache. Never returns a token.
+	// Allowed to the callers in the profile's `allow`, like GetToken.
+	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
+	// Deletes a connection: its refresh token leaves the store, every replica stops serving
+	// it, and the refresh token is revoked at the provider (RFC 7009) when the provider
+	// has a revocation endpoint. NOT_FOUND if there is no connection for the subject.
+	RevokeConnection(ctx context.Context, in *RevokeConnectionRequest, opts ...grpc.CallOption) (*RevokeConnectionResponse, error)
+	// Imports a refresh token for a connection (a token obtained elsewhere, or moved from
+	// another system). ALREADY_EXISTS if the subject has one, unless `replace` is set.
+	PutConnection(ctx context.Context, in *PutConnectionRequest, opts ...grpc.CallOption) (*PutConnectionResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -107,6 +129,46 @@ func (c *tokenServiceClient) WatchToken(ctx context.Context, in *WatchTokenReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TokenService_WatchTokenClient = grpc.ServerStreamingClient[Token]
 
+func (c *tokenServiceClient) CreateConnectLink(ctx context.Context, in *CreateConnectLinkRequest, opts ...grpc.CallOption) (*CreateConnectLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateConnectLinkResponse)
+	err := c.cc.Invoke(ctx, TokenService_CreateConnectLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConnectionsResponse)
+	err := c.cc.Invoke(ctx, TokenService_ListConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) RevokeConnection(ctx context.Context, in *RevokeConnectionRequest, opts ...grpc.CallOption) (*RevokeConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeConnectionResponse)
+	err := c.cc.Invoke(ctx, TokenService_RevokeConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) PutConnection(ctx context.Context, in *PutConnectionRequest, opts ...grpc.CallOption) (*PutConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutConnectionResponse)
+	err := c.cc.Invoke(ctx, TokenService_PutConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -137,6 +199,24 @@ type TokenServiceServer interface {
 	// client can hold a local copy without a round trip per use. The stream stays open until
 	// the client cancels it or the server shuts down.
 	WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[Token]) error
+	// Makes a signed, expiring link to the admin listener that lets whoever opens it
+	// authorize the connection `subject` of a template profile in a browser, without an
+	// admin login: the product hands it to its user. Allowed to callers in the profile's
+	// `allow`, like GetToken. FAILED_PRECONDITION when the profile is not a template
+	// authorized through the admin listener, or when `server.admin.public_url` or
+	// `server.admin.session_key` is not configured.
+	CreateConnectLink(context.Context, *CreateConnectLinkRequest) (*CreateConnectLinkResponse, error)
+	// Lists the connections of a template profile (`template: true`): one per subject a
+	// person authorized, with the state of each one's cache. Never returns a token.
+	// Allowed to the callers in the profile's `allow`, like GetToken.
+	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
+	// Deletes a connection: its refresh token leaves the store, every replica stops serving
+	// it, and the refresh token is revoked at the provider (RFC 7009) when the provider
+	// has a revocation endpoint. NOT_FOUND if there is no connection for the subject.
+	RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error)
+	// Imports a refresh token for a connection (a token obtained elsewhere, or moved from
+	// another system). ALREADY_EXISTS if the subject has one, unless `replace` is set.
+	PutConnection(context.Context, *PutConnectionRequest) (*PutConnectionResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -155,6 +235,18 @@ func (UnimplementedTokenServiceServer) ListProfiles(context.Context, *ListProfil
 }
 func (UnimplementedTokenServiceServer) WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[Token]) error {
 	return status.Error(codes.Unimplemented, "method WatchToken not implemented")
+}
+func (UnimplementedTokenServiceServer) CreateConnectLink(context.Context, *CreateConnectLinkRequest) (*CreateConnectLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConnectLink not implemented")
+}
+func (UnimplementedTokenServiceServer) ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConnections not implemented")
+}
+func (UnimplementedTokenServiceServer) RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeConnection not implemented")
+}
+func (UnimplementedTokenServiceServer) PutConnection(context.Context, *PutConnectionRequest) (*PutConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutConnection not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +316,78 @@ func _TokenService_WatchToken_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TokenService_WatchTokenServer = grpc.ServerStreamingServer[Token]
 
+func _TokenService_CreateConnectLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConnectLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).CreateConnectLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_CreateConnectLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).CreateConnectLink(ctx, req.(*CreateConnectLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_ListConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).ListConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_ListConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).ListConnections(ctx, req.(*ListConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_RevokeConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).RevokeConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_RevokeConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).RevokeConnection(ctx, req.(*RevokeConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_PutConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).PutConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_PutConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).PutConnection(ctx, req.(*PutConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -238,6 +402,22 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListProfiles",
 			Handler:    _TokenService_ListProfiles_Handler,
+		},
+		{
+			MethodName: "CreateConnectLink",
+			Handler:    _TokenService_CreateConnectLink_Handler,
+		},
+		{
+			MethodName: "ListConnections",
+			Handler:    _TokenService_ListConnections_Handler,
+		},
+		{
+			MethodName: "RevokeConnection",
+			Handler:    _TokenService_RevokeConnection_Handler,
+		},
+		{
+			MethodName: "PutConnection",
+			Handler:    _TokenService_PutConnection_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

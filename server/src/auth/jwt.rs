@@ -217,15 +217,7 @@ impl Verifier {
     }
 
     async fn verify_signed(&self, token: &str) -> Result<(Arc<str>, Instant), AuthError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Token(Rejection::Malformed));
-        }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::Token(Rejection::Malformed))?;
-        if !ACCEPTED.contains(&header.alg) {
-            return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
-        }
-        let key = self.keys.key(header.kid.as_deref().unwrap_or("")).await?;
+        let (header, key) = self.keys.for_token(token).await?;
         let claims = check(token, header.alg, &key, self).map_err(AuthError::Token)?;
         let left = claims.exp.saturating_sub(unix_now());
         let until = Instant::now() + Duration::from_secs(left).min(VERIFIED_MAX_AGE);
@@ -270,15 +262,7 @@ impl IdTokens {
 
     /// The claims of a token that verifies.
     pub(crate) async fn verify(&self, token: &str) -> Result<Value, AuthError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Token(Rejection::Malformed));
-        }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::Token(Rejection::Malformed))?;
-        if !ACCEPTED.contains(&header.alg) {
-            return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
-        }
-        let key = self.keys.key(header.kid.as_deref().unwrap_or("")).await?;
+        let (header, key) = self.keys.for_token(token).await?;
         if !key.accepts(header.alg) {
             return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
         }
@@ -494,6 +478,21 @@ struct KeyStore {
 }
 
 impl KeyStore {
+    /// A token's header and the key it names, for a token of a bounded size signed with
+    /// an algorithm we accept: what every verification starts with.
+    async fn for_token(&self, token: &str) -> Result<(jsonwebtoken::Header, Arc<Key>), AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Token(Rejection::Malformed));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Token(Rejection::Malformed))?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::Token(Rejection::Algorithm(header.alg)));
+        }
+        let key = self.key(header.kid.as_deref().unwrap_or("")).await?;
+        Ok((header, key))
+    }
+
     fn new(config: &ServiceAccountConfig) -> Result<Self, reqwest::Error> {
         let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

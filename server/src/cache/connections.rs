@@ -21,6 +21,7 @@ use crate::{
     connections::{ConnectionError, ConnectionStore, StoredConnection, check_subject},
     secret::Secret,
     source::TokenSource,
+    store::PROFILE_ITSELF,
 };
 
 /// A template profile's connections in memory.
@@ -184,6 +185,12 @@ impl TokenCache {
                 chain.start(&refresh_token, scope.as_deref()).await?;
                 slot.reauthorized();
                 tracing::info!(profile, "refresh token authorized and stored");
+                // The other replicas read the same chain, but may be waiting out a backoff.
+                if let Some(store) = &self.store
+                    && let Err(error) = store.announce_authorized(profile).await
+                {
+                    tracing::warn!(profile, %error, "cannot tell the other replicas of the new authorization; they use it at their next attempt");
+                }
                 Ok(())
             }
             Some(_) if !slot.profile.template => Err(ConnectionError::Invalid(format!(
@@ -323,7 +330,7 @@ impl TokenCache {
     /// every connection in memory is dropped when it comes back (each reads its chain
     /// again at its next call). Without a shared store there is nothing to follow.
     pub(crate) fn follow_revocations(self: &Arc<Self>) {
-        let Some(store) = self.connections.as_ref().and_then(ConnectionStore::shared) else {
+        let Some(store) = &self.store else {
             return;
         };
         let store = store.clone();
@@ -335,7 +342,12 @@ impl TokenCache {
                 .watch_revocations(
                     stop,
                     move |profile, digest| {
-                        if let Some(cache) = cache.upgrade() {
+                        let Some(cache) = cache.upgrade() else { return };
+                        if digest == PROFILE_ITSELF {
+                            if let Some(slot) = cache.slot(profile) {
+                                slot.reauthorized();
+                            }
+                        } else {
                             cache.forget_digest(profile, digest);
                         }
                     },

@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ProfileStore, REDIS_TIMEOUT, SharedStore, StoreError};
 
+/// What the revocation channel names instead of a connection's digest when a person
+/// authorized the profile itself.
+pub(crate) const PROFILE_ITSELF: &str = "-";
+
 impl SharedStore {
     fn index_key(&self, profile: &str) -> String {
         format!("{}:{profile}:connections", self.inner.prefix)
@@ -63,6 +67,23 @@ impl SharedStore {
                 .arg(self.revoked_channel())
                 .arg(format!("{profile} {digest} {}", self.inner.origin))
                 .ignore()
+                .exec_async(&mut redis)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// After a person authorized a (non-template) profile on this replica: tells the
+    /// others, whose slots may be waiting out the backoff of the chain's failures, to try
+    /// the new chain now. `-` stands where a connection's digest would (a digest is hex).
+    pub(crate) async fn announce_authorized(&self, profile: &str) -> Result<(), StoreError> {
+        let result = async {
+            let mut redis = self.connection().await?;
+            redis::cmd("PUBLISH")
+                .arg(self.revoked_channel())
+                .arg(format!("{profile} {PROFILE_ITSELF} {}", self.inner.origin))
                 .exec_async(&mut redis)
                 .await?;
             Ok(())

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctokenvend/v1/tokenvend.proto\x12\x0ctokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x0fGetTokenRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12*\n\x07min_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0erejected_token\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\n \x03(\t\x12\x10\n\x08\x61udience\x18\x0b \x01(\t\x12\x10\n\x08resource\x18\x0c \x01(\t\x12\x15\n\rsubject_token\x18\r \x01(\t\x12\x1a\n\x12subject_token_type\x18\x0e \x01(\t\"\xe5\x01\n\x05Token\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x31\n\x07headers\x18\x05 \x03(\x0b\x32 .tokenvend.v1.Token.HeadersEntry\x12\x0f\n\x07profile\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListProfilesRequest\"C\n\x14ListProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.tokenvend.v1.ProfileInfo\"\xfc\x01\n\x0bProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x1b\n\x13token_endpoint_host\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12-\n\x0b\x63\x61\x63he_state\x18\x05 \x01(\x0e\x32\x18.tokenvend.v1.CacheState\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_refresh\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\"$\n\x11WatchTokenRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t*\x86\x01\n\nCacheState\x12\x1b\n\x17\x43\x41\x43HE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATE_EMPTY\x10\x01\x12\x15\n\x11\x43\x41\x43HE_STATE_VALID\x10\x02\x12\x15\n\x11\x43\x41\x43HE_STATE_STALE\x10\x03\x12\x16\n\x12\x43\x41\x43HE_STATE_FAILED\x10\x04\x32\xeb\x01\n\x0cTokenService\x12>\n\x08GetToken\x12\x1d.tokenvend.v1.GetTokenRequest\x1a\x13.tokenvend.v1.Token\x12U\n\x0cListProfiles\x12!.tokenvend.v1.ListProfilesRequest\x1a\".tokenvend.v1.ListProfilesResponse\x12\x44\n\nWatchToken\x12\x1f.tokenvend.v1.WatchTokenRequest\x1a\x13.tokenvend.v1.Token0\x01\x42\x64\n\x0fio.tokenvend.v1P\x01Z@github.com/tokenvend/tokenvend/client/go/tokenvendpb;tokenvendpb\xaa\x02\x0cTokenvend.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctokenvend/v1/tokenvend.proto\x12\x0ctokenvend.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x18\x43reateConnectLinkRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"X\n\x19\x43reateConnectLinkResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xde\x01\n\x0fGetTokenRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12*\n\x07min_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0erejected_token\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\n \x03(\t\x12\x10\n\x08\x61udience\x18\x0b \x01(\t\x12\x10\n\x08resource\x18\x0c \x01(\t\x12\x15\n\rsubject_token\x18\r \x01(\t\x12\x1a\n\x12subject_token_type\x18\x0e \x01(\t\x12\x0f\n\x07subject\x18\x0f \x01(\t\"\xe5\x01\n\x05Token\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x31\n\x07headers\x18\x05 \x03(\x0b\x32 .tokenvend.v1.Token.HeadersEntry\x12\x0f\n\x07profile\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListProfilesRequest\"C\n\x14ListProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.tokenvend.v1.ProfileInfo\"\xfc\x01\n\x0bProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x1b\n\x13token_endpoint_host\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12-\n\x0b\x63\x61\x63he_state\x18\x05 \x01(\x0e\x32\x18.tokenvend.v1.CacheState\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_refresh\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\"5\n\x11WatchTokenRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\"P\n\x16ListConnectionsRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x17ListConnectionsResponse\x12\x31\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1c.tokenvend.v1.ConnectionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa6\x02\n\x0e\x43onnectionInfo\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12-\n\x0b\x63\x61\x63he_state\x18\x02 \x01(\x0e\x32\x18.tokenvend.v1.CacheState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_refresh\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\";\n\x17RevokeConnectionRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\"7\n\x18RevokeConnectionResponse\x12\x1b\n\x13revoked_at_provider\x18\x01 \x01(\x08\"o\n\x14PutConnectionRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x0f\n\x07replace\x18\x04 \x01(\x08\x12\r\n\x05scope\x18\x05 \x01(\t\"\x17\n\x15PutConnectionResponse*\xab\x01\n\nCacheState\x12\x1b\n\x17\x43\x41\x43HE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATE_EMPTY\x10\x01\x12\x15\n\x11\x43\x41\x43HE_STATE_VALID\x10\x02\x12\x15\n\x11\x43\x41\x43HE_STATE_STALE\x10\x03\x12\x16\n\x12\x43\x41\x43HE_STATE_FAILED\x10\x04\x12#\n\x1f\x43\x41\x43HE_STATE_NEEDS_AUTHORIZATION\x10\x05\x32\xee\x04\n\x0cTokenService\x12>\n\x08GetToken\x12\x1d.tokenvend.v1.GetTokenRequest\x1a\x13.tokenvend.v1.Token\x12U\n\x0cListProfiles\x12!.tokenvend.v1.ListProfilesRequest\x1a\".tokenvend.v1.ListProfilesResponse\x12\x44\n\nWatchToken\x12\x1f.tokenvend.v1.WatchTokenRequest\x1a\x13.tokenvend.v1.Token0\x01\x12\x64\n\x11\x43reateConnectLink\x12&.tokenvend.v1.CreateConnectLinkRequest\x1a\'.tokenvend.v1.CreateConnectLinkResponse\x12^\n\x0fListConnections\x12$.tokenvend.v1.ListConnectionsRequest\x1a%.tokenvend.v1.ListConnectionsResponse\x12\x61\n\x10RevokeConnection\x12%.tokenvend.v1.RevokeConnectionRequest\x1a&.tokenvend.v1.RevokeConnectionResponse\x12X\n\rPutConnection\x12\".tokenvend.v1.PutConnectionRequest\x1a#.tokenvend.v1.PutConnectionResponseBd\n\x0fio.tokenvend.v1P\x01Z@github.com/tokenvend/tokenvend/client/go/tokenvendpb;tokenvendpb\xaa\x02\x0cTokenvend.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\017io.tokenvend.v1P\001Z@github.com/tokenvend/tokenvend/client/go/tokenvendpb;tokenvendpb\252\002\014Tokenvend.V1'
   _globals['_TOKEN_HEADERSENTRY']._loaded_options = None
   _globals['_TOKEN_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_CACHESTATE']._serialized_start=937
-  _globals['_CACHESTATE']._serialized_end=1071
-  _globals['_GETTOKENREQUEST']._serialized_start=112
-  _globals['_GETTOKENREQUEST']._serialized_end=317
-  _globals['_TOKEN']._serialized_start=320
-  _globals['_TOKEN']._serialized_end=549
-  _globals['_TOKEN_HEADERSENTRY']._serialized_start=503
-  _globals['_TOKEN_HEADERSENTRY']._serialized_end=549
-  _globals['_LISTPROFILESREQUEST']._serialized_start=551
-  _globals['_LISTPROFILESREQUEST']._serialized_end=572
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=574
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=641
-  _globals['_PROFILEINFO']._serialized_start=644
-  _globals['_PROFILEINFO']._serialized_end=896
-  _globals['_WATCHTOKENREQUEST']._serialized_start=898
-  _globals['_WATCHTOKENREQUEST']._serialized_end=934
-  _globals['_TOKENSERVICE']._serialized_start=1074
-  _globals['_TOKENSERVICE']._serialized_end=1309
+  _globals['_CACHESTATE']._serialized_start=1882
+  _globals['_CACHESTATE']._serialized_end=2053
+  _globals['_CREATECONNECTLINKREQUEST']._serialized_start=111
+  _globals['_CREATECONNECTLINKREQUEST']._serialized_end=192
+  _globals['_CREATECONNECTLINKRESPONSE']._serialized_start=194
+  _globals['_CREATECONNECTLINKRESPONSE']._serialized_end=282
+  _globals['_GETTOKENREQUEST']._serialized_start=285
+  _globals['_GETTOKENREQUEST']._serialized_end=507
+  _globals['_TOKEN']._serialized_start=510
+  _globals['_TOKEN']._serialized_end=739
+  _globals['_TOKEN_HEADERSENTRY']._serialized_start=693
+  _globals['_TOKEN_HEADERSENTRY']._serialized_end=739
+  _globals['_LISTPROFILESREQUEST']._serialized_start=741
+  _globals['_LISTPROFILESREQUEST']._serialized_end=762
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=764
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=831
+  _globals['_PROFILEINFO']._serialized_start=834
+  _globals['_PROFILEINFO']._serialized_end=1086
+  _globals['_WATCHTOKENREQUEST']._serialized_start=1088
+  _globals['_WATCHTOKENREQUEST']._serialized_end=1141
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=1143
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=1223
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=1225
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1326
+  _globals['_CONNECTIONINFO']._serialized_start=1329
+  _globals['_CONNECTIONINFO']._serialized_end=1623
+  _globals['_REVOKECONNECTIONREQUEST']._serialized_start=1625
+  _globals['_REVOKECONNECTIONREQUEST']._serialized_end=1684
+  _globals['_REVOKECONNECTIONRESPONSE']._serialized_start=1686
+  _globals['_REVOKECONNECTIONRESPONSE']._serialized_end=1741
+  _globals['_PUTCONNECTIONREQUEST']._serialized_start=1743
+  _globals['_PUTCONNECTIONREQUEST']._serialized_end=1854
+  _globals['_PUTCONNECTIONRESPONSE']._serialized_start=1856
+  _globals['_PUTCONNECTIONRESPONSE']._serialized_end=1879
+  _globals['_TOKENSERVICE']._serialized_start=2056
+  _globals['_TOKENSERVICE']._serialized_end=2678
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,26 @@ class TokenServiceStub(object):
                 request_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.WatchTokenRequest.SerializeToString,
                 response_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.Token.FromString,
                 _registered_method=True)
+        self.CreateConnectLink = channel.unary_unary(
+                '/tokenvend.v1.TokenService/CreateConnectLink',
+                request_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkRequest.SerializeToString,
+                response_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkResponse.FromString,
+                _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/tokenvend.v1.TokenService/ListConnections',
+                request_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
+        self.RevokeConnection = channel.unary_unary(
+                '/tokenvend.v1.TokenService/RevokeConnection',
+                request_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionRequest.SerializeToString,
+                response_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionResponse.FromString,
+                _registered_method=True)
+        self.PutConnection = channel.unary_unary(
+                '/tokenvend.v1.TokenService/PutConnection',
+                request_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionRequest.SerializeToString,
+                response_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer(object):
@@ -110,6 +130,44 @@ class TokenServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConnectLink(self, request, context):
+        """Makes a signed, expiring link to the admin listener that lets whoever opens it
+        authorize the connection `subject` of a template profile in a browser, without an
+        admin login: the product hands it to its user. Allowed to callers in the profile's
+        `allow`, like GetToken. FAILED_PRECONDITION when the profile is not a template
+        authorized through the admin listener, or when `server.admin.public_url` or
+        `server.admin.session_key` is not configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnections(self, request, context):
+        """Lists the connections of a template profile (`template: true`): one per subject a
+        person authorized, with the state of each one's cache. Never returns a token.
+        Allowed to the callers in the profile's `allow`, like GetToken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConnection(self, request, context):
+        """Deletes a connection: its refresh token leaves the store, every replica stops serving
+        it, and the refresh token is revoked at the provider (RFC 7009) when the provider
+        has a revocation endpoint. NOT_FOUND if there is no connection for the subject.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutConnection(self, request, context):
+        """Imports a refresh token for a connection (a token obtained elsewhere, or moved from
+        another system). ALREADY_EXISTS if the subject has one, unless `replace` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +185,26 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.WatchToken,
                     request_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.WatchTokenRequest.FromString,
                     response_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.Token.SerializeToString,
+            ),
+            'CreateConnectLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConnectLink,
+                    request_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkRequest.FromString,
+                    response_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkResponse.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'RevokeConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConnection,
+                    request_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionRequest.FromString,
+                    response_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionResponse.SerializeToString,
+            ),
+            'PutConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutConnection,
+                    request_deserializer=tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionRequest.FromString,
+                    response_serializer=tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +304,114 @@ class TokenService(object):
             '/tokenvend.v1.TokenService/WatchToken',
             tokenvend_dot_v1_dot_tokenvend__pb2.WatchTokenRequest.SerializeToString,
             tokenvend_dot_v1_dot_tokenvend__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConnectLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenvend.v1.TokenService/CreateConnectLink',
+            tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkRequest.SerializeToString,
+            tokenvend_dot_v1_dot_tokenvend__pb2.CreateConnectLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenvend.v1.TokenService/ListConnections',
+            tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsRequest.SerializeToString,
+            tokenvend_dot_v1_dot_tokenvend__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenvend.v1.TokenService/RevokeConnection',
+            tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionRequest.SerializeToString,
+            tokenvend_dot_v1_dot_tokenvend__pb2.RevokeConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenvend.v1.TokenService/PutConnection',
+            tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionRequest.SerializeToString,
+            tokenvend_dot_v1_dot_tokenvend__pb2.PutConnectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

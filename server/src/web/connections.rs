@@ -249,12 +249,18 @@ pub(super) async fn revoke(
             html::message("Not revoked", "The form names no connection."),
         );
     };
-    // The refresh token it held is dropped: revoking it at the provider is not done here.
-    if let Err(error) = web.cache.revoke_connection(&profile, &subject).await {
-        return html_response(
-            StatusCode::BAD_REQUEST,
-            html::message("Not revoked", &html::shortened(&error.to_string(), 300)),
-        );
+    // As RevokeConnection does: dropped here and on every replica, then revoked at the
+    // provider when it has a revocation endpoint (best effort, logged).
+    match web.cache.revoke_connection(&profile, &subject).await {
+        Ok(token) => {
+            web.cache.revoke_at_provider(&profile, &token).await;
+        }
+        Err(error) => {
+            return html_response(
+                StatusCode::BAD_REQUEST,
+                html::message("Not revoked", &html::shortened(&error.to_string(), 300)),
+            );
+        }
     }
     tracing::info!(%profile, by = viewer.identity.as_deref().unwrap_or("anonymous"), "connection revoked from the admin web");
     let notice = format!("Revoked the connection {subject}.");

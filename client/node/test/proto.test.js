@@ -16,5 +16,8 @@ test('the bundled proto loads, well-known imports included', () => {
   const { loadProto } = require('../src');
   const v1 = loadProto();
   assert.equal(typeof v1.TokenService, 'function');
-  assert.deepEqual(Object.keys(v1.TokenService.service).sort(), ['GetToken', 'ListProfiles', 'WatchToken']);
+  assert.deepEqual(Object.keys(v1.TokenService.service).sort(), [
+    'CreateConnectLink', 'GetToken', 'ListConnections', 'ListProfiles', 'PutConnection',
+    'RevokeConnection', 'WatchToken',
+  ]);
 });

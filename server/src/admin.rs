@@ -270,12 +270,7 @@ fn refusal(token: &SecretSource, headers: &HeaderMap) -> Option<Response> {
             return Some(answer.into_response());
         }
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().split_first_chunk::<7>())
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
-        .map(|(_, token)| token);
-    if presented.is_some_and(|p| same_secret(p, expected.expose().as_bytes())) {
+    if web::bearer(headers).is_some_and(|p| same_secret(p, expected.expose().as_bytes())) {
         return None;
     }
     let challenge = [(

@@ -728,7 +728,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+/// The token of an `authorization: Bearer <token>` header (scheme case-insensitive), as
+/// both the page's login and `/metrics` read it.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().split_first_chunk::<7>())
